@@ -1,0 +1,1 @@
+"""Twin conformance: every accel operator against its NumPy reference (DESIGN.md "conformance/")."""

@@ -1,0 +1,43 @@
+"""Hypothesis building blocks shared by the registry entries."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+
+def shapes(min_dims=1, max_dims=4, min_side=1, max_side=7):
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def tied_scores(shape, dtype, levels: int = 4):
+    """Scores drawn from a few distinct levels, so ties at the k-th value are common (adversarial)."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    return st.lists(st.integers(0, levels - 1), min_size=n, max_size=n).map(
+        lambda v: (np.array(v, dtype=np.float64).reshape(shape) / levels - 0.3).astype(dtype))
+
+
+def spread_scores(shape, dtype):
+    """Well-separated values (a random permutation scaled), for ops whose arithmetic may round."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    return st.permutations(list(range(n))).map(
+        lambda p: (np.array(p, dtype=np.float64).reshape(shape) - n / 2).astype(dtype))
+
+
+def scores(shape, dtype):
+    return st.one_of(tied_scores(shape, dtype), spread_scores(shape, dtype),
+                     hnp.arrays(dtype, shape, elements=st.floats(-4, 4, width=np.dtype(dtype).itemsize * 8,
+                                                                  allow_nan=False, allow_infinity=False)))
+
+
+def layer_dict(dtype, max_layers=3, draw_array=scores):
+    """Dict of 1..max_layers named tensors of random shapes (2-D or 4-D like linear/conv weights)."""
+    @st.composite
+    def build(draw):
+        n = draw(st.integers(1, max_layers))
+        out = {}
+        for i in range(n):
+            shp = draw(st.one_of(shapes(2, 2, 1, 9), shapes(4, 4, 1, 4)))
+            out[f"layer{i}.weight"] = draw(draw_array(shp, dtype))
+        return out
+    return build()
