@@ -1,0 +1,78 @@
+"""``twinsparse`` command line.
+
+    twinsparse run CONFIG.toml [--backend reference|accel] [--device cpu|cuda] [--seed N] [--output DIR]
+    twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
+
+Every field of :class:`reference.config.RunConfig` is a ``train`` flag; bad values are reported
+with the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+
+from reference import config as C
+
+_CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "model": C.MODELS,
+            "method": C.METHODS, "distribution": C.DISTRIBUTIONS, "mask_init": C.MASK_INITS,
+            "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES}
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    defaults = C.RunConfig()
+    for f in fields(C.RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.name in C._BOOL_KEYS:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name in C._LIST_KEYS:
+            p.add_argument(flag, dest=f.name, nargs="*", type=int if f.name == "hidden" else str, default=None,
+                           help=f"(default {default})")
+        else:
+            typ = float if f.name in C._FLOAT_KEYS else int if f.name in C._INT_KEYS else str
+            p.add_argument(flag, dest=f.name, type=typ, default=None, choices=_CHOICES.get(f.name),
+                           help=f"(default {default})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twinsparse", description="Sparse training, twinned in NumPy and PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run an experiment TOML (runs x seeds), write logs, table and plot")
+    r.add_argument("config")
+    r.add_argument("--backend", choices=C.BACKENDS)
+    r.add_argument("--device", choices=C.DEVICES)
+    r.add_argument("--seed", type=int, help="run this single seed instead of the config's seed list")
+    r.add_argument("--output", help="output folder (default: the config's [experiment] output)")
+    r.add_argument("--no-progress", action="store_true")
+    t = sub.add_parser("train", help="train one run given by flags")
+    _add_run_flags(t)
+    t.add_argument("--output", default="runs/train")
+    t.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from .runner import run_experiment
+    try:
+        if args.command == "run":
+            exp = C.load_experiment(args.config)
+            overrides = {k: getattr(args, k) for k in ("backend", "device") if getattr(args, k) is not None}
+            if args.seed is not None:
+                exp.seeds = [args.seed]
+            run_experiment(exp, output=args.output, progress=not args.no_progress, **overrides)
+        else:
+            given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
+            seed = given.pop("seed", 0)
+            run = C.RunConfig(**C.coerce_run_fields(given, "the command line")).validate()
+            exp = C.ExperimentConfig(name=run.label, output=args.output, seeds=[seed], runs=[run])
+            run_experiment(exp, progress=not args.no_progress)
+    except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"twinsparse: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

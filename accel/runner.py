@@ -1,0 +1,136 @@
+"""Running an experiment: every (run, seed) on the chosen backend, a JSON-lines log per run, a
+results table (mean ± std over seeds) printed and written, and a PNG plot of the curves."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+
+from tqdm import tqdm
+
+from reference.config import ExperimentConfig, RunConfig, run_to_dict
+from reference.data import class_balanced_subset, split_mnist5k
+
+
+def load_split(cfg: RunConfig):
+    split = split_mnist5k(test_per_class=cfg.test_per_class, holdout_per_class=cfg.holdout_per_class,
+                          seed=cfg.split_seed)
+    if cfg.train_budget is not None:
+        x, y = class_balanced_subset(split.x_train, split.y_train, cfg.train_budget, seed=cfg.split_seed)
+        split = type(split)(x_train=x, y_train=y, x_holdout=split.x_holdout, y_holdout=split.y_holdout,
+                            x_test=split.x_test, y_test=split.y_test)
+    return split
+
+
+def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True) -> list:
+    """Train one run on its backend; returns the per-epoch history (and appends it to ``log_path``)."""
+    split = load_split(cfg)
+    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    header = {"config": run_to_dict(cfg)}
+    if log:
+        log.write(json.dumps(header) + "\n")
+
+    def on_epoch(rec):
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+    steps = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
+    bar = tqdm(total=steps, desc=f"{cfg.label} seed={cfg.seed} [{cfg.backend}]", leave=False,
+               disable=not progress, file=sys.stderr, mininterval=0.5)
+    try:
+        if cfg.backend == "reference":
+            from reference.train import train_reference
+
+            def tick(*_):
+                bar.update(1)
+            out = train_reference(cfg, split, on_epoch=on_epoch, on_step=tick)
+        else:
+            from .train import train_accel
+            out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    return out["history"]
+
+
+def _mean_std(values):
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def summarize(results: "OrderedDict[str, list]") -> list:
+    """Rows of the results table: final-epoch test metrics, mean and std over seeds."""
+    rows = []
+    for label, histories in results.items():
+        finals = [h[-1] for h in histories]
+        row = {"label": label, "seeds": len(finals), "density": finals[0]["density"]}
+        for key in ("test_acc", "test_nll", "test_ece"):
+            row[key] = _mean_std([f[key] for f in finals])
+        row["time_s"] = sum(sum(r["epoch_time"] for r in h) for h in histories) / len(histories)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list) -> str:
+    lines = ["| run | density | test acc (%) | test NLL | test ECE | seeds | train s/run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc, nll, ece = r["test_acc"], r["test_nll"], r["test_ece"]
+        lines.append(f"| {r['label']} | {r['density']:.4f} | {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} | "
+                     f"{nll[0]:.3f} ± {nll[1]:.3f} | {ece[0]:.3f} ± {ece[1]:.3f} | {r['seeds']} | {r['time_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, histories in results.items():
+        epochs = [r["epoch"] for r in histories[0]]
+        accs = [[100 * h[i]["test_acc"] for h in histories] for i in range(len(epochs))]
+        mean = [sum(a) / len(a) for a in accs]
+        lo = [min(a) for a in accs]
+        hi = [max(a) for a in accs]
+        line, = ax1.plot(epochs, mean, label=label)
+        ax1.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2)
+        ax2.plot(epochs, [histories[0][i]["density"] for i in range(len(epochs))], label=label, color=line.get_color())
+    ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: accuracy (mean, min-max over seeds)")
+    ax2.set(xlabel="epoch", ylabel="density of the prunable set", title="density", yscale="log")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: bool = True, **overrides) -> list:
+    """Run every (run, seed) of ``exp``; writes logs, ``results.md``, ``results.json``, ``curves.png``."""
+    out_dir = output or exp.output
+    os.makedirs(out_dir, exist_ok=True)
+    results: "OrderedDict[str, list]" = OrderedDict()
+    t0 = time.perf_counter()
+    cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
+    for cfg in tqdm(cfgs, desc=exp.name, disable=not progress, file=sys.stderr):
+        log_path = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}.jsonl")
+        results.setdefault(cfg.label, []).append(train_one(cfg, log_path, progress=progress))
+    rows = summarize(results)
+    table = format_table(rows)
+    backend = cfgs[0].backend
+    header = (f"# {exp.name}\n\nbackend: {backend}, device: {cfgs[0].device}, seeds: {exp.seeds}, "
+              f"wall time: {time.perf_counter() - t0:.1f} s\n\n")
+    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(header + table + "\n")
+    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"experiment": exp.name, "seeds": exp.seeds, "rows": rows}, f, indent=1)
+    plot(results, os.path.join(out_dir, "curves.png"), exp.name)
+    print(f"\n{exp.name} ({backend}, {len(exp.seeds)} seeds), final-epoch test metrics:\n{table}\n"
+          f"results, logs and plot in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
+    return rows

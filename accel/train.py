@@ -1,0 +1,119 @@
+"""The accel training loop: any model of ``accel.models``, any method, the Sparsifier in place of
+``optimizer.step()``. Same procedure as ``reference.train`` (read that one for the maths)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reference.config import RunConfig
+from reference.data import as_images, iterate_batches
+from reference.nn import init_mlp
+from reference.schedules import lr_at
+from . import densities as D
+from . import methods
+from . import metrics as MET
+from .models import build_model, mlp_from_reference
+from .sparsifier import Sparsifier
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def build_model_for(cfg: RunConfig, n_in: int, n_classes: int) -> torch.nn.Module:
+    """The MLP starts from ``reference.nn.init_mlp(seed)`` (so both backends share the init);
+    other models use torch's default init under ``torch.manual_seed(seed)``."""
+    dtype = DTYPES[cfg.dtype]
+    if cfg.model == "mlp":
+        sizes = (n_in, *cfg.hidden, n_classes)
+        params, buffers = init_mlp(sizes, batchnorm=cfg.batchnorm, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
+        model = mlp_from_reference(params, buffers, sizes, cfg.batchnorm)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, num_classes=n_classes)
+    return model.to(device=cfg.device, dtype=dtype)
+
+
+def build_optimizer(cfg: RunConfig, model) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def density_spec(cfg: RunConfig):
+    if cfg.method == "dense":
+        return None
+    if cfg.distribution == "erk":
+        return D.erk(cfg.density, power_scale=cfg.erk_power_scale)
+    return D.from_config(cfg.distribution if cfg.distribution != "global" else "global_magnitude", cfg.density)
+
+
+def build_sparsifier(cfg: RunConfig, model, optimizer) -> Sparsifier:
+    method = methods.build("dense") if cfg.method == "dense" else methods.build(cfg.method, init=cfg.mask_init)
+    return Sparsifier(model, optimizer, density=density_spec(cfg), method=method, include=cfg.include or None,
+                      exclude=cfg.exclude or None, seed=cfg.seed, check_finite=cfg.check_finite)
+
+
+def _inputs(cfg: RunConfig, x: np.ndarray) -> torch.Tensor:
+    x = x if cfg.model == "mlp" else as_images(x)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+@torch.no_grad()
+def predict(cfg: RunConfig, model, x: np.ndarray, batch: int = 1000) -> torch.Tensor:
+    model.eval()
+    out = torch.cat([model(_inputs(cfg, x[i:i + batch])) for i in range(0, len(x), batch)])
+    model.train()
+    return out
+
+
+def evaluate(cfg: RunConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
+    logits = predict(cfg, model, x)
+    yt = torch.from_numpy(y).to(logits.device)
+    return {"acc": MET.accuracy(logits, yt), "nll": MET.nll(logits, yt), "ece": MET.ece(logits, yt)}
+
+
+def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None) -> dict:
+    """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
+
+    ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
+    optional tqdm-like object updated once per step.
+    """
+    cfg.validate()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
+    n_classes = int(split.y_train.max()) + 1
+    model = build_model_for(cfg, split.x_train.shape[1], n_classes)
+    opt = build_optimizer(cfg, model)
+    sp = build_sparsifier(cfg, model, opt)
+    steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    history, step = [], 0
+    model.train()
+    for epoch in range(cfg.epochs):
+        t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
+        for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
+            loss.backward()
+            sp.step()
+            step += 1
+            loss_sum += loss.detach()
+            if on_step is not None:
+                on_step(step, model, sp)
+            if progress is not None:
+                progress.update(1)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
+                  "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule),
+                  **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
+                  "density": sp.total_density(), "layer_density": sp.layer_densities(),
+                  "epoch_time": time.perf_counter() - t0}
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history}

@@ -1,0 +1,38 @@
+"""Masked SGD step (SPEC §4.5, §0.3)."""
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import accel.optim as A
+import reference.optim as R
+from conformance.registry import register
+from conformance.strategies import shapes
+
+_vals = dict(min_value=-3, max_value=3, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _sgd_args(draw, dtype):
+    shp = draw(shapes(1, 4, 1, 6))
+    el = st.floats(width=np.dtype(dtype).itemsize * 8, **_vals)
+    mask = draw(hnp.arrays(bool, shp))
+    w = draw(hnp.arrays(dtype, shp, elements=el)) * mask  # weights are masked between steps
+    g = draw(hnp.arrays(dtype, shp, elements=el))
+    momentum = draw(st.sampled_from([0.0, 0.5, 0.9]))
+    nesterov = momentum > 0 and draw(st.booleans())
+    dampening = 0.0 if nesterov or momentum == 0 else draw(st.sampled_from([0.0, 0.1]))
+    buf = None
+    if momentum and draw(st.booleans()):
+        buf = draw(hnp.arrays(dtype, shp, elements=el)) * mask
+    hp = dict(lr=draw(st.sampled_from([0.0, 0.01, 0.1])), momentum=momentum,
+              weight_decay=draw(st.sampled_from([0.0, 5e-4, 0.1])), dampening=dampening, nesterov=nesterov)
+    return (w.astype(dtype), g, mask, None if buf is None else buf.astype(dtype)), hp
+
+
+def _compare_with_off_mask_zero(ref_out, acc_out, dtype):
+    from conformance.registry import compare_default
+    compare_default(ref_out, acc_out, dtype)
+    assert np.all(np.asarray(acc_out[0])[np.asarray(ref_out[0]) == 0] == 0)
+
+
+register("masked_sgd_step", R.masked_sgd_step, A.masked_sgd_step, _sgd_args, compare=_compare_with_off_mask_zero)

@@ -1,0 +1,222 @@
+"""Run and experiment configuration (pure scalar logic, written once and imported by accel).
+
+A run is one training job; an experiment (a TOML file) is a list of runs times a list of seeds.
+Validation is strict: an unknown key, a wrong type or a value outside its range is an error that
+names the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+METHODS = ("dense", "static")
+DISTRIBUTIONS = ("erk", "er", "uniform", "global")
+MASK_INITS = ("random", "magnitude", "snip")
+MODELS = ("mlp", "cnn", "resnet18", "vgg16")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine", "step")
+BACKENDS = ("accel", "reference")
+DEVICES = ("cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that is not allowed."""
+
+
+@dataclass
+class RunConfig:
+    label: str = "run"
+    backend: str = "accel"
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    # model
+    model: str = "mlp"
+    hidden: list = field(default_factory=lambda: [300, 100])
+    batchnorm: bool = False
+    # sparsity
+    method: str = "dense"
+    density: float = 1.0
+    distribution: str = "erk"
+    mask_init: str = "random"
+    erk_power_scale: float = 1.0
+    include: list = field(default_factory=list)
+    exclude: list = field(default_factory=list)
+    # optimisation
+    optimizer: str = "sgd"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_schedule: str = "cosine"
+    # data
+    train_budget: Optional[int] = None
+    test_per_class: int = 100
+    holdout_per_class: int = 50
+    split_seed: int = 0
+    check_finite: bool = True
+
+    def validate(self) -> "RunConfig":
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("model", self.model, MODELS)
+        _check_choice("method", self.method, METHODS)
+        _check_choice("distribution", self.distribution, DISTRIBUTIONS)
+        _check_choice("mask_init", self.mask_init, MASK_INITS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_range("density", self.density, 0.0, 1.0, lo_open=True)
+        if self.method == "dense" and self.density != 1.0:
+            raise ConfigError(f"density={self.density} with method='dense': a dense run has density 1.0 "
+                              f"(use method='static' for a fixed sparse mask)")
+        if self.method != "dense" and self.density == 1.0:
+            raise ConfigError(f"method={self.method!r} needs density < 1 (got density=1.0); use method='dense'")
+        _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
+        _check_range("lr", self.lr, 0.0, math.inf)
+        _check_range("momentum", self.momentum, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("test_per_class", 1), ("holdout_per_class", 0)):
+            _check_int(key, getattr(self, key), lo)
+        _check_int("seed", self.seed, 0)
+        _check_int("split_seed", self.split_seed, 0)
+        if self.train_budget is not None:
+            _check_int("train_budget", self.train_budget, 1)
+        if not (isinstance(self.hidden, list) and self.hidden and all(isinstance(h, int) and h > 0 for h in self.hidden)):
+            raise ConfigError(f"hidden={self.hidden!r} must be a non-empty list of positive integers")
+        if self.backend == "reference" and self.model != "mlp":
+            raise ConfigError(f"backend='reference' trains model='mlp' only (got model={self.model!r})")
+        if self.backend == "reference" and self.optimizer != "sgd":
+            raise ConfigError(f"backend='reference' implements optimizer='sgd' only (got optimizer={self.optimizer!r})")
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov=true needs momentum > 0")
+        return self
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+
+RUN_KEYS = {f.name: f for f in fields(RunConfig)}
+_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite"}
+_FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay"}
+_INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget"}
+_LIST_KEYS = {"hidden", "include", "exclude"}
+
+
+def _check_choice(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _check_range(key, value, lo, hi, lo_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        raise ConfigError(f"{key}={value!r} is outside the allowed range {'(' if lo_open else '['}{lo}, {hi}]")
+
+
+def _check_int(key, value, lo):
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {lo}")
+
+
+def coerce_run_fields(d: dict, where: str) -> dict:
+    """Type-check a dict of run fields from TOML or the CLI; unknown keys are errors."""
+    out = {}
+    for key, value in d.items():
+        if key not in RUN_KEYS:
+            raise ConfigError(f"unknown key {key!r} in {where}; allowed keys: {sorted(RUN_KEYS)}")
+        if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if key in _BOOL_KEYS and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} in {where} must be true or false")
+        if key in _FLOAT_KEYS and not isinstance(value, float):
+            raise ConfigError(f"{key}={value!r} in {where} must be a number")
+        if key in _INT_KEYS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{key}={value!r} in {where} must be an integer")
+        if key in _LIST_KEYS and not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} in {where} must be a list")
+        if key not in _FLOAT_KEYS | _BOOL_KEYS | _INT_KEYS | _LIST_KEYS and not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} in {where} must be a string")
+        out[key] = value
+    return out
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    output: str
+    seeds: list
+    runs: list  # list[RunConfig] (without seed applied)
+
+    def expand(self) -> list:
+        """Every (run, seed) pair as a validated RunConfig."""
+        return [r.replace(seed=s) for r in self.runs for s in self.seeds]
+
+
+EXPERIMENT_KEYS = {"name", "output", "seeds"}
+TOP_KEYS = {"experiment", "defaults", "run"}
+
+
+def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
+    """Parse and validate an experiment TOML: [experiment], [defaults] and one or more [[run]] tables."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)} in {source}; allowed: {sorted(TOP_KEYS)}")
+    exp = data.get("experiment", {})
+    if not isinstance(exp, dict):
+        raise ConfigError(f"[experiment] in {source} must be a table")
+    bad = set(exp) - EXPERIMENT_KEYS
+    if bad:
+        raise ConfigError(f"unknown key(s) {sorted(bad)} in [experiment] of {source}; allowed: {sorted(EXPERIMENT_KEYS)}")
+    name = exp.get("name", "experiment")
+    seeds = exp.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ConfigError(f"seeds={seeds!r} in [experiment] of {source} must be a non-empty list of integers >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds!r} in {source} repeats a seed")
+    defaults = coerce_run_fields(data.get("defaults", {}), f"[defaults] of {source}")
+    runs_raw = data.get("run", [])
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise ConfigError(f"{source} needs at least one [[run]] table")
+    runs, labels = [], set()
+    for i, r in enumerate(runs_raw):
+        fields_ = {**defaults, **coerce_run_fields(r, f"[[run]] #{i + 1} of {source}")}
+        if "seed" in fields_:
+            raise ConfigError(f"'seed' in {source}: set seeds in [experiment] seeds = [...]")
+        try:
+            rc = RunConfig(**fields_).validate()
+        except ConfigError as e:
+            raise ConfigError(f"[[run]] #{i + 1} ({fields_.get('label', 'run')}) of {source}: {e}") from None
+        if rc.label in labels:
+            raise ConfigError(f"label {rc.label!r} is used by two [[run]] tables in {source}")
+        labels.add(rc.label)
+        runs.append(rc)
+    output = exp.get("output", f"runs/{name}")
+    if not isinstance(output, str):
+        raise ConfigError(f"output={output!r} in [experiment] of {source} must be a string path")
+    return ExperimentConfig(name=name, output=output, seeds=seeds, runs=runs)
+
+
+def load_experiment(path: str) -> ExperimentConfig:
+    with open(path, "r", encoding="utf-8") as f:
+        return parse_experiment(f.read(), source=str(path))
+
+
+def run_to_dict(rc: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(rc)
