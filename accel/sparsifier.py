@@ -27,13 +27,14 @@ from ._checks import check_all_finite
 from .methods.base import InitContext, Method
 from .prunable import discover_prunable
 
+_ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 
 
 class Sparsifier:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, density: Optional[DensityArg] = None,
                  method: Union[str, Method] = "static", include=None, exclude=None, seed: int = 0,
-                 check_finite: bool = True):
+                 check_finite: bool = True, remask_weights: Union[bool, str] = "auto"):
         self.model = model
         self.optimizer = optimizer
         self.method = methods_mod.build(method) if isinstance(method, str) else method
@@ -43,6 +44,12 @@ class Sparsifier:
             raise ValueError(f"seed={seed!r} must be an integer >= 0")
         self.seed = seed
         self.check_finite = bool(check_finite)
+        if remask_weights not in (True, False, "auto"):
+            raise ValueError(f"remask_weights={remask_weights!r} is not allowed; use True, False or 'auto'")
+        # With masked gradients, weights and state, SGD / Adam / AdamW provably leave pruned weights at
+        # exactly 0 (every term of their update is 0 there; tests/test_sparsifier.py checks it), so
+        # 'auto' skips the re-mask for them; any other optimizer gets the weights re-masked each step.
+        self.remask_weights = (type(optimizer) not in _ZERO_PRESERVING) if remask_weights == "auto" else remask_weights
         self.params = discover_prunable(model, include, exclude)
         self._check_optimizer_holds_params()
         weights = {n: p.detach() for n, p in self.params.items()}
@@ -141,8 +148,9 @@ class Sparsifier:
             if live:
                 torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
             self.optimizer.step()
-            with torch.no_grad():
-                torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
+            if self.remask_weights:
+                with torch.no_grad():
+                    torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
         self.step_count += 1
         self.method.after_step(self)
 
