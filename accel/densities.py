@@ -1,0 +1,116 @@
+"""Layer-wise densities for accel (SPEC §2.3): the scalar distributions imported from
+``reference.densities`` (no twin, DESIGN.md), the torch twin of ``global_magnitude_densities``,
+and the user-facing spec factories taken by the Sparsifier::
+
+    Sparsifier(model, opt, density=densities.erk(0.1), ...)
+
+A ``DensitySpec`` records (kind, density, options) and ``resolve(weights)`` turns it into a
+``dict name -> density`` for the given prunable weights.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from reference._checks import check_density
+from reference.densities import (DISTRIBUTIONS, er_densities, erk_densities, layer_densities_for,  # noqa: F401
+                                 uniform_densities)
+from reference.masks import check_layer_dict
+from .masks import global_magnitude_masks
+
+__all__ = ["DISTRIBUTIONS", "uniform_densities", "er_densities", "erk_densities", "layer_densities_for",
+           "global_magnitude_densities", "DensitySpec", "uniform", "er", "erk", "global_magnitude",
+           "from_config", "KINDS"]
+
+
+def global_magnitude_densities(weights: Mapping[str, torch.Tensor], density: float) -> dict[str, float]:
+    """Per-layer kept fraction of a global magnitude top-k (SPEC §2.1/2.2); twin of the reference."""
+    check_layer_dict(weights, "weights")
+    masks = global_magnitude_masks(weights, density)
+    return {n: int(m.sum()) / m.numel() if m.numel() else 1.0 for n, m in masks.items()}
+
+
+@dataclass(frozen=True)
+class DensitySpec:
+    """How densities are allocated: ``kind`` in KINDS, overall ``density``, distribution ``options``."""
+    kind: str
+    density: float
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown density kind {self.kind!r}; allowed: {sorted(KINDS)}")
+        object.__setattr__(self, "density", check_density(self.density))
+        object.__setattr__(self, "options", dict(self.options))
+
+    def resolve(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Per-layer densities for these prunable weights (shape-based, or by magnitude for global)."""
+        check_layer_dict(weights, "weights")
+        if self.kind == "global_magnitude":
+            return global_magnitude_densities(weights, self.density)
+        shapes = {n: tuple(w.shape) for n, w in weights.items()}
+        return layer_densities_for(self.kind, shapes, self.density, **self.options)
+
+
+def _names(names: Iterable[str], what: str) -> tuple:
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a collection of layer names, got the single string {names!r}")
+    names = tuple(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"{what} must hold layer names (str), got {bad}")
+    return names
+
+
+def _overrides(overrides: Optional[Mapping[str, float]]) -> dict:
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict of layer name -> density, got {type(overrides).__name__}")
+    return {n: check_density(v, f"override for layer {n!r}") for n, v in overrides.items()}
+
+
+def uniform(density: float, exclude: Iterable[str] = ()) -> DensitySpec:
+    """The same density in every pruned layer (SPEC §2.2 uniform)."""
+    return DensitySpec("uniform", density, {"exclude": _names(exclude, "exclude")})
+
+
+def er(density: float, overrides: Optional[Mapping[str, float]] = None, exclude: Iterable[str] = ()) -> DensitySpec:
+    """Erdős-Rényi densities (SPEC §2.3)."""
+    return DensitySpec("er", density, {"overrides": _overrides(overrides), "exclude": _names(exclude, "exclude")})
+
+
+def erk(density: float, power_scale: float = 1.0, overrides: Optional[Mapping[str, float]] = None,
+        exclude: Iterable[str] = ()) -> DensitySpec:
+    """Erdős-Rényi-Kernel densities (SPEC §2.3)."""
+    try:
+        p = float(power_scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"power_scale must be a number >= 0, got {power_scale!r}") from None
+    if not (p >= 0 and p != float("inf")):
+        raise ValueError(f"power_scale={power_scale!r} is not allowed; it must be a finite number >= 0")
+    return DensitySpec("erk", density, {"power_scale": p, "overrides": _overrides(overrides),
+                                        "exclude": _names(exclude, "exclude")})
+
+
+def global_magnitude(density: float) -> DensitySpec:
+    """One global magnitude top-k over all prunable weights (SPEC §2.1/2.2 global)."""
+    return DensitySpec("global_magnitude", density, {})
+
+
+KINDS = {"uniform": uniform, "er": er, "erk": erk, "global_magnitude": global_magnitude}
+
+
+def from_config(kind: str, density: float, **options) -> DensitySpec:
+    """Build a DensitySpec from config values, e.g. ``from_config("erk", 0.1, power_scale=1.0)``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown density kind {kind!r}; allowed: {sorted(KINDS)}")
+    factory = KINDS[kind]
+    allowed = [p for p in inspect.signature(factory).parameters if p != "density"]
+    unknown = [o for o in options if o not in allowed]
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for density kind {kind!r}; allowed: {allowed}")
+    return factory(density, **options)

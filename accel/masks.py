@@ -1,0 +1,159 @@
+"""Mask operators on torch tensors (SPEC §2.1-2.6); twin of ``reference.masks``.
+
+Same names, same arguments, same results (checked by ``conformance/entries/masks.py``).
+Name/shape/density validation is the scalar logic of ``reference.masks``, imported, not copied.
+N:M selection is vectorized: each element's rank inside its group of m is counted with
+broadcast comparisons (m is small), no per-group Python loop.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from reference import masks as _ref
+from reference._checks import check_density, count_for_density
+from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
+                             nm_group_length, warn_dense_layers)
+from ._checks import check_finite
+from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
+
+
+def _tensor(w, what: str) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if w.is_complex():
+        raise TypeError(f"{what} must be a real tensor, got dtype {w.dtype}")
+    check_finite(w, what)
+    return w
+
+
+# ----------------------------------------------------------------------------- magnitude (§2.1/2.2)
+
+def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the floor(d*n+0.5) largest |w| of one layer (SPEC §2.1/2.2, tie rule §0.3)."""
+    w = _tensor(w, "weight")
+    return topk_mask(w.abs(), count_for_density(density, w.numel()))
+
+
+def magnitude_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Per-layer magnitude masks (SPEC §2.2 uniform variant)."""
+    check_layer_dict(weights, "weights")
+    check_layer_names(weights, densities, "densities")
+    for n, d in densities.items():
+        check_density(d, f"density of layer {n!r}")
+    scores = {n: _tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    return topk_masks_per_layer(scores, densities)
+
+
+def global_magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
+    """One top-k of |w| over the concatenation of all layers (SPEC §2.1/2.2 global)."""
+    check_layer_dict(weights, "weights")
+    d = check_density(density)
+    scores = {n: _tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    total = sum(s.numel() for s in scores.values())
+    return topk_masks_global(scores, count_for_density(d, total))
+
+
+# ----------------------------------------------------------------------------- N:M (§2.5)
+
+def _keep_n_per_row(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """groups [G, m]: rank_i = #{j: a_j > a_i or (a_j == a_i and j < i)}; keep rank < n."""
+    a = groups.abs()
+    m = a.shape[1]
+    ai, aj = a.unsqueeze(2), a.unsqueeze(1)            # [G, m(i), 1], [G, 1, m(j)]
+    idx = torch.arange(m, device=a.device)
+    earlier = idx.unsqueeze(0) < idx.unsqueeze(1)      # [i, j]: j < i
+    beats = (aj > ai) | ((aj == ai) & earlier)
+    return beats.sum(dim=2) < n
+
+
+def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.Tensor:
+    """Keep n of every m consecutive weights along the reduction axis (or rows); SPEC §2.5."""
+    n, m = check_nm(n, m)
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(w).__name__}")
+    nm_group_length(tuple(w.shape), m, axis)
+    check_nm_divisible(tuple(w.shape), m, axis)
+    w = _tensor(w, "weight")
+    if axis == "rows" or w.dim() == 2:
+        return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
+    cl = w.permute(0, 2, 3, 1)                         # [O, kh, kw, I], channels last
+    keep = _keep_n_per_row(cl.reshape(-1, m), n).reshape(cl.shape)
+    return keep.permute(0, 3, 1, 2).contiguous()
+
+
+def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
+             axis: str = "reduction") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """N:M masks per layer; indivisible layers stay dense and are returned and warned about."""
+    n, m = check_nm(n, m)
+    check_layer_dict(weights, "weights")
+    for name, w in weights.items():
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"weight {name!r} must be a torch.Tensor, got {type(w).__name__}")
+        nm_group_length(tuple(w.shape), m, axis)
+        _tensor(w, f"weight {name!r}")
+    masks, dense = {}, []
+    for name, w in weights.items():
+        if nm_group_length(tuple(w.shape), m, axis) % m:
+            masks[name] = torch.ones_like(w, dtype=torch.bool)
+            dense.append(name)
+        else:
+            masks[name] = nm_mask(w, n, m, axis)
+    warn_dense_layers({d: tuple(weights[d].shape) for d in dense}, m, axis)
+    return masks, dense
+
+
+# ----------------------------------------------------------------------------- channels (§2.6a)
+
+def _check_channel_weight(w, what: str = "weight") -> torch.Tensor:
+    w = _tensor(w, what)
+    if w.dim() < 2:
+        raise ValueError(f"channel pruning needs a weight with an output dimension and at least one more "
+                         f"(Linear [O, I] or Conv [O, I, kh, kw]); {what} has shape {tuple(w.shape)}")
+    return w
+
+
+def channel_scores(w: torch.Tensor) -> torch.Tensor:
+    """score[o] = sum |w[o]| (SPEC §2.6a)."""
+    w = _check_channel_weight(w)
+    return w.abs().reshape(w.shape[0], -1).sum(dim=1)
+
+
+def channel_mask(w: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the top floor(d*O+0.5) output channels by L1 score, broadcast to w's shape."""
+    w = _check_channel_weight(w)
+    keep = topk_mask(channel_scores(w), count_for_density(density, w.shape[0]))
+    return keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
+
+
+def channel_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Per-layer channel masks (SPEC §2.6a)."""
+    check_layer_dict(weights, "weights")
+    check_layer_names(weights, densities, "densities")
+    for name, w in weights.items():
+        _check_channel_weight(w, f"weight {name!r}")
+        check_density(densities[name], f"density of layer {name!r}")
+    return {name: channel_mask(w, densities[name]) for name, w in weights.items()}
+
+
+# ----------------------------------------------------------------------------- random (§2.4)
+
+def random_scores(shapes: Mapping[str, tuple], seed: int, device="cpu") -> dict[str, torch.Tensor]:
+    """The reference's NumPy float64 scores (SPEC §0.3), copied to ``device`` -- not redrawn."""
+    return {name: torch.from_numpy(a).to(device) for name, a in _ref.random_scores(shapes, seed).items()}
+
+
+def random_mask(random_scores: torch.Tensor, density: float) -> torch.Tensor:
+    """Exactly floor(d*n+0.5) positions: top-k of the given random scores (SPEC §2.4)."""
+    s = _tensor(random_scores, "random scores")
+    return topk_mask(s, count_for_density(density, s.numel()))
+
+
+def random_masks(random_scores: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Per-layer random masks with exact counts, from explicit random scores (SPEC §2.4)."""
+    check_layer_dict(random_scores, "random scores")
+    check_layer_names(random_scores, densities, "densities")
+    for name, d in densities.items():
+        check_density(d, f"density of layer {name!r}")
+    return {name: random_mask(s, densities[name]) for name, s in random_scores.items()}

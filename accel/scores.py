@@ -1,0 +1,63 @@
+"""Per-weight scores on torch tensors (SPEC §2.2, §2.7, §3.2); twin of ``reference.scores``."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from reference._checks import check_density, count_for_density
+from reference.masks import check_layer_dict
+from ._checks import check_finite, check_same_shape
+from .topk import topk_masks_global
+
+
+def _tensor(a, what: str) -> torch.Tensor:
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(a).__name__}")
+    if a.is_complex():
+        raise TypeError(f"{what} must be a real tensor, got dtype {a.dtype}")
+    check_finite(a, what)
+    return a
+
+
+def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
+    """|w| (SPEC §2.2)."""
+    return _tensor(w, "weight").abs()
+
+
+def gradient_scores(g: torch.Tensor) -> torch.Tensor:
+    """|g| (SPEC §3.2, RigL grow criterion)."""
+    return _tensor(g, "gradient").abs()
+
+
+def snip_scores(w: torch.Tensor, g: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """|w * g|, optionally divided by its sum over all entries (SPEC §2.7)."""
+    w, g = _tensor(w, "weight"), _tensor(g, "gradient")
+    check_same_shape(w, g, "weight", "gradient")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True or False, got {normalize!r}")
+    sal = (w * g).abs()
+    if not normalize:
+        return sal
+    total = sal.sum()
+    if bool(total == 0):
+        raise ValueError("snip_scores(normalize=True): every |w * g| is 0, so the sum to divide by is 0; "
+                         "use normalize=False or a gradient from a batch with a non-zero loss signal")
+    return sal / total
+
+
+def snip_masks(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
+    """Global top-k of |w * g| over all layers (SPEC §2.7 RESOLUTION, tie rule §0.3)."""
+    check_layer_dict(weights, "weights")
+    check_layer_dict(grads, "grads")
+    if list(weights) != list(grads):
+        raise ValueError(f"weights and grads must name the same layers in the same order: "
+                         f"{list(weights)} vs {list(grads)}")
+    d = check_density(density)
+    scores = {}
+    for name in weights:
+        w, g = _tensor(weights[name], f"weight {name!r}"), _tensor(grads[name], f"gradient {name!r}")
+        check_same_shape(w, g, f"weight {name!r}", f"gradient {name!r}")
+        scores[name] = (w * g).abs()
+    total = sum(s.numel() for s in scores.values())
+    return topk_masks_global(scores, count_for_density(d, total))

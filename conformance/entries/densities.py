@@ -1,0 +1,16 @@
+"""Global-magnitude density split (SPEC §2.1/2.2). The shape-based distributions (uniform, ER,
+ERK) are scalar logic written once in reference and imported by accel, so they have no twin."""
+from hypothesis import strategies as st
+
+import accel.densities as A
+import reference.densities as R
+from conformance.registry import register
+from conformance.strategies import layer_dict
+
+
+@st.composite
+def _args(draw, dtype):
+    return (draw(layer_dict(dtype)), draw(st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0, 1)))), {}
+
+
+register("global_magnitude_densities", R.global_magnitude_densities, A.global_magnitude_densities, _args)
