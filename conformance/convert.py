@@ -7,7 +7,7 @@ import torch
 
 def to_torch(obj, device):
     if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj)).to(device)
+        return torch.from_numpy(obj.copy(order="C")).to(device)  # copy keeps 0-d arrays 0-d
     if isinstance(obj, dict):
         return {k: to_torch(v, device) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
