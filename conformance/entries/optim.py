@@ -36,3 +36,17 @@ def _compare_with_off_mask_zero(ref_out, acc_out, dtype):
 
 
 register("masked_sgd_step", R.masked_sgd_step, A.masked_sgd_step, _sgd_args, compare=_compare_with_off_mask_zero)
+
+
+@st.composite
+def _sgd_all_args(draw, dtype):
+    names = [f"l{i}.weight" for i in range(draw(st.integers(1, 3)))]
+    parts = [draw(_sgd_args(dtype)) for _ in names]
+    hp = parts[0][1]
+    ws, gs, ms, bs = ({n: p[0][i] for n, p in zip(names, parts)} for i in range(4))
+    if hp["momentum"] == 0:
+        bs = {n: None for n in names}
+    return (ws, gs, ms, bs), hp
+
+
+register("masked_sgd_step_all", R.masked_sgd_step_all, A.masked_sgd_step_all, _sgd_all_args)
