@@ -28,3 +28,13 @@ def check_all_finite(tensors, what: str) -> None:
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, what_a: str, what_b: str) -> None:
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"shape mismatch: {what_a} has shape {tuple(a.shape)} but {what_b} has shape {tuple(b.shape)}")
+
+
+def as_real_tensor(t, what: str) -> torch.Tensor:
+    """``t`` must be a real torch.Tensor with only finite values, else a clear error."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{what} must be a real tensor, got dtype {t.dtype}")
+    check_finite(t, what)
+    return t

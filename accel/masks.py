@@ -15,24 +15,15 @@ from reference import masks as _ref
 from reference._checks import check_density, count_for_density
 from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
                              nm_group_length, warn_dense_layers)
-from ._checks import check_finite
+from ._checks import as_real_tensor
 from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
-
-
-def _tensor(w, what: str) -> torch.Tensor:
-    if not isinstance(w, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if w.is_complex():
-        raise TypeError(f"{what} must be a real tensor, got dtype {w.dtype}")
-    check_finite(w, what)
-    return w
 
 
 # ----------------------------------------------------------------------------- magnitude (§2.1/2.2)
 
 def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the floor(d*n+0.5) largest |w| of one layer (SPEC §2.1/2.2, tie rule §0.3)."""
-    w = _tensor(w, "weight")
+    w = as_real_tensor(w, "weight")
     return topk_mask(w.abs(), count_for_density(density, w.numel()))
 
 
@@ -42,7 +33,7 @@ def magnitude_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str,
     check_layer_names(weights, densities, "densities")
     for n, d in densities.items():
         check_density(d, f"density of layer {n!r}")
-    scores = {n: _tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    scores = {n: as_real_tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
     return topk_masks_per_layer(scores, densities)
 
 
@@ -50,7 +41,7 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) 
     """One top-k of |w| over the concatenation of all layers (SPEC §2.1/2.2 global)."""
     check_layer_dict(weights, "weights")
     d = check_density(density)
-    scores = {n: _tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    scores = {n: as_real_tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
     total = sum(s.numel() for s in scores.values())
     return topk_masks_global(scores, count_for_density(d, total))
 
@@ -75,7 +66,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.T
         raise TypeError(f"weight must be a torch.Tensor, got {type(w).__name__}")
     nm_group_length(tuple(w.shape), m, axis)
     check_nm_divisible(tuple(w.shape), m, axis)
-    w = _tensor(w, "weight")
+    w = as_real_tensor(w, "weight")
     if axis == "rows" or w.dim() == 2:
         return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
     cl = w.permute(0, 2, 3, 1)                         # [O, kh, kw, I], channels last
@@ -92,7 +83,7 @@ def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"weight {name!r} must be a torch.Tensor, got {type(w).__name__}")
         nm_group_length(tuple(w.shape), m, axis)
-        _tensor(w, f"weight {name!r}")
+        as_real_tensor(w, f"weight {name!r}")
     masks, dense = {}, []
     for name, w in weights.items():
         if nm_group_length(tuple(w.shape), m, axis) % m:
@@ -107,7 +98,7 @@ def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
 # ----------------------------------------------------------------------------- channels (§2.6a)
 
 def _check_channel_weight(w, what: str = "weight") -> torch.Tensor:
-    w = _tensor(w, what)
+    w = as_real_tensor(w, what)
     if w.dim() < 2:
         raise ValueError(f"channel pruning needs a weight with an output dimension and at least one more "
                          f"(Linear [O, I] or Conv [O, I, kh, kw]); {what} has shape {tuple(w.shape)}")
@@ -146,7 +137,7 @@ def random_scores(shapes: Mapping[str, tuple], seed: int, device="cpu") -> dict[
 
 def random_mask(random_scores: torch.Tensor, density: float) -> torch.Tensor:
     """Exactly floor(d*n+0.5) positions: top-k of the given random scores (SPEC §2.4)."""
-    s = _tensor(random_scores, "random scores")
+    s = as_real_tensor(random_scores, "random scores")
     return topk_mask(s, count_for_density(density, s.numel()))
 
 

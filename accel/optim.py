@@ -6,7 +6,6 @@ re-mask the weight), kept so the conformance suite can check it against the refe
 """
 from __future__ import annotations
 
-import torch
 
 from reference.optim import check_sgd_hyperparameters
 from ._checks import check_all_finite, check_same_shape

@@ -7,32 +7,23 @@ import torch
 
 from reference._checks import check_density, count_for_density
 from reference.masks import check_layer_dict
-from ._checks import check_finite, check_same_shape
+from ._checks import check_same_shape, as_real_tensor
 from .topk import topk_masks_global
-
-
-def _tensor(a, what: str) -> torch.Tensor:
-    if not isinstance(a, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(a).__name__}")
-    if a.is_complex():
-        raise TypeError(f"{what} must be a real tensor, got dtype {a.dtype}")
-    check_finite(a, what)
-    return a
 
 
 def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
     """|w| (SPEC §2.2)."""
-    return _tensor(w, "weight").abs()
+    return as_real_tensor(w, "weight").abs()
 
 
 def gradient_scores(g: torch.Tensor) -> torch.Tensor:
     """|g| (SPEC §3.2, RigL grow criterion)."""
-    return _tensor(g, "gradient").abs()
+    return as_real_tensor(g, "gradient").abs()
 
 
 def snip_scores(w: torch.Tensor, g: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """|w * g|, optionally divided by its sum over all entries (SPEC §2.7)."""
-    w, g = _tensor(w, "weight"), _tensor(g, "gradient")
+    w, g = as_real_tensor(w, "weight"), as_real_tensor(g, "gradient")
     check_same_shape(w, g, "weight", "gradient")
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
@@ -56,7 +47,7 @@ def snip_masks(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Te
     d = check_density(density)
     scores = {}
     for name in weights:
-        w, g = _tensor(weights[name], f"weight {name!r}"), _tensor(grads[name], f"gradient {name!r}")
+        w, g = as_real_tensor(weights[name], f"weight {name!r}"), as_real_tensor(grads[name], f"gradient {name!r}")
         check_same_shape(w, g, f"weight {name!r}", f"gradient {name!r}")
         scores[name] = (w * g).abs()
     total = sum(s.numel() for s in scores.values())

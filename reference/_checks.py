@@ -71,3 +71,12 @@ def count_for_density(density: float, n: int) -> int:
     """SPEC §0.3 count rounding: k = floor(d * n + 0.5), computed in float64."""
     d = check_density(density)
     return int(math.floor(np.float64(d) * np.float64(n) + np.float64(0.5)))
+
+
+def as_real_array(a, what: str) -> np.ndarray:
+    """``a`` as a NumPy array of a real numeric dtype with only finite values, else a clear error."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be a real numeric array, got dtype {a.dtype}")
+    check_finite(a, what)
+    return a

@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ._checks import check_density, check_finite, check_nonempty, count_for_density
+from ._checks import check_density, check_nonempty, count_for_density, as_real_array
 from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
 
 NM_AXES = ("reduction", "rows")
@@ -91,14 +91,6 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
-def _array(w, what: str) -> np.ndarray:
-    w = np.asarray(w)
-    if w.dtype.kind not in "biuf":
-        raise TypeError(f"{what} must be a real numeric array, got dtype {w.dtype}")
-    check_finite(w, what)
-    return w
-
-
 # ----------------------------------------------------------------------------- magnitude (§2.1/2.2)
 
 def magnitude_mask(w: np.ndarray, density: float) -> np.ndarray:
@@ -106,7 +98,7 @@ def magnitude_mask(w: np.ndarray, density: float) -> np.ndarray:
 
     SPEC §2.1 (T_k, [TH] Eq. 3.2) and §2.2; ties -> smaller flat index (SPEC §0.3).
     """
-    w = _array(w, "weight")
+    w = as_real_array(w, "weight")
     return topk_mask(np.abs(w), count_for_density(density, w.size))
 
 
@@ -116,7 +108,7 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, f
     check_layer_names(weights, densities, "densities")
     for n, d in densities.items():
         check_density(d, f"density of layer {n!r}")
-    scores = {n: np.abs(_array(w, f"weight {n!r}")) for n, w in weights.items()}
+    scores = {n: np.abs(as_real_array(w, f"weight {n!r}")) for n, w in weights.items()}
     return topk_masks_per_layer(scores, densities)
 
 
@@ -128,7 +120,7 @@ def global_magnitude_masks(weights: Mapping[str, np.ndarray], density: float) ->
     """
     check_layer_dict(weights, "weights")
     d = check_density(density)
-    scores = {n: np.abs(_array(w, f"weight {n!r}")) for n, w in weights.items()}
+    scores = {n: np.abs(as_real_array(w, f"weight {n!r}")) for n, w in weights.items()}
     total = sum(s.size for s in scores.values())
     return topk_masks_global(scores, count_for_density(d, total))
 
@@ -157,7 +149,7 @@ def nm_mask(w: np.ndarray, n: int, m: int, axis: str = "reduction") -> np.ndarra
     w = np.asarray(w)
     nm_group_length(w.shape, m, axis)
     check_nm_divisible(w.shape, m, axis)
-    w = _array(w, "weight")
+    w = as_real_array(w, "weight")
     if axis == "rows" or w.ndim == 2:
         return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
     cl = w.transpose(0, 2, 3, 1)                      # [O, kh, kw, I], channels last
@@ -176,7 +168,7 @@ def nm_masks(weights: Mapping[str, np.ndarray], n: int, m: int,
     check_layer_dict(weights, "weights")
     for name, w in weights.items():               # validate every layer before computing
         nm_group_length(np.shape(w), m, axis)
-        _array(w, f"weight {name!r}")
+        as_real_array(w, f"weight {name!r}")
     masks, dense = {}, []
     for name, w in weights.items():
         if nm_group_length(np.shape(w), m, axis) % m:
@@ -198,7 +190,7 @@ def warn_dense_layers(dense_shapes: Mapping[str, tuple], m: int, axis: str) -> N
 # ----------------------------------------------------------------------------- channels (§2.6a)
 
 def _check_channel_weight(w, what: str = "weight") -> np.ndarray:
-    w = _array(w, what)
+    w = as_real_array(w, what)
     if w.ndim < 2:
         raise ValueError(f"channel pruning needs a weight with an output dimension and at least one more "
                          f"(Linear [O, I] or Conv [O, I, kh, kw]); {what} has shape {w.shape}")
@@ -244,7 +236,7 @@ def random_scores(shapes: Mapping[str, tuple], seed: int) -> dict[str, np.ndarra
 
 def random_mask(random_scores: np.ndarray, density: float) -> np.ndarray:
     """Exactly k = floor(d*n+0.5) random positions: top-k of the given random scores (SPEC §2.4)."""
-    s = _array(random_scores, "random scores")
+    s = as_real_array(random_scores, "random scores")
     return topk_mask(s, count_for_density(density, s.size))
 
 

@@ -9,27 +9,19 @@ from typing import Mapping
 
 import numpy as np
 
-from ._checks import check_density, check_finite, check_same_shape, count_for_density
+from ._checks import check_density, check_same_shape, count_for_density, as_real_array
 from .masks import check_layer_dict
 from .topk import topk_masks_global
 
 
-def _array(a, what: str) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{what} must be a real numeric array, got dtype {a.dtype}")
-    check_finite(a, what)
-    return a
-
-
 def magnitude_scores(w: np.ndarray) -> np.ndarray:
     """|w| -- the magnitude criterion ([TH] §2.2.1; SPEC §2.2)."""
-    return np.abs(_array(w, "weight"))
+    return np.abs(as_real_array(w, "weight"))
 
 
 def gradient_scores(g: np.ndarray) -> np.ndarray:
     """|g| -- RigL's grow criterion, "top-k absolute largest gradients" ([EE]; SPEC §3.2)."""
-    return np.abs(_array(g, "gradient"))
+    return np.abs(as_real_array(g, "gradient"))
 
 
 def snip_scores(w: np.ndarray, g: np.ndarray, normalize: bool = False) -> np.ndarray:
@@ -38,7 +30,7 @@ def snip_scores(w: np.ndarray, g: np.ndarray, normalize: bool = False) -> np.nda
     ``normalize=True`` divides by the sum over all entries (s_j = sal_j / sum_k sal_k); a zero
     sum is an error since the normalized score is then undefined.
     """
-    w, g = _array(w, "weight"), _array(g, "gradient")
+    w, g = as_real_array(w, "weight"), as_real_array(g, "gradient")
     check_same_shape(w, g, "weight", "gradient")
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be True or False, got {normalize!r}")
@@ -67,7 +59,7 @@ def snip_masks(weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray
     d = check_density(density)
     scores = {}
     for name in weights:
-        w, g = _array(weights[name], f"weight {name!r}"), _array(grads[name], f"gradient {name!r}")
+        w, g = as_real_array(weights[name], f"weight {name!r}"), as_real_array(grads[name], f"gradient {name!r}")
         check_same_shape(w, g, f"weight {name!r}", f"gradient {name!r}")
         scores[name] = np.abs(w * g)
     total = sum(s.size for s in scores.values())

@@ -1,5 +1,4 @@
 """Scalar logic written once: LR schedules and prunable-set selection by name."""
-import math
 
 import pytest
 

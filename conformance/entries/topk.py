@@ -1,5 +1,4 @@
 """Top-k selection with the tie rule (SPEC §0.3, §2.1)."""
-import numpy as np
 from hypothesis import strategies as st
 
 import accel.topk as A
