@@ -21,11 +21,20 @@ import torch
 import torch.nn as nn
 
 from reference._checks import check_density
+from reference.methods import InitContext, Method, build as build_method
 from . import densities as D
-from . import methods as methods_mod
+from . import ops
 from ._checks import check_all_finite
-from .methods.base import InitContext, Method
 from .prunable import discover_prunable
+
+def _to(obj, device):
+    """Recursive copy of a (nested) dict of tensors to ``device``; other values pass through."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to(device).clone()
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
 
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
@@ -37,7 +46,7 @@ class Sparsifier:
                  check_finite: bool = True, remask_weights: Union[bool, str] = "auto"):
         self.model = model
         self.optimizer = optimizer
-        self.method = methods_mod.build(method) if isinstance(method, str) else method
+        self.method = build_method(method) if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a method name or an accel.methods.Method, got {type(self.method).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -56,10 +65,20 @@ class Sparsifier:
         self.densities = self._resolve_densities(density, weights)
         self.step_count = 0
         self.masks: Optional[dict] = None
+        self.state: dict = {}          # the method's state (DST-EE counters, SNFS momentum, ...)
+        self.explored: Optional[dict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
+        self.updates: list = []        # one record per mask update: t, R, mask change, counts
         self._mask_f: list = []
         self._squashed = False
         if not self.method.needs_init_grads:
-            self._install(self.method.init_masks(InitContext(weights, None, self.densities, seed)))
+            self._init_masks(weights, None)
+
+    def _init_masks(self, weights, grads) -> None:
+        masks = self.method.init_masks(ops, InitContext(weights, grads, self.densities, self.seed))
+        state = self.method.init_state(ops, self._validate_masks(masks))
+        self._install(masks)
+        self.state = state
+        self.explored = {n: m.clone() for n, m in self.masks.items()}
 
     # ----------------------------------------------------------------- setup
     def _check_optimizer_holds_params(self) -> None:
@@ -107,16 +126,20 @@ class Sparsifier:
             out[n] = m.to(p.device)
         return out
 
-    def _install(self, masks: Mapping) -> None:
-        """Validate everything first, then apply: weights and every optimizer state slot are masked."""
+    def _install(self, masks: Mapping, survivors: Optional[Mapping] = None) -> None:
+        """Validate everything first, then apply. Weights and every optimizer state slot are
+        multiplied by ``survivors`` (default: the masks), so dropped and newly grown positions
+        start from 0 (grown weights and their momentum / Adam moments are zero)."""
         masks = self._validate_masks(masks)
+        keep = masks if survivors is None else self._validate_masks(survivors)
         self.masks = masks
         self._mask_f = [masks[n].to(p.dtype) for n, p in self.params.items()]
         if self.method.is_dense:
             return
+        keep_f = self._mask_f if survivors is None else [keep[n].to(p.dtype) for n, p in self.params.items()]
         with torch.no_grad():
-            torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
-            for (n, p), mf in zip(self.params.items(), self._mask_f):
+            torch._foreach_mul_([p.data for p in self.params.values()], keep_f)
+            for (n, p), mf in zip(self.params.items(), keep_f):
                 for v in self.optimizer.state.get(p, {}).values():
                     if isinstance(v, torch.Tensor) and v.shape == p.shape:
                         v.mul_(mf)
@@ -127,32 +150,64 @@ class Sparsifier:
 
     # ------------------------------------------------------------------ step
     def step(self) -> None:
-        """Masked optimizer step for the whole model (replaces ``optimizer.step()``)."""
+        """One training iteration t = step_count + 1 (replaces ``optimizer.step()``).
+
+        If the method's mask update is due at t, the new masks are computed from the dense
+        gradients first (nothing is applied until the whole update succeeded), installed, and the
+        optimizer steps with them unless the method follows Alg. 1 literally (step_on_update=False).
+        """
         if self._squashed:
             raise RuntimeError("this Sparsifier was squashed; step the optimizer directly")
+        t = self.step_count + 1
         grads = [p.grad for p in self.params.values()]
-        if self.check_finite:
-            check_all_finite(grads, "gradients")
-        if self.masks is None:  # methods that need gradients to build their first masks (SNIP)
+        due = self.masks is not None and self.method.due(t)
+        needs_grads = due or self.method.observes_grads or self.masks is None
+        if needs_grads:
             missing = [n for n, g in zip(self.params, grads) if g is None]
             if missing:
-                raise RuntimeError(f"method {self.method.name!r} builds its masks from the first step's gradients, "
+                raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
                                    f"but {missing} have no .grad; call loss.backward() before step()")
-            weights = {n: p.detach() for n, p in self.params.items()}
-            gdict = {n: g.detach() for n, g in zip(self.params, grads)}
-            self._install(self.method.init_masks(InitContext(weights, gdict, self.densities, self.seed)))
+        if self.check_finite or needs_grads:
+            check_all_finite(grads, f"gradients at iteration {t}")
+        gdict = {n: g.detach() for n, g in zip(self.params, grads)} if needs_grads else None
+        if self.masks is None:  # methods that build their first masks from gradients (SNIP)
+            self._init_masks({n: p.detach() for n, p in self.params.items()}, gdict)
+        state = self.method.observe(ops, self.state, t, gdict) if self.method.observes_grads else self.state
+        if due:
+            self._update(t, gdict, state)
+            if self.method.step_on_update:
+                self._masked_step(grads)
+        else:
+            self.state = state
+            self._masked_step(grads)
+        self.step_count = t
+
+    def _update(self, t: int, gdict: dict, state: dict) -> None:
+        weights = {n: p.detach() for n, p in self.params.items()}
+        up = self.method.update(ops, t, weights, gdict, self.masks, state, self.seed)  # pure
+        old = self.masks
+        explored = ops.explored_union(self.explored, up.masks)
+        change = ops.mask_change(old, up.masks)
+        self._install(up.masks, up.survivors)
+        self.state, self.explored = up.state, explored
+        self.updates.append({"t": t, **up.info, "density": self.total_density(),
+                             "exploration_degree": ops.exploration_degree(explored), **change})
+
+    def _masked_step(self, grads) -> None:
         if self.method.is_dense:
             self.optimizer.step()
-        else:
-            live = [(g, m) for g, m in zip(grads, self._mask_f) if g is not None]
-            if live:
-                torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
-            self.optimizer.step()
-            if self.remask_weights:
-                with torch.no_grad():
-                    torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
-        self.step_count += 1
-        self.method.after_step(self)
+            return
+        live = [(g, m) for g, m in zip(grads, self._mask_f) if g is not None]
+        if live:
+            torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
+        self.optimizer.step()
+        if self.remask_weights:
+            with torch.no_grad():
+                torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
+
+    def exploration_degree(self) -> float:
+        """R of [EE] (SPEC §8.6): the fraction of prunable weights that were ever active."""
+        return 1.0 if self.explored is None else ops.exploration_degree(self.explored)
 
     # ------------------------------------------------------------ reporting
     def layer_densities(self) -> dict:
@@ -171,31 +226,46 @@ class Sparsifier:
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
+        """Masks, method state (counters, momentum, ...), ITOP bookkeeping and counters; plain
+        CPU tensors and Python values, so ``torch.save`` / ``torch.load(weights_only=True)`` work."""
         return {
-            "masks": None if self.masks is None else {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+            "masks": _to(self.masks, "cpu"),
             "densities": dict(self.densities),
             "step_count": self.step_count,
             "seed": self.seed,
-            "method": {"name": self.method.name, "config": self.method.config(), "state": self.method.state_dict()},
+            "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.state, "cpu")},
+            "explored": _to(self.explored, "cpu"),
+            "updates": [dict(u) for u in self.updates],
         }
 
     def load_state_dict(self, state: Mapping) -> None:
-        """Restore masks and method state; validated whole before anything changes."""
-        expected = {"masks", "densities", "step_count", "seed", "method"}
+        """Restore masks, method state and bookkeeping; validated whole before anything changes."""
+        expected = {"masks", "densities", "step_count", "seed", "method", "explored", "updates"}
         if not isinstance(state, Mapping) or set(state) != expected:
             got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"not a Sparsifier state dict: expected keys {sorted(expected)}, got {got}")
-        if state["method"]["name"] != self.method.name:
-            raise ValueError(f"state is for method {state['method']['name']!r}, this Sparsifier runs {self.method.name!r}")
+        meth = state["method"]
+        if not isinstance(meth, Mapping) or meth.get("name") != self.method.name:
+            name = meth.get("name") if isinstance(meth, Mapping) else meth
+            raise ValueError(f"state is for method {name!r}, this Sparsifier runs {self.method.name!r}")
         masks = None if state["masks"] is None else self._validate_masks(state["masks"])
+        explored = None if state["explored"] is None else self._validate_masks(state["explored"])
         if list(state["densities"]) != list(self.params):
             raise ValueError(f"state densities name {list(state['densities'])}, prunable weights are {list(self.params)}")
-        self.method.load_state_dict(state["method"]["state"])
+        if masks is not None and set(meth["state"]) != set(self.method.init_state(ops, masks)):
+            raise ValueError(f"method state keys {sorted(meth['state'])} do not match method {self.method.name!r} "
+                             f"(expected {sorted(self.method.init_state(ops, masks))})")
+        device = next(iter(self.params.values())).device
         self.densities = dict(state["densities"])
         self.step_count = int(state["step_count"])
         self.seed = int(state["seed"])
+        self.updates = [dict(u) for u in state["updates"]]
+        self.state = _to(meth["state"], device)
+        self.explored = explored
         if masks is not None:
             self._install(masks)
+        else:
+            self.masks = None
 
     def squash(self) -> nn.Module:
         """Make the sparsity permanent: plain dense weights with exact zeros; the Sparsifier detaches."""

@@ -50,3 +50,37 @@ def topk_masks_per_layer(scores: Mapping[str, torch.Tensor], densities: Mapping[
     if missing:
         raise ValueError(f"no density given for layer(s) {missing}; densities name {list(densities)}")
     return {n: topk_mask(s, count_for_density(densities[n], s.numel())) for n, s in scores.items()}
+
+
+def topk_within(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k of ``scores`` restricted to the positions where ``candidates`` is True
+    (tie rule among candidates: larger score, then smaller flat index); twin of
+    ``reference.topk.topk_within``.
+
+    O(n) like ``topk_mask``: non-candidates are pushed to the bottom (-inf, or the dtype minimum
+    for integer scores), the k-th largest value is found with ``torch.kthvalue``, and the ties
+    at it are counted among candidates only, so a non-candidate is never chosen.
+    """
+    if (not isinstance(candidates, torch.Tensor) or candidates.dtype != torch.bool
+            or tuple(candidates.shape) != tuple(scores.shape)):
+        got = (f"{candidates.dtype} {tuple(candidates.shape)}" if isinstance(candidates, torch.Tensor)
+               else type(candidates).__name__)
+        raise ValueError(f"candidates must be a boolean tensor of the scores' shape {tuple(scores.shape)}, "
+                         f"got {got}")
+    n_cand = int(candidates.sum())
+    k = check_count(k, n_cand)
+    check_finite(scores, "scores")
+    if k == 0:
+        return torch.zeros_like(candidates)
+    if k == n_cand:
+        return candidates.clone()
+    flat, cand = scores.reshape(-1), candidates.reshape(-1)
+    bottom = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
+    pushed = flat.masked_fill(~cand, bottom)
+    # the k-th largest of ``pushed`` is the k-th largest candidate score (k <= n_cand and every
+    # non-candidate sits at or below every candidate)
+    thr = torch.kthvalue(pushed, flat.numel() - k + 1).values
+    above = cand & (flat > thr)
+    ties = cand & (flat == thr)
+    keep = above | (ties & (torch.cumsum(ties, 0) <= k - above.sum()))
+    return keep.reshape(scores.shape)

@@ -13,7 +13,7 @@ from reference.data import as_images, iterate_batches
 from reference.nn import init_mlp
 from reference.schedules import lr_at
 from . import densities as D
-from . import methods
+from reference.methods import from_run_config
 from . import metrics as MET
 from .models import build_model, mlp_from_reference
 from .sparsifier import Sparsifier
@@ -44,15 +44,17 @@ def build_optimizer(cfg: RunConfig, model) -> torch.optim.Optimizer:
 
 
 def density_spec(cfg: RunConfig):
+    """The initial-mask densities (GraNet starts at init_density; SPEC §2.3)."""
     if cfg.method == "dense":
         return None
+    d = cfg.initial_density()
     if cfg.distribution == "erk":
-        return D.erk(cfg.density, power_scale=cfg.erk_power_scale)
-    return D.from_config(cfg.distribution if cfg.distribution != "global" else "global_magnitude", cfg.density)
+        return D.erk(d, power_scale=cfg.erk_power_scale)
+    return D.from_config(cfg.distribution if cfg.distribution != "global" else "global_magnitude", d)
 
 
-def build_sparsifier(cfg: RunConfig, model, optimizer) -> Sparsifier:
-    method = methods.build("dense") if cfg.method == "dense" else methods.build(cfg.method, init=cfg.mask_init)
+def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=None) -> Sparsifier:
+    method = from_run_config(cfg, total_steps) if method is None else method
     return Sparsifier(model, optimizer, density=density_spec(cfg), method=method, include=cfg.include or None,
                       exclude=cfg.exclude or None, seed=cfg.seed, check_finite=cfg.check_finite)
 
@@ -76,7 +78,7 @@ def evaluate(cfg: RunConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
     return {"acc": MET.accuracy(logits, yt), "nll": MET.nll(logits, yt), "ece": MET.ece(logits, yt)}
 
 
-def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None) -> dict:
+def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
@@ -88,9 +90,9 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     n_classes = int(split.y_train.max()) + 1
     model = build_model_for(cfg, split.x_train.shape[1], n_classes)
     opt = build_optimizer(cfg, model)
-    sp = build_sparsifier(cfg, model, opt)
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
+    sp = build_sparsifier(cfg, model, opt, total, method)
     history, step = [], 0
     model.train()
     for epoch in range(cfg.epochs):
@@ -112,8 +114,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                   "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule),
                   **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                   "density": sp.total_density(), "layer_density": sp.layer_densities(),
-                  "epoch_time": time.perf_counter() - t0}
+                  "exploration_degree": sp.exploration_degree(), "epoch_time": time.perf_counter() - t0}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history}
+    return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates}

@@ -1,7 +1,9 @@
-"""Trajectory checks: the same static-sparse MLP training run on both backends.
+"""Trajectory checks: the same MLP training run on both backends.
 
-float64, same init (reference.nn.init_mlp), same NumPy batches, 60 optimizer steps: the masks must
-be identical and every parameter within the float64 tolerance after every single step.
+float64, same init (reference.nn.init_mlp), same NumPy batches, 60 iterations: the masks must be
+identical and every parameter within the float64 tolerance after every single step. The dynamic
+cases (SET with injected random scores, RigL, DST-EE, SNFS, GraNet) update the masks every 8
+iterations, so each run makes >= 5 mask updates, and the update records must match too.
 """
 import numpy as np
 import pytest
@@ -20,7 +22,31 @@ CASES = {
                                         mask_init="magnitude", batchnorm=True, nesterov=True),
     "static-snip-global": dict(method="static", density=0.15, distribution="erk", mask_init="snip"),
     "dense-bn": dict(method="dense", batchnorm=True),
+    "set-injected": dict(method="set", density=0.1, delta_t=8, drop_fraction=0.4),
+    "rigl": dict(method="rigl", density=0.1, delta_t=8, drop_fraction=0.4),
+    "rigl-step-on-update-bn": dict(method="rigl", density=0.2, delta_t=8, step_on_update=True, batchnorm=True,
+                                   fraction_schedule="linear"),
+    "dst_ee": dict(method="dst_ee", density=0.1, delta_t=8, drop_fraction=0.4, c=1e-2, eps=0.5),
+    "dst_ee-zeros-text": dict(method="dst_ee", density=0.1, delta_t=8, c=1e-2, counter_init="zeros",
+                              exploration_form="text", fraction_schedule="constant"),
+    "snfs-redistribute": dict(method="snfs", density=0.1, delta_t=8, redistribute=True),
+    "granet": dict(method="granet", density=0.05, init_density=0.3, delta_t=8, prune_end_fraction=0.5),
 }
+
+
+def _injected_set(cfg, total):
+    """SET whose random grow scores are injected (the same arrays for both backends)."""
+    from reference.methods import from_run_config
+
+    base = from_run_config(cfg, total)
+    rng_cache = {}
+
+    def source(shapes, t):
+        if t not in rng_cache:
+            rng = np.random.default_rng(1000 + t)
+            rng_cache[t] = {n: rng.integers(0, 5, size=s).astype(np.float64) for n, s in shapes.items()}  # many ties
+        return rng_cache[t]
+    return type(base)(**{**{k: getattr(base, k) for k in base.__dataclass_fields__}, "random_source": source})
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -30,11 +56,12 @@ def test_static_training_trajectory_matches(case, device):
                     lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", device=device,
                     seed=3, **CASES[case]).validate()
     split = load_split(cfg)
+    make = (lambda: _injected_set(cfg, 60)) if case == "set-injected" else (lambda: None)
     ref_steps = []
-    ref = train_reference(cfg, split, on_step=lambda s, params, masks: ref_steps.append(
+    ref = train_reference(cfg, split, method=make(), on_step=lambda s, params, masks: ref_steps.append(
         ({k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in masks.items()})))
     acc_steps = []
-    acc = train_accel(cfg, split, on_step=lambda s, model, sp: acc_steps.append(
+    acc = train_accel(cfg, split, method=make(), on_step=lambda s, model, sp: acc_steps.append(
         ({k: v.detach().cpu().numpy().copy() for k, v in model.named_parameters()},
          {k: v.cpu().numpy().copy() for k, v in sp.masks.items()})))
     assert len(ref_steps) == len(acc_steps) == 60
@@ -48,6 +75,14 @@ def test_static_training_trajectory_matches(case, device):
             np.testing.assert_allclose(ap[name], rp[name], err_msg=f"step {step}: {name}", **tol)
             if name in rm:
                 assert np.all(ap[name][~am[name]] == 0), f"step {step}: pruned weights of {name} revived"
+    # the mask-update records (fraction, counts, density, R, mask change) agree too
+    assert len(ref["updates"]) == len(acc["updates"])
+    if CASES[case]["method"] not in ("dense", "static"):
+        assert len(ref["updates"]) >= 5
+    for r, a in zip(ref["updates"], acc["updates"]):
+        assert r.keys() == a.keys()
+        for k in r:
+            assert r[k] == pytest.approx(a[k], rel=1e-12), (k, r, a)
     # the evaluation numbers of both backends agree too
     for r, a in zip(ref["history"], acc["history"]):
         assert r["density"] == pytest.approx(a["density"], abs=0)

@@ -17,7 +17,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("dense", "static")
+METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee")
+DYNAMIC_METHODS = ("set", "rigl", "snfs", "granet", "dst_ee")
+FRACTION_SCHEDULES = ("constant", "cosine", "linear")
+COUNTER_INITS = ("mask", "zeros")
+EXPLORATION_FORMS = ("eq1", "text")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 MASK_INITS = ("random", "magnitude", "snip")
 MODELS = ("mlp", "cnn", "resnet18", "vgg16")
@@ -51,6 +55,21 @@ class RunConfig:
     erk_power_scale: float = 1.0
     include: list = field(default_factory=list)
     exclude: list = field(default_factory=list)
+    # dynamic sparse training (SPEC §3.2: all NOT GIVEN in the papers, hence parameters)
+    delta_t: int = 50
+    drop_fraction: float = 0.3
+    fraction_schedule: str = "cosine"
+    t_start: int = 0
+    t_end_fraction: float = 0.75
+    step_on_update: bool = False
+    c: float = 1e-3
+    eps: float = 1.0
+    counter_init: str = "mask"
+    exploration_form: str = "eq1"
+    snfs_momentum: float = 0.9
+    redistribute: bool = False
+    init_density: float = 0.5
+    prune_end_fraction: float = 0.5
     # optimisation
     optimizer: str = "sgd"
     epochs: int = 10
@@ -84,6 +103,21 @@ class RunConfig:
         if self.method != "dense" and self.density == 1.0:
             raise ConfigError(f"method={self.method!r} needs density < 1 (got density=1.0); use method='dense'")
         _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
+        _check_choice("fraction_schedule", self.fraction_schedule, FRACTION_SCHEDULES)
+        _check_choice("counter_init", self.counter_init, COUNTER_INITS)
+        _check_choice("exploration_form", self.exploration_form, EXPLORATION_FORMS)
+        _check_int("delta_t", self.delta_t, 1)
+        _check_int("t_start", self.t_start, 0)
+        _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
+        _check_range("t_end_fraction", self.t_end_fraction, 0.0, 1.0, lo_open=True)
+        _check_range("c", self.c, 0.0, math.inf)
+        _check_range("eps", self.eps, 0.0, math.inf, lo_open=True)
+        _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
+        _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
+        _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
+        if self.method == "granet" and self.init_density < self.density:
+            raise ConfigError(f"init_density={self.init_density} is below density={self.density}: GraNet prunes "
+                              f"gradually from init_density down to density")
         _check_range("lr", self.lr, 0.0, math.inf)
         _check_range("momentum", self.momentum, 0.0, 1.0)
         _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
@@ -103,14 +137,20 @@ class RunConfig:
             raise ConfigError("nesterov=true needs momentum > 0")
         return self
 
+    def initial_density(self) -> float:
+        """The density of the initial masks: GraNet starts at ``init_density``, others at ``density``."""
+        return self.init_density if self.method == "granet" else self.density
+
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes).validate()
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite"}
-_FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay"}
-_INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget"}
+_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute"}
+_FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
+               "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction"}
+_INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+             "delta_t", "t_start"}
 _LIST_KEYS = {"hidden", "include", "exclude"}
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "cosine") -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``.
@@ -26,3 +28,55 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "cosine")
             return base_lr * 0.1
         return base_lr
     raise ValueError(f"schedule={schedule!r} is not allowed; choose one of ['constant', 'cosine', 'step']")
+
+
+# --------------------------------------------------------------------------- dynamic sparse training
+DROP_FRACTION_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def check_update_schedule(delta_t, t_start, t_end, drop_fraction, fraction_schedule) -> None:
+    """Validate a drop-and-grow schedule (SPEC §3.2: all of these are NOT GIVEN, hence parameters)."""
+    if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
+        raise ValueError(f"delta_t={delta_t!r} is not allowed: the update interval must be an integer >= 1")
+    for name, v in (("t_start", t_start), ("t_end", t_end)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name}={v!r} is not allowed: it must be an integer >= 0 (a training iteration)")
+    if t_end <= t_start:
+        raise ValueError(f"t_end={t_end} is not after t_start={t_start}: mask updates need t_start < t_end")
+    if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) or not 0.0 <= drop_fraction <= 1.0:
+        raise ValueError(f"drop_fraction={drop_fraction!r} is outside the allowed range [0, 1]")
+    if fraction_schedule not in DROP_FRACTION_SCHEDULES:
+        raise ValueError(f"fraction_schedule={fraction_schedule!r} is not allowed; choose one of {list(DROP_FRACTION_SCHEDULES)}")
+
+
+def update_due(t: int, delta_t: int, t_start: int, t_end: int) -> bool:
+    """RigL / DST-EE Alg. 1: update the masks at iteration t (1-based) when t mod ΔT = 0 and
+    t_start <= t < t_end."""
+    return t % delta_t == 0 and t_start <= t < t_end
+
+
+def drop_fraction_at(t: int, f0: float, schedule: str, t_start: int, t_end: int) -> float:
+    """Drop fraction at iteration t: constant f0; cosine f0/2 (1 + cos(pi (t - t_start)/(t_end - t_start)))
+    (RigL's decay); linear f0 (1 - (t - t_start)/(t_end - t_start))."""
+    if schedule == "constant":
+        return float(f0)
+    x = min(max((t - t_start) / (t_end - t_start), 0.0), 1.0)
+    if schedule == "cosine":
+        return float(f0) * 0.5 * (1.0 + math.cos(math.pi * x))
+    if schedule == "linear":
+        return float(f0) * (1.0 - x)
+    raise ValueError(f"fraction_schedule={schedule!r} is not allowed; choose one of {list(DROP_FRACTION_SCHEDULES)}")
+
+
+def gmp_density_at(t: int, d_init: float, d_final: float, t_start: int, t_end: int) -> float:
+    """GMP cubic schedule, SPEC §5.5 (Zhu & Gupta 2017, EXTERNAL form), written in densities:
+    s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_end - t0))^3, clamped to [t0, t_end]."""
+    x = min(max((t - t_start) / (t_end - t_start), 0.0), 1.0)
+    s_i, s_f = 1.0 - d_init, 1.0 - d_final
+    return 1.0 - (s_f + (s_i - s_f) * (1.0 - x) ** 3)
+
+
+def step_seed(seed: int, t: int) -> int:
+    """The seed of the random stream at iteration t (SET growth): a deterministic function of the
+    run seed and the step only, so every backend and every DDP rank draws the same scores."""
+    return int(np.random.SeedSequence([int(seed), int(t)]).generate_state(1, dtype=np.uint32)[0])

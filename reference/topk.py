@@ -54,3 +54,21 @@ def topk_masks_per_layer(scores: Mapping[str, np.ndarray], densities: Mapping[st
     if missing:
         raise ValueError(f"no density given for layer(s) {missing}; densities name {list(densities)}")
     return {n: topk_mask(s, count_for_density(densities[n], np.size(s))) for n, s in scores.items()}
+
+
+def topk_within(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The top-k of ``scores`` restricted to the positions where ``candidates`` is True
+    (the tie rule applies among candidates: larger score, then smaller flat index)."""
+    scores = np.asarray(scores)
+    candidates = np.asarray(candidates)
+    if candidates.dtype != bool or candidates.shape != scores.shape:
+        raise ValueError(f"candidates must be a boolean array of the scores' shape {scores.shape}, "
+                         f"got {candidates.dtype} {candidates.shape}")
+    idx = np.flatnonzero(candidates.reshape(-1))
+    k = check_count(k, idx.size)
+    check_finite(scores, "scores")
+    flat = scores.reshape(-1)[idx]
+    order = np.argsort(-flat, kind="stable")
+    keep = np.zeros(scores.size, dtype=bool)
+    keep[idx[order[:k]]] = True
+    return keep.reshape(scores.shape)

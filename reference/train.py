@@ -1,16 +1,22 @@
-"""The reference training procedure for the NumPy MLP: dense and static sparse training.
+"""The reference training procedure for the NumPy MLP: dense, static and dynamic sparse training.
 
-Readable on purpose: one loop, the paper operators called by name.
+Readable on purpose: one loop, the paper operators called by name, the method (written once,
+backend-agnostic, in ``reference.methods``) driving the masks through ``reference.ops``.
 
-    masks  <- random ERK / uniform / magnitude mask (SPEC §2.3, §2.4), or SNIP at the first batch (§2.7)
-    for each epoch, each mini-batch (the shared NumPy pipeline, reference.data.iterate_batches):
-        loss, grads <- hand-written forward/backward of the MLP (reference.nn)
-        every parameter <- masked SGD step (SPEC §4.5, PyTorch convention §0.3);
-                           biases and BatchNorm parameters use an all-ones mask (never pruned, §0.2)
+    masks  <- method.init_masks: random ERK / uniform / magnitude (SPEC §2.3, §2.4), or SNIP at the
+              first batch (§2.7); state <- method.init_state (e.g. DST-EE counters N = M)
+    for t = 1, 2, ... over the mini-batches (the shared NumPy pipeline, reference.data):
+        loss, grads <- hand-written forward/backward of the MLP (reference.nn); grads are dense
+        if method.due(t):   new masks from the dense gradients (drop -> score -> grow, SPEC §3.2);
+                            weights and momentum kept only on the survivors (grown ones start at 0)
+                            and, unless step_on_update, no SGD step at t (RigL / DST-EE Alg. 1)
+        else:               every parameter <- masked SGD step (SPEC §4.5, PyTorch convention §0.3);
+                            biases and BatchNorm parameters use an all-ones mask (never pruned, §0.2)
     evaluate on the test split after every epoch (SPEC §8)
 
-The accel engine (``accel.train``) runs the same procedure on torch; for the MLP both start from
-``reference.nn.init_mlp(seed)`` and read the same batches, so their runs are comparable step by step.
+The accel engine (``accel.train`` + ``accel.Sparsifier``) runs the same procedure on torch; for the
+MLP both start from ``reference.nn.init_mlp(seed)`` and read the same batches, so their runs can be
+compared step by step (conformance/test_trajectory.py).
 """
 from __future__ import annotations
 
@@ -19,11 +25,11 @@ import time
 import numpy as np
 
 from . import densities as D
-from . import masks as M
 from . import metrics as MET
-from . import scores as S
+from . import ops
 from .config import RunConfig
 from .data import iterate_batches
+from .methods import InitContext, from_run_config
 from .nn import init_mlp, mlp_forward, mlp_loss_and_grads
 from .optim import masked_sgd_step
 from .prunable import select_prunable
@@ -31,27 +37,15 @@ from .schedules import lr_at
 
 
 def resolve_densities(cfg: RunConfig, weights: dict) -> dict:
-    """Per-layer densities of the configured distribution (SPEC §2.3; 'global' = global magnitude)."""
+    """Per-layer densities of the initial masks (SPEC §2.3; 'global' = global magnitude)."""
     if cfg.method == "dense":
         return {n: 1.0 for n in weights}
+    d = cfg.initial_density()
     if cfg.distribution == "global":
-        return D.global_magnitude_densities(weights, cfg.density)
+        return D.global_magnitude_densities(weights, d)
     shapes = {n: tuple(w.shape) for n, w in weights.items()}
     kw = {"power_scale": cfg.erk_power_scale} if cfg.distribution == "erk" else {}
-    return D.layer_densities_for(cfg.distribution, shapes, cfg.density, **kw)
-
-
-def initial_masks(cfg: RunConfig, weights: dict, densities: dict, grads: dict | None = None) -> dict:
-    """Static mask at initialisation (dense: all ones)."""
-    if cfg.method == "dense":
-        return {n: np.ones(w.shape, dtype=bool) for n, w in weights.items()}
-    if cfg.mask_init == "random":
-        return M.random_masks(M.random_scores({n: w.shape for n, w in weights.items()}, cfg.seed), densities)
-    if cfg.mask_init == "magnitude":
-        return M.magnitude_masks(weights, densities)
-    total = sum(w.size for w in weights.values())
-    kept = sum(densities[n] * w.size for n, w in weights.items())
-    return S.snip_masks(weights, grads, kept / total)
+    return D.layer_densities_for(cfg.distribution, shapes, d, **kw)
 
 
 def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
@@ -60,11 +54,13 @@ def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
     return {"acc": MET.accuracy(logits, y), "nll": MET.nll(logits, y), "ece": MET.ece(logits, y)}
 
 
-def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None) -> dict:
-    """Train the MLP of ``cfg`` on ``split``; returns the final state and the per-epoch history.
+def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None) -> dict:
+    """Train the MLP of ``cfg`` on ``split``; returns the final state, the per-epoch history and
+    one record per mask update.
 
-    ``on_epoch(record)`` is called after each epoch, ``on_step(step, params, masks)`` after each
-    optimizer step (used by the trajectory conformance check).
+    ``on_epoch(record)`` is called after each epoch, ``on_step(t, params, masks)`` after each
+    iteration (used by the trajectory conformance check). ``method`` overrides the method built
+    from ``cfg`` (e.g. SET with injected random scores).
     """
     cfg.validate()
     if cfg.model != "mlp":
@@ -73,39 +69,65 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None) -> dict:
     x_train, y_train = split.x_train.astype(dtype), split.y_train
     sizes = (x_train.shape[1], *cfg.hidden, int(y_train.max()) + 1)
     params, buffers = init_mlp(sizes, batchnorm=cfg.batchnorm, seed=cfg.seed, dtype=dtype)
-    fc_weights = [n for n in params if n.startswith("fc.") and n.endswith(".weight")]
-    prunable = select_prunable(fc_weights, cfg.include, cfg.exclude)
-    weights = {n: params[n] for n in prunable}
-    densities = resolve_densities(cfg, weights)
-    masks = None if cfg.method == "static" and cfg.mask_init == "snip" else initial_masks(cfg, weights, densities)
-    if masks is not None:
-        params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-    bufs: dict = {}
+    prunable = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
+                               cfg.include, cfg.exclude)
+    densities = resolve_densities(cfg, {n: params[n] for n in prunable})
     steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
+    method = from_run_config(cfg, total) if method is None else method
+    masks = state = explored = None
+
+    def start(grads):
+        nonlocal masks, state, explored, params
+        masks = method.init_masks(ops, InitContext({n: params[n] for n in prunable}, grads, densities, cfg.seed))
+        state = method.init_state(ops, masks)
+        explored = dict(masks)
+        params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
+
+    if not method.needs_init_grads:
+        start(None)
     hp = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    history, step = [], 0
+    bufs: dict = {}
+    history, updates, t = [], [], 0
     for epoch in range(cfg.epochs):
         t0, losses = time.perf_counter(), []
         for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, cfg.seed, epoch):
+            t += 1
             loss, grads, buffers, _ = mlp_loss_and_grads(params, buffers, xb, yb, train=True)
+            dense_grads = {n: grads[n] for n in prunable}
             if masks is None:  # SNIP: saliency |w * g| at the dense initialisation, first batch
-                masks = initial_masks(cfg, weights, densities, {n: grads[n] for n in prunable})
-            lr = lr_at(step, total, cfg.lr, cfg.lr_schedule)
-            new = {}
-            for n, p in params.items():
-                m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
-                new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr, **hp)
-            params, step = new, step + 1
+                start(dense_grads)
+            if method.observes_grads:
+                state = method.observe(ops, state, t, dense_grads)
+            step = True
+            if method.due(t):
+                up = method.update(ops, t, {n: params[n] for n in prunable}, dense_grads, masks, state, cfg.seed)
+                for n in prunable:  # dropped and grown positions restart from 0, momentum too
+                    params[n] = params[n] * up.survivors[n]
+                    if bufs.get(n) is not None:
+                        bufs[n] = bufs[n] * up.survivors[n]
+                explored = ops.explored_union(explored, up.masks)
+                updates.append({"t": t, **up.info, "density": MET.total_density(up.masks),
+                                "exploration_degree": MET.exploration_degree(explored),
+                                **MET.mask_change(masks, up.masks)})
+                masks, state, step = up.masks, up.state, method.step_on_update
+            if step:
+                lr = lr_at(t - 1, total, cfg.lr, cfg.lr_schedule)
+                new = {}
+                for n, p in params.items():
+                    m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
+                    new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr, **hp)
+                params = new
             losses.append(loss)
             if on_step is not None:
-                on_step(step, params, masks)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)),
-                  "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule),
+                on_step(t, params, masks)
+        record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
+                  "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule),
                   **{f"test_{k}": v for k, v in evaluate(params, buffers, split.x_test.astype(dtype), split.y_test).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
-                  "epoch_time": time.perf_counter() - t0}
+                  "exploration_degree": MET.exploration_degree(explored), "epoch_time": time.perf_counter() - t0}
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-    return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history}
+    return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history,
+            "updates": updates, "state": state}

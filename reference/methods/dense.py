@@ -1,6 +1,4 @@
 """The dense baseline: every weight kept, the optimizer step untouched."""
-import torch
-
 from .base import InitContext, Method
 
 
@@ -8,5 +6,5 @@ class Dense(Method):
     name = "dense"
     is_dense = True
 
-    def init_masks(self, ctx: InitContext) -> dict:
-        return {n: torch.ones_like(w, dtype=torch.bool) for n, w in ctx.weights.items()}
+    def init_masks(self, ops, ctx: InitContext) -> dict:
+        return ops.ones_like_masks(ctx.weights)

@@ -1,0 +1,211 @@
+"""Dynamic sparse training operators, NumPy reference (SPEC §3.2, §3.3, §5.5, §8.6).
+
+The prune-and-grow exploration of [ST] §3.1 Eq. (1)-(2), in jaxpruner's contract
+(score -> exact top-k -> mask), per layer:
+
+    theta_s'  = Psi(theta_s, p)               drop: keep the n_active - k largest drop scores among
+                                              the active weights (the k dropped are its complement)
+    theta_s   = theta_s' U Phi(., p)          grow: the k largest grow scores among the positions
+                                              inactive *after* the drop (just-dropped may regrow)
+
+with k = floor(f * n_active) (SPEC §3.2 resolution: per layer, equal counts). Every selection uses
+the tie rule of ``reference.topk`` (larger score wins, ties -> smaller flat index). Functions are
+pure; dicts map layer name -> array in layer order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from ._checks import as_real_array, check_same_shape
+from .masks import check_layer_dict, check_layer_names
+from .topk import topk_within
+
+COUNTER_INITS = ("mask", "zeros")
+EXPLORATION_FORMS = ("eq1", "text")
+
+
+def _bool_masks(masks: Mapping, what: str = "masks") -> dict:
+    check_layer_dict(masks, what)
+    out = {}
+    for n, m in masks.items():
+        m = np.asarray(m)
+        if m.dtype != bool:
+            raise TypeError(f"{what}[{n!r}] must be a boolean mask, got dtype {m.dtype}")
+        out[n] = m
+    return out
+
+
+def _check_counts(counts: Mapping, masks: Mapping, what: str) -> dict:
+    check_layer_names(masks, counts, what)
+    out = {}
+    for n, k in counts.items():
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"{what}[{n!r}]={k!r} must be an integer >= 0")
+        out[n] = int(k)
+    return out
+
+
+def swap_counts(masks: Mapping, fraction: float) -> dict:
+    """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2)."""
+    masks = _bool_masks(masks)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"drop fraction {fraction!r} is outside the allowed range [0, 1]")
+    return {n: int(math.floor(float(fraction) * int(m.sum()))) for n, m in masks.items()}
+
+
+def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
+    """Drop counts[l] active weights per layer: the kept set is the top (n_active - k) drop scores
+    among the active positions (SPEC §0.3: "drop the k smallest" = complement of a keep set)."""
+    masks = _bool_masks(masks)
+    counts = _check_counts(counts, masks, "drop counts")
+    check_layer_names(masks, drop_scores, "drop scores")
+    out = {}
+    for n, m in masks.items():
+        s = as_real_array(drop_scores[n], f"drop scores[{n!r}]")
+        check_same_shape(m, s, f"mask {n!r}", f"drop scores {n!r}")
+        n_active = int(m.sum())
+        if counts[n] > n_active:
+            raise ValueError(f"layer {n!r}: cannot drop {counts[n]} weights, only {n_active} are active")
+        out[n] = topk_within(s, m, n_active - counts[n])
+    return out
+
+
+def grow(masks: Mapping, grow_scores: Mapping, counts: Mapping) -> dict:
+    """Grow counts[l] weights per layer at the largest grow scores among the inactive positions."""
+    masks = _bool_masks(masks)
+    counts = _check_counts(counts, masks, "grow counts")
+    check_layer_names(masks, grow_scores, "grow scores")
+    out = {}
+    for n, m in masks.items():
+        s = as_real_array(grow_scores[n], f"grow scores[{n!r}]")
+        check_same_shape(m, s, f"mask {n!r}", f"grow scores {n!r}")
+        pool = int((~m).sum())
+        if counts[n] > pool:
+            raise ValueError(f"layer {n!r}: a growth of {counts[n]} weights is larger than the inactive pool "
+                             f"of {pool} positions")
+        out[n] = m | topk_within(s, ~m, counts[n])
+    return out
+
+
+def drop_and_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, drop_counts: Mapping,
+                  grow_counts: Mapping | None = None) -> dict:
+    """One prune-and-grow round ([ST] Eq. 1-2). ``grow_counts`` defaults to ``drop_counts``."""
+    kept = drop(masks, drop_scores, drop_counts)
+    return grow(kept, grow_scores, drop_counts if grow_counts is None else grow_counts)
+
+
+# ----------------------------------------------------------------------------- DST-EE ([EE] Eq. 1)
+
+def init_counters(masks: Mapping, init: str = "mask") -> dict:
+    """Activation counter N (SPEC §3.3 ambiguity 2): Alg. 1 N_0 = M_0 ('mask', default) or the
+    text's zero tensor ('zeros'). Integer counts."""
+    masks = _bool_masks(masks)
+    if init not in COUNTER_INITS:
+        raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
+    return {n: m.astype(np.int64) if init == "mask" else np.zeros(m.shape, np.int64) for n, m in masks.items()}
+
+
+def increment_counters(counters: Mapping, masks: Mapping) -> dict:
+    """N <- N + M_new (SPEC §3.3 ambiguity 3: the mask after drop and grow)."""
+    masks = _bool_masks(masks)
+    check_layer_names(masks, counters, "counters")
+    out = {}
+    for n, m in masks.items():
+        c = np.asarray(counters[n])
+        check_same_shape(m, c, f"mask {n!r}", f"counter {n!r}")
+        out[n] = c + m.astype(np.int64)
+    return out
+
+
+def check_exploration(c: float, eps: float, form: str) -> None:
+    """c >= 0 and eps > 0 (the bonus must stay finite); the form is 'eq1' or 'text'."""
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c < 0:
+        raise ValueError(f"c={c!r} is not allowed: the exploration coefficient must be a finite number >= 0")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps={eps!r} is not allowed: it must be a finite number > 0")
+    if form not in EXPLORATION_FORMS:
+        raise ValueError(f"exploration form {form!r} is not allowed; choose one of {list(EXPLORATION_FORMS)}")
+    if form == "text" and c <= 0:
+        raise ValueError(f"c={c!r} with form='text' (ln t / (N + c)) needs c > 0")
+
+
+def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: float, form: str = "eq1") -> dict:
+    """DST-EE acquisition function, [EE] Eq. (1):  S = |dL/dW| + c * ln(t) / (N + eps).
+
+    ``form='text'`` is the printed exploration term ln(t) / (N + c) (SPEC §3.3 ambiguity 1; the
+    default follows Eq. 1 / Alg. 1, where a larger c means more exploration as Fig. 3 states).
+    The score is computed in the gradient's dtype.
+    """
+    check_exploration(c, eps, form)
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"t={t!r} must be an integer iteration >= 1 (ln t needs t >= 1)")
+    check_layer_dict(grads, "gradients")
+    check_layer_names(grads, counters, "counters")
+    out = {}
+    for n, g in grads.items():
+        g = as_real_array(g, f"gradients[{n!r}]")
+        N = np.asarray(counters[n])
+        check_same_shape(g, N, f"gradient {n!r}", f"counter {n!r}")
+        dt = g.dtype.type
+        lnt = dt(math.log(t))
+        bonus = dt(c) * lnt / (N.astype(g.dtype) + dt(eps)) if form == "eq1" else lnt / (N.astype(g.dtype) + dt(c))
+        out[n] = np.abs(g) + bonus
+    return out
+
+
+# ----------------------------------------------------------------------------- SNFS / GraNet helpers
+
+def ema_update(ema: Mapping | None, grads: Mapping, beta: float) -> dict:
+    """Exponentially smoothed gradient m <- beta m + (1 - beta) g (SNFS momentum, [EE] §related)."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"momentum beta={beta!r} is outside the allowed range [0, 1)")
+    check_layer_dict(grads, "gradients")
+    out = {}
+    for n, g in grads.items():
+        g = as_real_array(g, f"gradients[{n!r}]")
+        prev = np.zeros_like(g) if ema is None else np.asarray(ema[n])
+        out[n] = g.dtype.type(beta) * prev + g.dtype.type(1.0 - beta) * g
+    return out
+
+
+def mean_abs_over_mask(values: Mapping, masks: Mapping) -> dict:
+    """Per-layer mean |v| over the active positions (0.0 for a layer with none); SNFS's layer
+    importance for redistribution. Accumulated in float64."""
+    masks = _bool_masks(masks)
+    check_layer_names(masks, values, "values")
+    out = {}
+    for n, m in masks.items():
+        v = as_real_array(values[n], f"values[{n!r}]")
+        check_same_shape(m, v, f"mask {n!r}", f"values {n!r}")
+        k = int(m.sum())
+        out[n] = float(np.abs(v[m]).astype(np.float64).sum() / k) if k else 0.0
+    return out
+
+
+def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
+    """Global magnitude step of gradual pruning (GraNet): keep the n_keep largest scores among the
+    active positions of all layers together (concatenation order, tie rule)."""
+    masks = _bool_masks(masks)
+    check_layer_names(masks, scores, "scores")
+    names = list(masks)
+    flat_m = np.concatenate([masks[n].reshape(-1) for n in names])
+    flat_s = np.concatenate([as_real_array(scores[n], f"scores[{n!r}]").reshape(-1) for n in names])
+    if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= flat_m.sum():
+        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {int(flat_m.sum())}] (the active weights)")
+    keep = topk_within(flat_s, flat_m, int(n_keep))
+    out, start = {}, 0
+    for n in names:
+        size = masks[n].size
+        out[n] = keep[start:start + size].reshape(masks[n].shape)
+        start += size
+    return out
+
+
+def explored_union(explored: Mapping, masks: Mapping) -> dict:
+    """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; SPEC §8.6)."""
+    masks = _bool_masks(masks)
+    check_layer_names(masks, explored, "explored")
+    return {n: np.asarray(explored[n], dtype=bool) | m for n, m in masks.items()}
