@@ -29,7 +29,7 @@ import torch
 
 from reference._checks import check_count
 from reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
-from reference.dst import _check_counts
+from reference.dst import _check_counts, check_fraction, check_iteration
 from reference.masks import check_layer_dict, check_layer_names
 from ._checks import as_real_tensor, check_finite, check_same_shape
 from .topk import topk_within
@@ -193,8 +193,7 @@ def segmented_topk_within(flat_scores: torch.Tensor, flat_candidates: torch.Tens
 def swap_counts(masks: Mapping, fraction: float) -> dict:
     """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2); python ints."""
     masks = _bool_masks(masks)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"drop fraction {fraction!r} is outside the allowed range [0, 1]")
+    check_fraction(fraction)
     names = list(masks)
     n_active = _segment_sums(_flat(masks, names), [masks[n].numel() for n in names])
     return {n: int(math.floor(float(fraction) * a)) for n, a in zip(names, n_active)}
@@ -275,8 +274,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
     (``form='text'``: ln(t) / (N + c)). Computed in the gradient's dtype, in the reference's
     operation order (scalars rounded to that dtype first)."""
     check_exploration(c, eps, form)
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-        raise ValueError(f"t={t!r} must be an integer iteration >= 1 (ln t needs t >= 1)")
+    check_iteration(t)
     check_layer_dict(grads, "gradients")
     check_layer_names(grads, counters, "counters")
     for n, g in grads.items():
@@ -334,7 +332,7 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
     names = list(masks)
     flat_m = _flat(masks, names)
     for n in names:
-        as_real_tensor(scores[n], f"scores[{n!r}]")
+        check_same_shape(masks[n], as_real_tensor(scores[n], f"scores[{n!r}]"), f"mask {n!r}", f"scores {n!r}")
     flat_s = _flat(scores, names)
     total = int(flat_m.sum())
     if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= total:

@@ -48,11 +48,22 @@ def _check_counts(counts: Mapping, masks: Mapping, what: str) -> dict:
     return out
 
 
+def check_fraction(fraction) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"drop fraction {fraction!r} is outside the allowed range [0, 1]")
+    return float(fraction)
+
+
+def check_iteration(t) -> int:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+        raise ValueError(f"t={t!r} must be an integer iteration >= 1 (ln t needs t >= 1)")
+    return int(t)
+
+
 def swap_counts(masks: Mapping, fraction: float) -> dict:
     """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2)."""
     masks = _bool_masks(masks)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"drop fraction {fraction!r} is outside the allowed range [0, 1]")
+    check_fraction(fraction)
     return {n: int(math.floor(float(fraction) * int(m.sum()))) for n, m in masks.items()}
 
 
@@ -140,8 +151,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
     The score is computed in the gradient's dtype.
     """
     check_exploration(c, eps, form)
-    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
-        raise ValueError(f"t={t!r} must be an integer iteration >= 1 (ln t needs t >= 1)")
+    check_iteration(t)
     check_layer_dict(grads, "gradients")
     check_layer_names(grads, counters, "counters")
     out = {}
@@ -191,6 +201,8 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
     masks = _bool_masks(masks)
     check_layer_names(masks, scores, "scores")
     names = list(masks)
+    for n in names:
+        check_same_shape(masks[n], np.asarray(scores[n]), f"mask {n!r}", f"scores {n!r}")
     flat_m = np.concatenate([masks[n].reshape(-1) for n in names])
     flat_s = np.concatenate([as_real_array(scores[n], f"scores[{n!r}]").reshape(-1) for n in names])
     if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= flat_m.sum():

@@ -14,6 +14,14 @@ import numpy as np
 from ._checks import check_count, check_finite, check_nonempty, count_for_density
 
 
+def descending_order(flat: np.ndarray) -> np.ndarray:
+    """Indices sorting ``flat`` by (-score, index) without negating (safe for unsigned and integer
+    minima): a stable ascending sort of the reversed array puts ties in descending index order,
+    and reversing that result gives descending scores with ties in ascending index order."""
+    n = flat.size
+    return (n - 1 - np.argsort(flat[::-1], kind="stable"))[::-1]
+
+
 def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask (same shape as ``scores``) with exactly ``k`` True entries.
 
@@ -24,7 +32,7 @@ def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
     k = check_count(k, scores.size)
     check_finite(scores, "scores")
     flat = scores.reshape(-1)
-    order = np.argsort(-flat, kind="stable")  # stable: equal scores keep index order
+    order = descending_order(flat)  # larger score first; equal scores keep index order
     keep = np.zeros(flat.size, dtype=bool)
     keep[order[:k]] = True
     return keep.reshape(scores.shape)
@@ -68,7 +76,7 @@ def topk_within(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarra
     k = check_count(k, idx.size)
     check_finite(scores, "scores")
     flat = scores.reshape(-1)[idx]
-    order = np.argsort(-flat, kind="stable")
+    order = descending_order(flat)
     keep = np.zeros(scores.size, dtype=bool)
     keep[idx[order[:k]]] = True
     return keep.reshape(scores.shape)
