@@ -51,6 +51,9 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
         else:
             from .train import train_accel
             out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar)
+        if log:  # one line per mask update: t, drop fraction, counts, density, R, mask change
+            for u in out.get("updates", []):
+                log.write(json.dumps({"mask_update": u}) + "\n")
     finally:
         bar.close()
         if log:
