@@ -48,3 +48,22 @@ def test_bad_flag_values_are_rejected(capsys):
     assert "density=1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--backend", "jax"])
+
+
+@pytest.mark.parametrize("method,extra", [("set", []), ("rigl", ["--fraction-schedule", "linear"]),
+                                          ("snfs", ["--redistribute"]), ("granet", ["--init-density", "0.4"]),
+                                          ("dst_ee", ["--c", "1e-3", "--eps", "0.5", "--counter-init", "zeros"])])
+def test_every_dst_method_trains_from_the_cli_on_both_backends(tmp_path, method, extra):
+    rows = {}
+    for backend in ("accel", "reference"):
+        out = tmp_path / backend
+        argv = ["train", "--method", method, "--density", "0.1", "--epochs", "2", "--hidden", "24",
+                "--train-budget", "200", "--batch-size", "32", "--delta-t", "2", "--backend", backend, "--dtype", "float64",
+                "--output", str(out), "--no-progress", *extra]
+        assert main(argv) == 0
+        lines = [json.loads(x) for x in (out / "run_seed0.jsonl").read_text().splitlines()]
+        updates = [x["mask_update"] for x in lines if "mask_update" in x]
+        assert len(updates) >= 3
+        rows[backend] = (updates, json.loads((out / "results.json").read_text())["rows"][0])
+    assert rows["accel"][0] == pytest.approx(rows["reference"][0])  # same updates, same statistics
+    assert rows["accel"][1]["test_acc"][0] == pytest.approx(rows["reference"][1]["test_acc"][0])
