@@ -33,6 +33,8 @@ def _to(obj, device):
         return obj.detach().to(device).clone()
     if isinstance(obj, Mapping):
         return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
     return obj
 
 
@@ -169,17 +171,26 @@ class Sparsifier:
                                    f"but {missing} have no .grad; call loss.backward() before step()")
         if self.check_finite or needs_grads:
             check_all_finite(grads, f"gradients at iteration {t}")
-        gdict = {n: g.detach() for n, g in zip(self.params, grads)} if needs_grads else None
+        after = due and self.method.update_after_step(t)
+        if needs_grads:  # an update after the step needs the dense gradients the step masks in place
+            gdict = {n: (g.detach().clone() if after else g.detach()) for n, g in zip(self.params, grads)}
+        else:
+            gdict = None
         if self.masks is None:  # methods that build their first masks from gradients (SNIP)
             self._init_masks({n: p.detach() for n, p in self.params.items()}, gdict)
         state = self.method.observe(ops, self.state, t, gdict) if self.method.observes_grads else self.state
-        if due:
+        if due and not after:
             self._update(t, gdict, state)
             if self.method.step_on_update:
                 self._masked_step(grads)
         else:
             self.state = state
             self._masked_step(grads)
+        if self.method.collects(t):
+            net = {k: v.detach() for k, v in self.model.state_dict().items()}
+            self.state = self.method.collect(ops, t, net, self.masks, self.state)
+        if after:
+            self._update(t, gdict, self.state)
         self.step_count = t
 
     def _update(self, t: int, gdict: dict, state: dict) -> None:

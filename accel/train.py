@@ -2,6 +2,7 @@
 ``optimizer.step()``. Same procedure as ``reference.train`` (read that one for the maths)."""
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -53,8 +54,9 @@ def density_spec(cfg: RunConfig):
     return D.from_config(cfg.distribution if cfg.distribution != "global" else "global_magnitude", d)
 
 
-def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=None) -> Sparsifier:
-    method = from_run_config(cfg, total_steps) if method is None else method
+def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=None,
+                     steps_per_epoch: int = 1) -> Sparsifier:
+    method = from_run_config(cfg, total_steps, steps_per_epoch) if method is None else method
     return Sparsifier(model, optimizer, density=density_spec(cfg), method=method, include=cfg.include or None,
                       exclude=cfg.exclude or None, seed=cfg.seed, check_finite=cfg.check_finite)
 
@@ -72,10 +74,27 @@ def predict(cfg: RunConfig, model, x: np.ndarray, batch: int = 1000) -> torch.Te
     return out
 
 
-def evaluate(cfg: RunConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
-    logits = predict(cfg, model, x)
+def scores_of(logits: torch.Tensor, y: np.ndarray) -> dict:
     yt = torch.from_numpy(y).to(logits.device)
     return {"acc": MET.accuracy(logits, yt), "nll": MET.nll(logits, yt), "ece": MET.ece(logits, yt)}
+
+
+def evaluate(cfg: RunConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
+    return scores_of(predict(cfg, model, x), y)
+
+
+def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarray) -> dict:
+    """Sup-tickets: metrics of the ultimate ticket and of every cheap ticket, and their diversity."""
+    def predict_net(net):
+        m = copy.deepcopy(model)
+        m.load_state_dict(net)
+        return predict(cfg, m, x)
+    ult = predict_net(state["ultimate"])
+    logits = [predict_net(tk) for tk in state["tickets"]]
+    pairs = [(a, b) for i, a in enumerate(logits) for b in logits[i + 1:]]
+    return {"ultimate": scores_of(ult, y), "tickets": [scores_of(z, y) for z in logits], "n_tickets": state["t"],
+            "disagreement": float(np.mean([MET.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
+            "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
 def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None) -> dict:
@@ -92,14 +111,15 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     opt = build_optimizer(cfg, model)
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    sp = build_sparsifier(cfg, model, opt, total, method)
+    sp = build_sparsifier(cfg, model, opt, total, method, steps_per_epoch)
     history, step = [], 0
     model.train()
     for epoch in range(cfg.epochs):
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
         for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
+            lr = sp.method.lr_override(step + 1)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule)
+                g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
             loss.backward()
@@ -111,10 +131,15 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             if progress is not None:
                 progress.update(1)
         record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
-                  "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule),
+                  "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
                   **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                   "density": sp.total_density(), "layer_density": sp.layer_densities(),
                   "exploration_degree": sp.exploration_degree(), "epoch_time": time.perf_counter() - t0}
+        if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:
+            rep = ticket_report(cfg, model, sp.state, split.x_test, split.y_test)
+            record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
+            record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
+            record["suptickets"] = rep
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)

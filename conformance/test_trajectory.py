@@ -31,6 +31,14 @@ CASES = {
                               exploration_form="text", fraction_schedule="constant"),
     "snfs-redistribute": dict(method="snfs", density=0.1, delta_t=8, redistribute=True),
     "granet": dict(method="granet", density=0.05, init_density=0.3, delta_t=8, prune_end_fraction=0.5),
+    # Sup-tickets: 2 tickets of C = 5 iterations in the last 10 of the 60 iterations
+    "suptickets-rigl-cia-bn": dict(method="rigl", density=0.1, delta_t=8, batchnorm=True, suptickets=True,
+                                   st_n_tickets=2, st_cycle_epochs=0.25),
+    "suptickets-set-caa-global": dict(method="set", density=0.1, delta_t=8, suptickets=True, st_n_tickets=2,
+                                      st_cycle_epochs=0.25, st_averaging="caa", st_prune_scope="global"),
+    "suptickets-static-cima-var-bn": dict(method="static", density=0.2, batchnorm=True, suptickets=True,
+                                          st_n_tickets=2, st_cycle_epochs=0.25, st_averaging="cima",
+                                          st_bn_avg="var", st_prune_each_step=False),
 }
 
 
@@ -79,6 +87,16 @@ def test_static_training_trajectory_matches(case, device):
     assert len(ref["updates"]) == len(acc["updates"])
     if CASES[case]["method"] not in ("dense", "static"):
         assert len(ref["updates"]) >= 5
+    if CASES[case].get("suptickets"):  # the same tickets, ultimate ticket and its masks
+        rs, as_ = ref["state"], acc["sparsifier"].state
+        assert rs["t"] == as_["t"] == 2
+        for r_net, a_net in zip(rs["tickets"] + [rs["ultimate"]], as_["tickets"] + [as_["ultimate"]]):
+            assert sorted(r_net) == sorted(a_net)
+            for name in r_net:
+                np.testing.assert_allclose(a_net[name].cpu().numpy(), r_net[name], err_msg=name, **tol)
+        for name in rs["ultimate_masks"]:
+            assert np.array_equal(rs["ultimate_masks"][name], as_["ultimate_masks"][name].cpu().numpy())
+        assert ref["history"][-1]["suptickets"]["ultimate"]["acc"] == acc["history"][-1]["suptickets"]["ultimate"]["acc"]
     for r, a in zip(ref["updates"], acc["updates"]):
         assert r.keys() == a.keys()
         for k in r:

@@ -70,6 +70,18 @@ class RunConfig:
     redistribute: bool = False
     init_density: float = 0.5
     prune_end_fraction: float = 0.5
+    # Sup-tickets around the method ([ST] Alg. 1; SPEC §5.1, §6.1, §7.2)
+    suptickets: bool = False
+    st_cycle_epochs: float = 0.5
+    st_n_tickets: Optional[int] = None
+    st_explore_fraction: float = 0.3
+    st_averaging: str = "cia"
+    st_beta: float = 0.8
+    st_prune_scope: str = "layer"
+    st_prune_each_step: bool = True
+    st_bn_avg: str = "std"
+    st_lr_low: float = 0.001
+    st_lr_high: float = 0.005
     # optimisation
     optimizer: str = "sgd"
     epochs: int = 10
@@ -115,6 +127,18 @@ class RunConfig:
         _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
         _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
         _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
+        _check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
+        if self.st_n_tickets is not None:
+            _check_int("st_n_tickets", self.st_n_tickets, 1)
+        _check_range("st_explore_fraction", self.st_explore_fraction, 0.0, 1.0)
+        _check_choice("st_averaging", self.st_averaging, ("cia", "caa", "cima"))
+        _check_range("st_beta", self.st_beta, 0.0, 1.0)
+        _check_choice("st_prune_scope", self.st_prune_scope, ("layer", "global"))
+        _check_choice("st_bn_avg", self.st_bn_avg, ("std", "var"))
+        _check_range("st_lr_low", self.st_lr_low, 0.0, math.inf, lo_open=True)
+        _check_range("st_lr_high", self.st_lr_high, self.st_lr_low, math.inf)
+        if self.suptickets and self.method == "dense":
+            raise ConfigError("suptickets=true needs a sparse base method (static, set, rigl, snfs, granet, dst_ee)")
         if self.method == "granet" and self.init_density < self.density:
             raise ConfigError(f"init_density={self.init_density} is below density={self.density}: GraNet prunes "
                               f"gradually from init_density down to density")
@@ -146,11 +170,13 @@ class RunConfig:
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute"}
+_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
+              "st_prune_each_step"}
 _FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
-               "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction"}
+               "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
+               "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
 _INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
-             "delta_t", "t_start"}
+             "delta_t", "t_start", "st_n_tickets"}
 _LIST_KEYS = {"hidden", "include", "exclude"}
 
 

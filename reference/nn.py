@@ -167,6 +167,9 @@ def mlp_forward(params, buffers, x, train: bool, bn_eps: float = 1e-5, bn_moment
     statistics in eval mode; then h = max(z, 0). Train mode also returns
     running_mean' = (1-m) running_mean + m mu, running_var' = (1-m) running_var + m var B/(B-1),
     num_batches_tracked' = num_batches_tracked + 1 (torch.nn.BatchNorm1d).
+    ``bn_momentum=None`` is PyTorch's cumulative moving average: m = 1 / num_batches_tracked'
+    (the count after incrementing), so the running statistics are the plain mean of the batch
+    statistics seen since the last reset.
     """
     sizes, bn, dt = _layout(params)
     _check_buffers(buffers, sizes, bn)
@@ -174,8 +177,9 @@ def mlp_forward(params, buffers, x, train: bool, bn_eps: float = 1e-5, bn_moment
         raise TypeError(f"train must be a bool, got {train!r}")
     if not (np.isfinite(bn_eps) and bn_eps > 0):
         raise ValueError(f"bn_eps={bn_eps!r} must be a finite number > 0")
-    if not (0.0 <= bn_momentum <= 1.0):
-        raise ValueError(f"bn_momentum={bn_momentum!r} is outside the allowed range [0, 1]")
+    if bn_momentum is not None and not (0.0 <= bn_momentum <= 1.0):
+        raise ValueError(f"bn_momentum={bn_momentum!r} is outside the allowed range [0, 1] "
+                         f"(or None for a cumulative moving average)")
     h = _as_batch(x, sizes[0], dt)
     B, n = h.shape[0], len(sizes) - 1
     if bn and train and B < 2:
@@ -192,12 +196,13 @@ def mlp_forward(params, buffers, x, train: bool, bn_eps: float = 1e-5, bn_moment
             if train:
                 mu = z.mean(axis=0)
                 var = ((z - mu) ** 2).mean(axis=0)
-                m = bn_momentum
+                nbt = f"bn.{i}.num_batches_tracked"
+                count = int(buffers[nbt]) + 1
+                m = bn_momentum if bn_momentum is not None else 1.0 / count
                 rm, rv = f"bn.{i}.running_mean", f"bn.{i}.running_var"
                 new_buffers[rm] = ((1 - m) * buffers[rm] + m * mu).astype(dt)
                 new_buffers[rv] = ((1 - m) * buffers[rv] + m * var * B / (B - 1)).astype(dt)
-                nbt = f"bn.{i}.num_batches_tracked"
-                new_buffers[nbt] = np.array(int(buffers[nbt]) + 1, dtype=np.int64)
+                new_buffers[nbt] = np.array(count, dtype=np.int64)
             else:
                 mu = np.asarray(buffers[f"bn.{i}.running_mean"], dt)
                 var = np.asarray(buffers[f"bn.{i}.running_var"], dt)

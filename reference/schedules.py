@@ -80,3 +80,23 @@ def step_seed(seed: int, t: int) -> int:
     """The seed of the random stream at iteration t (SET growth): a deterministic function of the
     run seed and the step only, so every backend and every DDP rank draws the same scores."""
     return int(np.random.SeedSequence([int(seed), int(t)]).generate_state(1, dtype=np.uint32)[0])
+
+
+def cyclic_lr(i: int, cycle: int, lr_low: float = 0.001, lr_high: float = 0.005) -> float:
+    """Sup-tickets cyclical learning rate, [ST] Eq. (3), on the local iteration i >= 1 of the
+    superposing stage (SPEC §5.1 resolution):
+
+        t(i)  = (mod(i - 1, C) + 1) / C
+        a(i)  = (1 - 2t) a1 + 2t a2        for 0 < t <= 1/2
+              = (2 - 2t) a2 + (2t - 1) a1  for 1/2 < t <= 1
+
+    with a1 = ``lr_low`` (0.001) and a2 = ``lr_high`` (0.005): it rises to a2 at mid-cycle and is
+    back at exactly a1 on the cycle's last iteration, where the cheap ticket is collected."""
+    if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 1:
+        raise ValueError(f"cycle length C={cycle!r} must be an integer >= 1 (iterations)")
+    if isinstance(i, bool) or not isinstance(i, int) or i < 1:
+        raise ValueError(f"i={i!r} must be the 1-based iteration within the superposing stage")
+    t = ((i - 1) % cycle + 1) / cycle
+    if t <= 0.5:
+        return (1 - 2 * t) * lr_low + 2 * t * lr_high
+    return (2 - 2 * t) * lr_high + (2 * t - 1) * lr_low

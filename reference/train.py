@@ -48,10 +48,28 @@ def resolve_densities(cfg: RunConfig, weights: dict) -> dict:
     return D.layer_densities_for(cfg.distribution, shapes, d, **kw)
 
 
-def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
-    logits = np.concatenate([mlp_forward(params, buffers, x[i:i + batch], train=False)[0]
-                             for i in range(0, len(x), batch)])
+def predict(params, buffers, x, batch: int = 1000) -> np.ndarray:
+    return np.concatenate([mlp_forward(params, buffers, x[i:i + batch], train=False)[0]
+                           for i in range(0, len(x), batch)])
+
+
+def scores_of(logits, y) -> dict:
     return {"acc": MET.accuracy(logits, y), "nll": MET.nll(logits, y), "ece": MET.ece(logits, y)}
+
+
+def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
+    return scores_of(predict(params, buffers, x, batch), y)
+
+
+def ticket_report(predict_net, state: dict, y) -> dict:
+    """Sup-tickets: the ultimate ticket's and every cheap ticket's test metrics, and the tickets'
+    diversity (mean pairwise disagreement, symmetric KL; SPEC §8.4)."""
+    ult = predict_net(state["ultimate"])
+    logits = [predict_net(tk) for tk in state["tickets"]]
+    pairs = [(a, b) for i, a in enumerate(logits) for b in logits[i + 1:]]
+    return {"ultimate": scores_of(ult, y), "tickets": [scores_of(z, y) for z in logits], "n_tickets": state["t"],
+            "disagreement": float(np.mean([MET.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
+            "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
 def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None) -> dict:
@@ -74,7 +92,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     densities = resolve_densities(cfg, {n: params[n] for n in prunable})
     steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    method = from_run_config(cfg, total) if method is None else method
+    method = from_run_config(cfg, total, steps_per_epoch) if method is None else method
     masks = state = explored = None
 
     def start(grads):
@@ -99,8 +117,9 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 start(dense_grads)
             if method.observes_grads:
                 state = method.observe(ops, state, t, dense_grads)
-            step = True
-            if method.due(t):
+
+            def mask_update():
+                nonlocal masks, state, explored
                 up = method.update(ops, t, {n: params[n] for n in prunable}, dense_grads, masks, state, cfg.seed)
                 for n in prunable:  # dropped and grown positions restart from 0, momentum too
                     params[n] = params[n] * up.survivors[n]
@@ -110,22 +129,41 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 updates.append({"t": t, **up.info, "density": MET.total_density(up.masks),
                                 "exploration_degree": MET.exploration_degree(explored),
                                 **MET.mask_change(masks, up.masks)})
-                masks, state, step = up.masks, up.state, method.step_on_update
+                masks, state = up.masks, up.state
+
+            due = method.due(t)
+            after = due and method.update_after_step(t)
+            step = True
+            if due and not after:
+                mask_update()
+                step = method.step_on_update
             if step:
-                lr = lr_at(t - 1, total, cfg.lr, cfg.lr_schedule)
+                lr = method.lr_override(t)
+                lr = lr_at(t - 1, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
                 new = {}
                 for n, p in params.items():
                     m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
                     new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr, **hp)
                 params = new
+            if method.collects(t):
+                state = method.collect(ops, t, {**params, **buffers}, masks, state)
+            if after:
+                mask_update()
             losses.append(loss)
             if on_step is not None:
                 on_step(t, params, masks)
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
-                  "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule),
+                  "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
                   **{f"test_{k}": v for k, v in evaluate(params, buffers, split.x_test.astype(dtype), split.y_test).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
                   "exploration_degree": MET.exploration_degree(explored), "epoch_time": time.perf_counter() - t0}
+        if epoch == cfg.epochs - 1 and isinstance(state, dict) and state.get("ultimate") is not None:
+            x_test = split.x_test.astype(dtype)
+            rep = ticket_report(lambda net: predict({n: net[n] for n in params}, {n: net[n] for n in buffers}, x_test),
+                                state, split.y_test)
+            record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
+            record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
+            record["suptickets"] = rep
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)

@@ -9,6 +9,7 @@ from .rigl import RigL
 from .set import SET
 from .snfs import SNFS, allocate_proportional
 from .static import Static
+from .suptickets import SupTickets
 
 METHODS = {"dense": Dense, "static": Static, "set": SET, "rigl": RigL, "snfs": SNFS, "granet": GraNet,
            "dst_ee": DSTEE}
@@ -25,12 +26,23 @@ def build(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "InitContext", "Update", "DropGrow", "Dense", "Static", "SET", "RigL", "SNFS", "GraNet",
-           "DSTEE", "METHODS", "INITS", "build", "allocate_proportional"]
+           "DSTEE", "SupTickets", "METHODS", "INITS", "build", "allocate_proportional"]
 
 
-def from_run_config(cfg, total_steps: int) -> Method:
+def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
     """The method object of a validated ``RunConfig`` for a run of ``total_steps`` iterations
-    (t_end = floor(t_end_fraction * T); GraNet's prune_end = floor(prune_end_fraction * T))."""
+    (t_end = floor(t_end_fraction * T); GraNet's prune_end = floor(prune_end_fraction * T)); with
+    ``suptickets`` the method is wrapped in Sup-tickets (C = st_cycle_epochs epochs, at least 1 step)."""
+    method = _base_from_run_config(cfg, total_steps)
+    if not getattr(cfg, "suptickets", False):
+        return method
+    return SupTickets(base=method, total_steps=total_steps, cycle=max(1, round(cfg.st_cycle_epochs * steps_per_epoch)),
+                      n_tickets=cfg.st_n_tickets, explore_fraction=cfg.st_explore_fraction, averaging=cfg.st_averaging,
+                      beta=cfg.st_beta, prune_scope=cfg.st_prune_scope, prune_each_step=cfg.st_prune_each_step,
+                      bn_avg=cfg.st_bn_avg, lr_low=cfg.st_lr_low, lr_high=cfg.st_lr_high)
+
+
+def _base_from_run_config(cfg, total_steps: int) -> Method:
     if cfg.method == "dense":
         return Dense()
     if cfg.method == "static":

@@ -82,6 +82,21 @@ class Method:
     def update(self, ops, t, weights, grads, masks, state, seed) -> Update:
         raise NotImplementedError(f"method {self.name!r} does not update masks")
 
+    def update_after_step(self, t: int) -> bool:
+        """True: the update due at t runs after t's optimizer step (with t's dense gradients)."""
+        return False
+
+    def collects(self, t: int) -> bool:
+        """True: ``collect`` sees the whole network after t's optimizer step (Sup-tickets)."""
+        return False
+
+    def collect(self, ops, t: int, net: dict, masks: dict, state: dict) -> dict:
+        return state
+
+    def lr_override(self, t: int):
+        """A learning rate the method imposes at iteration t (Sup-tickets' cyclic stage), or None."""
+        return None
+
     def config(self) -> dict:
         cfg = {"name": self.name}
         if hasattr(self, "__dataclass_fields__"):
