@@ -254,3 +254,11 @@ def test_state_dict_resume_reproduces_the_uninterrupted_run():
     for a, b in zip(fm.parameters(), model.parameters()):
         assert torch.equal(a, b)
     assert fsp.updates == sp.updates
+
+
+def test_dst_ee_with_c_zero_is_rigl():
+    """Eq. (1) with c = 0 leaves the exploitation term only: the run must equal RigL step for step."""
+    a = _run(methods.DSTEE(delta_t=3, drop_fraction=0.5, t_end=12, c=0.0), seed=4)
+    b = _run(methods.RigL(delta_t=3, drop_fraction=0.5, t_end=12), seed=4)
+    assert all(torch.equal(a[2].masks[n], b[2].masks[n]) for n in a[2].masks)
+    assert all(torch.equal(p, q) for p, q in zip(a[0].parameters(), b[0].parameters()))
