@@ -16,7 +16,10 @@ from reference import config as C
 
 _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "model": C.MODELS,
             "method": C.METHODS, "distribution": C.DISTRIBUTIONS, "mask_init": C.MASK_INITS,
-            "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES}
+            "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES, "nonfinite": ("raise", "skip"),
+            "fraction_schedule": C.FRACTION_SCHEDULES, "counter_init": C.COUNTER_INITS,
+            "exploration_form": C.EXPLORATION_FORMS, "st_averaging": ("cia", "caa", "cima"),
+            "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var")}
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ def _to(obj, device):
     return obj
 
 
+NONFINITE_POLICIES = ("raise", "skip")
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 
@@ -45,7 +46,7 @@ DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 class Sparsifier:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, density: Optional[DensityArg] = None,
                  method: Union[str, Method] = "static", include=None, exclude=None, seed: int = 0,
-                 check_finite: bool = True, remask_weights: Union[bool, str] = "auto"):
+                 check_finite: bool = True, remask_weights: Union[bool, str] = "auto", nonfinite: str = "raise"):
         self.model = model
         self.optimizer = optimizer
         self.method = build_method(method) if isinstance(method, str) else method
@@ -55,6 +56,10 @@ class Sparsifier:
             raise ValueError(f"seed={seed!r} must be an integer >= 0")
         self.seed = seed
         self.check_finite = bool(check_finite)
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite={nonfinite!r} is not allowed; choose one of {list(NONFINITE_POLICIES)}")
+        self.nonfinite = nonfinite      # 'raise', or 'skip' the iteration (counted in skipped_steps)
+        self.skipped_steps = 0
         if remask_weights not in (True, False, "auto"):
             raise ValueError(f"remask_weights={remask_weights!r} is not allowed; use True, False or 'auto'")
         # With masked gradients, weights and state, SGD / Adam / AdamW provably leave pruned weights at
@@ -169,8 +174,14 @@ class Sparsifier:
             if missing:
                 raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
                                    f"but {missing} have no .grad; call loss.backward() before step()")
-        if self.check_finite or needs_grads:
-            check_all_finite(grads, f"gradients at iteration {t}")
+        if self.check_finite or needs_grads or self.nonfinite == "skip":
+            try:
+                check_all_finite(grads, f"gradients at iteration {t}")
+            except ValueError:
+                if self.nonfinite == "raise":
+                    raise
+                self.skipped_steps += 1  # nothing changes: no optimizer step, no mask update, t not consumed
+                return
         after = due and self.method.update_after_step(t)
         if needs_grads:  # an update after the step needs the dense gradients the step masks in place
             gdict = {n: (g.detach().clone() if after else g.detach()) for n, g in zip(self.params, grads)}
@@ -247,11 +258,12 @@ class Sparsifier:
             "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.state, "cpu")},
             "explored": _to(self.explored, "cpu"),
             "updates": [dict(u) for u in self.updates],
+            "skipped_steps": self.skipped_steps,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Restore masks, method state and bookkeeping; validated whole before anything changes."""
-        expected = {"masks", "densities", "step_count", "seed", "method", "explored", "updates"}
+        expected = {"masks", "densities", "step_count", "seed", "method", "explored", "updates", "skipped_steps"}
         if not isinstance(state, Mapping) or set(state) != expected:
             got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"not a Sparsifier state dict: expected keys {sorted(expected)}, got {got}")
@@ -271,6 +283,7 @@ class Sparsifier:
         self.step_count = int(state["step_count"])
         self.seed = int(state["seed"])
         self.updates = [dict(u) for u in state["updates"]]
+        self.skipped_steps = int(state["skipped_steps"])
         self.state = _to(meth["state"], device)
         self.explored = explored
         if masks is not None:

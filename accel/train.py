@@ -58,7 +58,8 @@ def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=
                      steps_per_epoch: int = 1) -> Sparsifier:
     method = from_run_config(cfg, total_steps, steps_per_epoch) if method is None else method
     return Sparsifier(model, optimizer, density=density_spec(cfg), method=method, include=cfg.include or None,
-                      exclude=cfg.exclude or None, seed=cfg.seed, check_finite=cfg.check_finite)
+                      exclude=cfg.exclude or None, seed=cfg.seed, check_finite=cfg.check_finite,
+                      nonfinite=cfg.nonfinite)
 
 
 def _inputs(cfg: RunConfig, x: np.ndarray) -> torch.Tensor:
@@ -124,7 +125,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             loss = F.cross_entropy(model(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
             loss.backward()
             sp.step()
-            step += 1
+            step = sp.step_count  # an iteration skipped for non-finite gradients is not consumed
             loss_sum += loss.detach()
             if on_step is not None:
                 on_step(step, model, sp)
@@ -134,7 +135,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                   "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
                   **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                   "density": sp.total_density(), "layer_density": sp.layer_densities(),
-                  "exploration_degree": sp.exploration_degree(), "epoch_time": time.perf_counter() - t0}
+                  "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
         if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:
             rep = ticket_report(cfg, model, sp.state, split.x_test, split.y_test)
             record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})

@@ -97,6 +97,7 @@ class RunConfig:
     holdout_per_class: int = 50
     split_seed: int = 0
     check_finite: bool = True
+    nonfinite: str = "raise"
 
     def validate(self) -> "RunConfig":
         _check_choice("backend", self.backend, BACKENDS)
@@ -108,6 +109,7 @@ class RunConfig:
         _check_choice("mask_init", self.mask_init, MASK_INITS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("nonfinite", self.nonfinite, ("raise", "skip"))
         _check_range("density", self.density, 0.0, 1.0, lo_open=True)
         if self.method == "dense" and self.density != 1.0:
             raise ConfigError(f"density={self.density} with method='dense': a dense run has density 1.0 "

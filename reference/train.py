@@ -106,12 +106,17 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         start(None)
     hp = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     bufs: dict = {}
-    history, updates, t = [], [], 0
+    history, updates, t, skipped = [], [], 0, 0
     for epoch in range(cfg.epochs):
         t0, losses = time.perf_counter(), []
         for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, cfg.seed, epoch):
-            t += 1
-            loss, grads, buffers, _ = mlp_loss_and_grads(params, buffers, xb, yb, train=True)
+            loss, grads, new_buffers, _ = mlp_loss_and_grads(params, buffers, xb, yb, train=True)
+            if not all(np.all(np.isfinite(g)) for g in grads.values()):
+                if cfg.nonfinite == "skip":  # the iteration is skipped and counted, nothing changes
+                    skipped += 1
+                    continue
+                raise ValueError(f"gradients at iteration {t + 1} contain non-finite values (NaN or inf)")
+            t, buffers = t + 1, new_buffers
             dense_grads = {n: grads[n] for n in prunable}
             if masks is None:  # SNIP: saliency |w * g| at the dense initialisation, first batch
                 start(dense_grads)
@@ -156,7 +161,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                   "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
                   **{f"test_{k}": v for k, v in evaluate(params, buffers, split.x_test.astype(dtype), split.y_test).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
-                  "exploration_degree": MET.exploration_degree(explored), "epoch_time": time.perf_counter() - t0}
+                  "exploration_degree": MET.exploration_degree(explored), "skipped_steps": skipped, "epoch_time": time.perf_counter() - t0}
         if epoch == cfg.epochs - 1 and isinstance(state, dict) and state.get("ultimate") is not None:
             x_test = split.x_test.astype(dtype)
             rep = ticket_report(lambda net: predict({n: net[n] for n in params}, {n: net[n] for n in buffers}, x_test),

@@ -195,3 +195,19 @@ def test_dense_method_is_plain_optimizer_step():
     assert sp.total_density() == 1.0
     _train_steps(model, sp, opt, n=2)
     assert sp.step_count == 2
+
+
+def test_nonfinite_skip_policy_counts_and_changes_nothing():
+    model, opt, sp = _setup("sgd")
+    sp.nonfinite = "skip"
+    _train_steps(model, sp, opt, n=2)
+    opt.zero_grad()
+    F.cross_entropy(model(torch.randn(8, 20, dtype=torch.float64)), torch.randint(0, 4, (8,))).backward()
+    model.fc[1].weight.grad[0, 0] = float("nan")
+    before = copy.deepcopy(model.state_dict())
+    sp.step()
+    assert sp.skipped_steps == 1 and sp.step_count == 2
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert sp.state_dict()["skipped_steps"] == 1
+    with pytest.raises(ValueError, match="nonfinite='ignore'"):
+        _setup(nonfinite="ignore")
