@@ -48,27 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="run this single seed instead of the config's seed list")
     r.add_argument("--output", help="output folder (default: the config's [experiment] output)")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--dry-run", action="store_true", help="print the resolved runs and per-layer densities, train nothing")
     t = sub.add_parser("train", help="train one run given by flags")
     _add_run_flags(t)
     t.add_argument("--output", default="runs/train")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved run and per-layer densities, train nothing")
     return p
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .runner import run_experiment
+    from .runner import describe_run, run_experiment
     try:
         if args.command == "run":
             exp = C.load_experiment(args.config)
             overrides = {k: getattr(args, k) for k in ("backend", "device") if getattr(args, k) is not None}
             if args.seed is not None:
                 exp.seeds = [args.seed]
+            if args.dry_run:
+                print("\n\n".join(describe_run(r.replace(**overrides)) for r in exp.runs))
+                return 0
             run_experiment(exp, output=args.output, progress=not args.no_progress, **overrides)
         else:
             given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
             seed = given.pop("seed", 0)
             run = C.RunConfig(**C.coerce_run_fields(given, "the command line")).validate()
+            if args.dry_run:
+                print(describe_run(run.replace(seed=seed)))
+                return 0
             exp = C.ExperimentConfig(name=run.label, output=args.output, seeds=[seed], runs=[run])
             run_experiment(exp, progress=not args.no_progress)
     except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:

@@ -61,6 +61,32 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
     return out["history"]
 
 
+def describe_run(cfg: RunConfig) -> str:
+    """The resolved config and a per-layer table of the initial masks (layer, shape, weights,
+    density, kept, sparsity); builds the model but trains nothing."""
+    import json as _json
+
+    from .prunable import discover_prunable
+    from .train import build_model_for, density_spec
+
+    split_in, n_classes = 784, 10
+    model = build_model_for(cfg, split_in, n_classes)
+    params = discover_prunable(model, cfg.include or None, cfg.exclude or None)
+    weights = {n: p.detach() for n, p in params.items()}
+    spec = density_spec(cfg)
+    dens = {n: 1.0 for n in weights} if spec is None else spec.resolve(weights)
+    lines = [f"run {cfg.label!r} (seed {cfg.seed}):", _json.dumps(run_to_dict(cfg), sort_keys=True),
+             f"{'layer':<28} {'shape':<20} {'weights':>10} {'density':>8} {'kept':>10} {'sparsity':>8}"]
+    total = kept_total = 0
+    for n, w in weights.items():
+        kept = int(dens[n] * w.numel() + 0.5)
+        total, kept_total = total + w.numel(), kept_total + kept
+        lines.append(f"{n:<28} {str(tuple(w.shape)):<20} {w.numel():>10} {dens[n]:>8.4f} {kept:>10} {1 - dens[n]:>8.2%}")
+    lines.append(f"{'total (prunable set)':<28} {'':<20} {total:>10} {kept_total / total:>8.4f} {kept_total:>10} "
+                 f"{1 - kept_total / total:>8.2%}")
+    return "\n".join(lines)
+
+
 def _mean_std(values):
     m = sum(values) / len(values)
     s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0

@@ -67,3 +67,14 @@ def test_every_dst_method_trains_from_the_cli_on_both_backends(tmp_path, method,
         rows[backend] = (updates, json.loads((out / "results.json").read_text())["rows"][0])
     assert rows["accel"][0] == pytest.approx(rows["reference"][0])  # same updates, same statistics
     assert rows["accel"][1]["test_acc"][0] == pytest.approx(rows["reference"][1]["test_acc"][0])
+
+
+def test_dry_run_prints_layers_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["train", "--method", "rigl", "--density", "0.1", "--exclude", "first", "--dry-run",
+                 "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fc.1.weight" in text and "fc.0.weight" not in text.split("sparsity", 1)[1]
+    assert "total (prunable set)" in text and not out.exists()
+    assert main(["run", "experiments/quickstart.toml", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("total (prunable set)") == 3
