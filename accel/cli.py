@@ -49,11 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="output folder (default: the config's [experiment] output)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and per-layer densities, train nothing")
+    r.add_argument("--checkpoint", action="store_true", help="write <run>.ckpt atomically after every epoch")
+    r.add_argument("--resume", action="store_true", help="continue every run from its checkpoint when present")
     t = sub.add_parser("train", help="train one run given by flags")
     _add_run_flags(t)
     t.add_argument("--output", default="runs/train")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--dry-run", action="store_true", help="print the resolved run and per-layer densities, train nothing")
+    t.add_argument("--checkpoint", action="store_true", help="write <run>.ckpt atomically after every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint when present")
     return p
 
 
@@ -69,7 +73,8 @@ def main(argv=None) -> int:
             if args.dry_run:
                 print("\n\n".join(describe_run(r.replace(**overrides)) for r in exp.runs))
                 return 0
-            run_experiment(exp, output=args.output, progress=not args.no_progress, **overrides)
+            run_experiment(exp, output=args.output, progress=not args.no_progress, checkpoint=args.checkpoint,
+                           resume=args.resume, **overrides)
         else:
             given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
             seed = given.pop("seed", 0)
@@ -78,8 +83,8 @@ def main(argv=None) -> int:
                 print(describe_run(run.replace(seed=seed)))
                 return 0
             exp = C.ExperimentConfig(name=run.label, output=args.output, seeds=[seed], runs=[run])
-            run_experiment(exp, progress=not args.no_progress)
-    except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+            run_experiment(exp, progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)
+    except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"twinsparse: error: {e}", file=sys.stderr)
         return 2
     return 0

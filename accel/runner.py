@@ -25,13 +25,22 @@ def load_split(cfg: RunConfig):
     return split
 
 
-def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True) -> list:
-    """Train one run on its backend; returns the per-epoch history (and appends it to ``log_path``)."""
+def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True, checkpoint: bool = False,
+              resume: bool = False) -> list:
+    """Train one run on its backend; returns the per-epoch history (written to ``log_path``).
+
+    ``checkpoint``: write ``<log>.ckpt`` atomically after every epoch; ``resume``: continue from it
+    when present (the log is rewritten from the checkpoint's history, then continued)."""
     split = load_split(cfg)
+    ck_path = log_path[: -len(".jsonl")] + ".ckpt" if (log_path and (checkpoint or resume)) else None
     log = open(log_path, "w", encoding="utf-8") if log_path else None
     header = {"config": run_to_dict(cfg)}
     if log:
         log.write(json.dumps(header) + "\n")
+        if resume and ck_path and os.path.exists(ck_path):
+            load = ck_load_reference if cfg.backend == "reference" else ck_load_accel
+            for rec in load(ck_path)["history"]:
+                log.write(json.dumps(rec) + "\n")
 
     def on_epoch(rec):
         if log:
@@ -47,10 +56,10 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
 
             def tick(*_):
                 bar.update(1)
-            out = train_reference(cfg, split, on_epoch=on_epoch, on_step=tick)
+            out = train_reference(cfg, split, on_epoch=on_epoch, on_step=tick, checkpoint=ck_path, resume=resume)
         else:
             from .train import train_accel
-            out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar)
+            out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar, checkpoint=ck_path, resume=resume)
         if log:  # one line per mask update: t, drop fraction, counts, density, R, mask change
             for u in out.get("updates", []):
                 log.write(json.dumps({"mask_update": u}) + "\n")
@@ -140,7 +149,18 @@ def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: bool = True, **overrides) -> list:
+def ck_load_reference(path):
+    from reference.checkpoint import load_reference
+    return load_reference(path)
+
+
+def ck_load_accel(path):
+    from .checkpoint import load
+    return load(path)
+
+
+def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: bool = True, checkpoint: bool = False,
+                   resume: bool = False, **overrides) -> list:
     """Run every (run, seed) of ``exp``; writes logs, ``results.md``, ``results.json``, ``curves.png``."""
     out_dir = output or exp.output
     os.makedirs(out_dir, exist_ok=True)
@@ -149,7 +169,8 @@ def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: b
     cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
     for cfg in tqdm(cfgs, desc=exp.name, disable=not progress, file=sys.stderr):
         log_path = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}.jsonl")
-        results.setdefault(cfg.label, []).append(train_one(cfg, log_path, progress=progress))
+        results.setdefault(cfg.label, []).append(train_one(cfg, log_path, progress=progress, checkpoint=checkpoint,
+                                                           resume=resume))
     rows = summarize(results)
     table = format_table(rows)
     backend = cfgs[0].backend

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.config import RunConfig
+from reference.config import RunConfig, run_to_dict
 from reference.data import as_images, iterate_batches
 from reference.nn import init_mlp
 from reference.schedules import lr_at
+from . import checkpoint as ckpt
 from . import densities as D
 from reference.methods import from_run_config
 from . import metrics as MET
@@ -98,11 +100,15 @@ def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarr
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
-def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None) -> dict:
+def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None,
+                checkpoint: str | None = None, resume: bool = False) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
-    optional tqdm-like object updated once per step.
+    optional tqdm-like object updated once per step. With ``checkpoint`` a checkpoint is written
+    atomically after every epoch; with ``resume`` an existing one is loaded first and training
+    continues from its epoch (data order and every random decision derive from (seed, epoch, t),
+    so the resumed run equals the uninterrupted one).
     """
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -113,9 +119,16 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sp = build_sparsifier(cfg, model, opt, total, method, steps_per_epoch)
-    history, step = [], 0
+    history, step, start = [], 0, 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        ck = ckpt.load(checkpoint)
+        ckpt.check_config(ck["config"], run_to_dict(cfg), checkpoint)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sp.load_state_dict(ck["sparsifier"])
+        history, start, step = ck["history"], ck["epoch"], sp.step_count
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
         for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
             lr = sp.method.lr_override(step + 1)
@@ -142,6 +155,9 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
             record["suptickets"] = rep
         history.append(record)
+        if checkpoint:
+            ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                                   "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history})
         if on_epoch is not None:
             on_epoch(record)
     return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates}

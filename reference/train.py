@@ -20,6 +20,7 @@ compared step by step (conformance/test_trajectory.py).
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -27,7 +28,8 @@ import numpy as np
 from . import densities as D
 from . import metrics as MET
 from . import ops
-from .config import RunConfig
+from . import checkpoint as CK
+from .config import RunConfig, run_to_dict
 from .data import iterate_batches
 from .methods import InitContext, from_run_config
 from .nn import init_mlp, mlp_forward, mlp_loss_and_grads
@@ -72,13 +74,16 @@ def ticket_report(predict_net, state: dict, y) -> dict:
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
-def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None) -> dict:
+def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None,
+                    checkpoint: str | None = None, resume: bool = False) -> dict:
     """Train the MLP of ``cfg`` on ``split``; returns the final state, the per-epoch history and
     one record per mask update.
 
     ``on_epoch(record)`` is called after each epoch, ``on_step(t, params, masks)`` after each
     iteration (used by the trajectory conformance check). ``method`` overrides the method built
-    from ``cfg`` (e.g. SET with injected random scores).
+    from ``cfg`` (e.g. SET with injected random scores). ``checkpoint`` / ``resume``: an atomic
+    checkpoint after every epoch, and continuing from one (the resumed run equals the uninterrupted
+    one: data order and random decisions derive from (seed, epoch, t) only).
     """
     cfg.validate()
     if cfg.model != "mlp":
@@ -106,8 +111,14 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         start(None)
     hp = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     bufs: dict = {}
-    history, updates, t, skipped = [], [], 0, 0
-    for epoch in range(cfg.epochs):
+    history, updates, t, skipped, start_epoch = [], [], 0, 0, 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        ck = CK.load_reference(checkpoint)
+        CK.check_config(ck["config"], run_to_dict(cfg), checkpoint)
+        (params, buffers, masks, state, explored, bufs, history, updates, t, skipped, start_epoch) = (
+            ck[k] for k in ("params", "buffers", "masks", "state", "explored", "bufs", "history", "updates", "t",
+                            "skipped", "epoch"))
+    for epoch in range(start_epoch, cfg.epochs):
         t0, losses = time.perf_counter(), []
         for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, cfg.seed, epoch):
             loss, grads, new_buffers, _ = mlp_loss_and_grads(params, buffers, xb, yb, train=True)
@@ -170,6 +181,11 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
             record["suptickets"] = rep
         history.append(record)
+        if checkpoint:
+            CK.save_reference(checkpoint, {"kind": "twinsparse-reference", "config": run_to_dict(cfg), "epoch": epoch + 1,
+                                           "params": params, "buffers": buffers, "masks": masks, "state": state,
+                                           "explored": explored, "bufs": bufs, "history": history,
+                                           "updates": updates, "t": t, "skipped": skipped})
         if on_epoch is not None:
             on_epoch(record)
     return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history,
