@@ -32,7 +32,7 @@ from reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  #
 from reference.dst import _check_counts, check_fraction, check_iteration
 from reference.masks import check_layer_dict, check_layer_names
 from ._checks import as_real_tensor, check_finite, check_same_shape
-from .topk import topk_within
+from .topk import select_within, topk_within
 
 __all__ = ["COUNTER_INITS", "EXPLORATION_FORMS", "swap_counts", "drop", "grow", "drop_and_grow",
            "init_counters", "increment_counters", "check_exploration", "dst_ee_scores", "ema_update",
@@ -94,8 +94,11 @@ def _descending_key(flat: torch.Tensor) -> tuple[torch.Tensor, int]:
     return info.max - flat.to(torch.int64), flat.element_size() * 8
 
 
+SELECT_STRATEGIES = ("auto", "sort", "loop")
+
+
 def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
-                      sizes: Sequence[int], ks: Sequence[int]) -> torch.Tensor:
+                      sizes: Sequence[int], ks: Sequence[int], strategy: str = "auto") -> torch.Tensor:
     """The selection of ``segmented_topk_within`` without validation (callers validated).
 
     Only the candidates are sorted (compacted first: a drop sorts the active weights only), by the
@@ -103,6 +106,15 @@ def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
     n, dev = flat_scores.numel(), flat_scores.device
     keep = torch.zeros(n, dtype=torch.bool, device=dev)
     if n == 0 or not any(ks):
+        return keep
+    if strategy == "loop" or (strategy == "auto" and dev.type == "cpu"):
+        # On CPU an O(n) kthvalue selection per segment beats the two whole-model sorts by 3-8x
+        # (measured: 266k weights 5.5 vs 15 ms, 12.6M weights 0.24 vs 1.96 s); on CUDA the sorts
+        # below keep the update at a handful of launches for the whole model.
+        n_cand = _segment_sums(flat_candidates, sizes)
+        for s_, c_, (start, size), k in zip(flat_scores.split(sizes), flat_candidates.split(sizes),
+                                             zip(np.cumsum([0, *sizes[:-1]]), sizes), ks):
+            keep[start:start + size] = select_within(s_, c_, k, n_cand.pop(0))
         return keep
     sizes_t = torch.as_tensor(list(sizes), dtype=torch.int64, device=dev)
     seg = torch.repeat_interleave(torch.arange(len(sizes), device=dev), sizes_t, output_size=n)
@@ -158,7 +170,7 @@ def _check_grow_counts(names, counts, pools) -> None:
 # ----------------------------------------------------------------------------- segmented top-k
 
 def segmented_topk_within(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
-                          segment_sizes: Sequence[int], ks: Sequence[int]) -> torch.Tensor:
+                          segment_sizes: Sequence[int], ks: Sequence[int], strategy: str = "auto") -> torch.Tensor:
     """For each consecutive segment of the 1-D ``flat_scores`` (lengths ``segment_sizes``), the
     top ``ks[i]`` scores among its candidates (tie rule: larger score, then smaller index).
     Equal to ``reference.topk.topk_within`` on every segment; two stable sorts in all."""
@@ -185,7 +197,9 @@ def segmented_topk_within(flat_scores: torch.Tensor, flat_candidates: torch.Tens
     n_cand = _segment_sums(flat_candidates, sizes)
     ks = [check_count(k, c, f"k of segment {i}") for i, (k, c) in enumerate(zip(ks, n_cand))]
     check_finite(flat_scores, "scores")
-    return _segmented_select(flat_scores, flat_candidates, sizes, ks)
+    if strategy not in SELECT_STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} is not allowed; choose one of {list(SELECT_STRATEGIES)}")
+    return _segmented_select(flat_scores, flat_candidates, sizes, ks, strategy)
 
 
 # ----------------------------------------------------------------------------- prune and grow

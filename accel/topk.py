@@ -70,6 +70,11 @@ def topk_within(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch
     n_cand = int(candidates.sum())
     k = check_count(k, n_cand)
     check_finite(scores, "scores")
+    return select_within(scores, candidates, k, n_cand)
+
+
+def select_within(scores: torch.Tensor, candidates: torch.Tensor, k: int, n_cand: int) -> torch.Tensor:
+    """The selection of ``topk_within`` for validated inputs (0 <= k <= n_cand = candidates.sum())."""
     if k == 0:
         return torch.zeros_like(candidates)
     if k == n_cand:

@@ -79,6 +79,10 @@ def _segmented_args(draw, dtype):
 
 register("topk_within", RT.topk_within, AT.topk_within, _topk_within_args)
 register("dst.segmented_topk_within", ref_segmented_topk_within, A.segmented_topk_within, _segmented_args)
+# both selection strategies, whatever the device picks by default (CPU: per-segment kthvalue; CUDA: sorts)
+for _strategy in ("sort", "loop"):
+    register(f"dst.segmented_topk_within[{_strategy}]", ref_segmented_topk_within,
+             lambda *a, _s=_strategy, **k: A.segmented_topk_within(*a, strategy=_s, **k), _segmented_args)
 
 
 # ----------------------------------------------------------------------------- prune and grow
