@@ -2,8 +2,8 @@
 ``momentum=None`` BatchNorm modules.
 
 A small MLP with BatchNorm gets 1-4 batches of 2-8 samples. Examples are kept only with a margin
-in every batch (float64 train-mode forward): each BN layer's batch variance at least
-``_VAR_MARGIN`` and every post-BN value at least ``_RELU_MARGIN`` from 0, so float32 rounding can
+in every batch (float64 train-mode forward, ``conformance.entries.nn.has_margin``): each BN layer's
+batch variance and every post-BN value away from 0, so float32 rounding can
 neither be amplified by 1/sqrt(var + eps) nor flip a ReLU feeding the next BN layer.
 num_batches_tracked is compared exactly.
 """
@@ -13,23 +13,8 @@ from hypothesis import assume, strategies as st
 import accel.bn as A
 import reference.bn as R
 import reference.nn as RN
+from conformance.entries.nn import has_margin
 from conformance.registry import register
-
-_RELU_MARGIN = 1e-3
-_VAR_MARGIN = 5e-2
-
-
-def _has_margin(params, buffers, x) -> bool:
-    _, cache, _ = RN.mlp_forward(params, buffers, x, True)
-    for i, rec in enumerate(cache["layers"][:-1]):
-        pre = rec["input"] @ params[f"fc.{i}.weight"].T + params[f"fc.{i}.bias"]
-        if pre.var(axis=0).min() < _VAR_MARGIN:
-            return False
-        post = params[f"bn.{i}.weight"] * rec["x_hat"] + params[f"bn.{i}.bias"]
-        if np.abs(post).min() < _RELU_MARGIN:
-            return False
-    return True
-
 
 @st.composite
 def _mlp_bn_recalibrate_args(draw, dtype):
@@ -49,7 +34,7 @@ def _mlp_bn_recalibrate_args(draw, dtype):
         else:
             buffers[k] = np.array(rng.integers(0, 100), dtype=np.int64)
     batches = [rng.standard_normal((draw(st.integers(2, 8)), sizes[0])) * 2 for _ in range(draw(st.integers(1, 4)))]
-    assume(all(_has_margin(params, buffers, x) for x in batches))
+    assume(all(has_margin(params, buffers, x, True) for x in batches))
     cast = lambda d: {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in d.items()}
     return (cast(params), cast(buffers), [x.astype(dtype) for x in batches]), {}
 

@@ -23,7 +23,7 @@ def _labels(rng, B, K, soft):
     return rng.integers(0, K, size=B, dtype=np.int64)
 
 
-def _has_margin(params, buffers, x, train):
+def has_margin(params, buffers, x, train):
     """Re-run the float64 forward and check the ReLU / BatchNorm margins described above."""
     _, cache, _ = R.mlp_forward(params, buffers, x, train)
     for i, rec in enumerate(cache["layers"][:-1]):
@@ -59,7 +59,7 @@ def _mlp_args(draw, dtype):
             buffers[k] = np.array(rng.integers(0, 100), dtype=np.int64)
     x = rng.standard_normal((B, sizes[0])) * 2
     y = _labels(rng, B, sizes[-1], soft)
-    assume(_has_margin(params, buffers, x, train))
+    assume(has_margin(params, buffers, x, train))
     cast = lambda d: {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in d.items()}
     return (cast(params), cast(buffers), x.astype(dtype), y.astype(dtype) if soft else y), {"train": train}
 
