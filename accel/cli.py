@@ -9,6 +9,7 @@ with the key, the value and what is allowed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -63,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    from . import distributed as ddp
     from .runner import describe_run, run_experiment
     try:
+        # under torchrun (WORLD_SIZE > 1) every process joins the group; a dead peer fails collectives
+        ddp.init_from_env(timeout_s=float(os.environ.get("TWINSPARSE_DDP_TIMEOUT", "60")))
         if args.command == "run":
             exp = C.load_experiment(args.config)
             overrides = {k: getattr(args, k) for k in ("backend", "device") if getattr(args, k) is not None}

@@ -162,16 +162,22 @@ def ck_load_accel(path):
 def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: bool = True, checkpoint: bool = False,
                    resume: bool = False, **overrides) -> list:
     """Run every (run, seed) of ``exp``; writes logs, ``results.md``, ``results.json``, ``curves.png``."""
+    from . import distributed as ddp
+
     out_dir = output or exp.output
-    os.makedirs(out_dir, exist_ok=True)
+    writer = ddp.rank() == 0  # under DDP only rank 0 writes logs, tables and plots
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
     results: "OrderedDict[str, list]" = OrderedDict()
     t0 = time.perf_counter()
     cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
     for cfg in tqdm(cfgs, desc=exp.name, disable=not progress, file=sys.stderr):
-        log_path = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}.jsonl")
+        log_path = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}.jsonl") if writer else None
         results.setdefault(cfg.label, []).append(train_one(cfg, log_path, progress=progress, checkpoint=checkpoint,
                                                            resume=resume))
     rows = summarize(results)
+    if not writer:
+        return rows
     table = format_table(rows)
     backend = cfgs[0].backend
     header = (f"# {exp.name}\n\nbackend: {backend}, device: {cfgs[0].device}, seeds: {exp.seeds}, "

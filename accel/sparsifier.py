@@ -75,6 +75,7 @@ class Sparsifier:
         self.state: dict = {}          # the method's state (DST-EE counters, SNFS momentum, ...)
         self.explored: Optional[dict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
         self.updates: list = []        # one record per mask update: t, R, mask change, counts
+        self.on_update = None          # optional callback(t, masks) after every installed update (DDP check)
         self._mask_f: list = []
         self._squashed = False
         if not self.method.needs_init_grads:
@@ -214,6 +215,8 @@ class Sparsifier:
         self.state, self.explored = up.state, explored
         self.updates.append({"t": t, **up.info, "density": self.total_density(),
                              "exploration_degree": ops.exploration_degree(explored), **change})
+        if self.on_update is not None:
+            self.on_update(t, self.masks)
 
     def _masked_step(self, grads) -> None:
         if self.method.is_dense:

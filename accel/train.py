@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from reference.data import as_images, iterate_batches
 from reference.nn import init_mlp
 from reference.schedules import lr_at
 from . import checkpoint as ckpt
+from . import distributed as ddp
 from . import densities as D
 from reference.methods import from_run_config
 from . import metrics as MET
@@ -119,6 +121,14 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sp = build_sparsifier(cfg, model, opt, total, method, steps_per_epoch)
+    net = model
+    if ddp.active():  # data-parallel: DDP all-reduces the gradients; the Sparsifier works on the module
+        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            warnings.warn("BatchNorm under DDP uses each rank's shard statistics (no SyncBatchNorm on CPU/gloo); "
+                          "runs differ from a single process with the same global batch")
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        if cfg.ddp_verify_masks:
+            sp.on_update = lambda t, masks: ddp.verify_masks(masks, t)
     history, step, start = [], 0, 0
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = ckpt.load(checkpoint)
@@ -128,36 +138,45 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
         sp.load_state_dict(ck["sparsifier"])
         history, start, step = ck["history"], ck["epoch"], sp.step_count
     model.train()
-    for epoch in range(start, cfg.epochs):
-        t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
-        for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
-            lr = sp.method.lr_override(step + 1)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
-            opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
-            loss.backward()
-            sp.step()
-            step = sp.step_count  # an iteration skipped for non-finite gradients is not consumed
-            loss_sum += loss.detach()
-            if on_step is not None:
-                on_step(step, model, sp)
-            if progress is not None:
-                progress.update(1)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
-                  "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
-                  **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
-                  "density": sp.total_density(), "layer_density": sp.layer_densities(),
-                  "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
-        if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:
-            rep = ticket_report(cfg, model, sp.state, split.x_test, split.y_test)
-            record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
-            record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
-            record["suptickets"] = rep
-        history.append(record)
-        if checkpoint:
-            ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
-                                   "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history})
-        if on_epoch is not None:
-            on_epoch(record)
+    with ddp.peer_failures_explained():
+        for epoch in range(start, cfg.epochs):
+            t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
+            for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
+                lr = sp.method.lr_override(step + 1)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
+                opt.zero_grad(set_to_none=True)
+                if ddp.active():  # this rank's slice; DDP's gradient average is then the global-batch mean
+                    xs, ys = ddp.shard(xb, yb)
+                    loss = F.cross_entropy(net(_inputs(cfg, xs)), torch.from_numpy(ys).to(cfg.device),
+                                           reduction="sum") * ddp.loss_scale(len(xb))
+                else:
+                    loss = F.cross_entropy(net(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
+                loss.backward()
+                sp.step()
+                step = sp.step_count  # an iteration skipped for non-finite gradients is not consumed
+                loss_sum += loss.detach()
+                if on_step is not None:
+                    on_step(step, model, sp)
+                if progress is not None:
+                    progress.update(1)
+            if ddp.active():  # the global-batch mean loss: ranks hold world-scaled shard sums
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= ddp.world()
+            record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
+                      "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
+                      **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
+                      "density": sp.total_density(), "layer_density": sp.layer_densities(),
+                      "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
+            if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:
+                rep = ticket_report(cfg, model, sp.state, split.x_test, split.y_test)
+                record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
+                record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
+                record["suptickets"] = rep
+            history.append(record)
+            if checkpoint and ddp.rank() == 0:
+                ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                                       "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history})
+            if on_epoch is not None:
+                on_epoch(record)
     return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates}

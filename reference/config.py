@@ -98,6 +98,8 @@ class RunConfig:
     split_seed: int = 0
     check_finite: bool = True
     nonfinite: str = "raise"
+    # data-parallel (torchrun): debug check that every rank holds the same masks after each update
+    ddp_verify_masks: bool = False
 
     def validate(self) -> "RunConfig":
         _check_choice("backend", self.backend, BACKENDS)
@@ -173,7 +175,7 @@ class RunConfig:
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
 _BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
-              "st_prune_each_step"}
+              "st_prune_each_step", "ddp_verify_masks"}
 _FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
