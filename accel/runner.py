@@ -96,7 +96,9 @@ def describe_run(cfg: RunConfig) -> str:
     return "\n".join(lines)
 
 
-def _mean_std(values):
+def mean_std(values):
+    """Mean and sample std (ddof 1; 0 for a single value)."""
+    values = list(values)
     m = sum(values) / len(values)
     s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, s
@@ -109,7 +111,7 @@ def summarize(results: "OrderedDict[str, list]") -> list:
         finals = [h[-1] for h in histories]
         row = {"label": label, "seeds": len(finals), "density": finals[0]["density"]}
         for key in ("test_acc", "test_nll", "test_ece"):
-            row[key] = _mean_std([f[key] for f in finals])
+            row[key] = mean_std([f[key] for f in finals])
         row["time_s"] = sum(sum(r["epoch_time"] for r in h) for h in histories) / len(histories)
         rows.append(row)
     return rows

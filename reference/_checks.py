@@ -80,3 +80,13 @@ def as_real_array(a, what: str) -> np.ndarray:
         raise TypeError(f"{what} must be a real numeric array, got dtype {a.dtype}")
     check_finite(a, what)
     return a
+
+
+def check_int(v, name: str, lo: int, hi: int | None = None) -> int:
+    """An integer in [lo, hi] (hi None: no upper bound), else TypeError/ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}={int(v)} is not allowed; it must be {allowed}")
+    return int(v)

@@ -30,8 +30,10 @@ import math
 from typing import Callable
 
 import numpy as np
+
 from scipy import ndimage
 
+from ._checks import check_int as _check_int
 from .data import MNIST_MEAN, MNIST_STD, N_CLASSES
 
 SIDE = 28
@@ -74,15 +76,6 @@ def _check_image(img) -> np.ndarray:
         raise ValueError(f"pixel values lie in [{lo}, {hi}]; ops work in pixel space and need values in [0, 1] "
                          "(undo the normalization first, or use the batch functions)")
     return np.clip(img.astype(np.float64), 0.0, 1.0)
-
-
-def _check_int(v, name: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name}={int(v)} is not allowed; it must be {allowed}")
-    return int(v)
 
 
 def _check_alpha(alpha) -> float:

@@ -28,6 +28,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ._checks import check_int as _check_int
+
 N_ROWS, N_PIXELS, N_CLASSES, PER_CLASS = 5000, 784, 10, 500
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -76,15 +78,6 @@ class Split:
     y_holdout: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-
-
-def _check_int(v, name: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name}={int(v)} is not allowed; it must be {allowed}")
-    return int(v)
 
 
 def _to_float(x: np.ndarray, dtype, normalize: bool) -> np.ndarray:

@@ -15,6 +15,8 @@ import os
 import re
 import sys
 
+from accel.runner import mean_std  # noqa: E402
+
 ROOT = os.path.join("experiments", "results", "dst")
 TABLES = {"MLP 784-300-100-10": "table1_mlp", "SmallCNN (BatchNorm)": "table1_cnn"}
 SWEEP = "c_sweep_mlp"
@@ -22,12 +24,6 @@ METHODS = [("dense", "dense"), ("static", "static"), ("set", "SET"), ("rigl", "R
            ("granet", "GraNet"), ("dst_ee", "DST-EE")]
 DYNAMIC = ["set", "rigl", "snfs", "granet", "dst_ee"]
 SPARSITIES = [90, 95, 98]
-
-
-def mean_std(xs):
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
 
 
 def load_folder(name):

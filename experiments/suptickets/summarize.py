@@ -24,17 +24,12 @@ import os
 import re
 import sys
 
+from accel.runner import mean_std  # noqa: E402
+
 ROOT = os.path.join("experiments", "results", "suptickets")
 METHODS = [("set", "SET"), ("rigl", "RigL"), ("granet", "GraNet")]
 SPARSITIES = [90, 95]
 RULES = ["cia", "caa", "cima"]
-
-
-def mean_std(xs):
-    xs = list(xs)
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, s
 
 
 def load(name):
