@@ -47,6 +47,8 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
+    if cfg.procedure != "train":
+        return _procedure_one(cfg, split, log, on_epoch)
     steps = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
     bar = tqdm(total=steps, desc=f"{cfg.label} seed={cfg.seed} [{cfg.backend}]", leave=False,
                disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -68,6 +70,27 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
         if log:
             log.close()
     return out["history"]
+
+
+def _procedure_one(cfg: RunConfig, split, log, on_epoch) -> list:
+    """A multi-phase procedure (D²-Sparse and its baselines): one log record per state (state 0 =
+    the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
+    def on_record(rec):
+        on_epoch({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
+    try:
+        if cfg.backend == "reference":
+            from reference.d2engine import run_reference_d2
+            out = run_reference_d2(cfg, split, on_record=on_record)
+        else:
+            from .d2sparse import run_accel_d2
+            out = run_accel_d2(cfg, split, on_record=on_record)
+        if log:
+            for u in out["updates"]:
+                log.write(json.dumps({"mask_update": u}) + "\n")
+    finally:
+        if log:
+            log.close()
+    return [{"epoch": r["state"], "epoch_time": r["time_s"], **r} for r in out["records"]]
 
 
 def describe_run(cfg: RunConfig) -> str:
@@ -93,6 +116,12 @@ def describe_run(cfg: RunConfig) -> str:
         lines.append(f"{n:<28} {str(tuple(w.shape)):<20} {w.numel():>10} {dens[n]:>8.4f} {kept:>10} {1 - dens[n]:>8.2%}")
     lines.append(f"{'total (prunable set)':<28} {'':<20} {total:>10} {kept_total / total:>8.4f} {kept_total:>10} "
                  f"{1 - kept_total / total:>8.2%}")
+    if cfg.procedure != "train":
+        from reference.d2sparse import state_densities, total_epochs
+        dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)
+        lines.append(f"procedure {cfg.procedure}: {cfg.d2_states} state(s) at densities "
+                     f"{', '.join(f'{d:.4f}' for d in dens)}; {total_epochs(cfg)} training epochs in all "
+                     f"(the table above is the final state's layer distribution)")
     return "\n".join(lines)
 
 

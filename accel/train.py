@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from reference.config import RunConfig, run_to_dict
-from reference.data import as_images, iterate_batches
+from reference.data import as_images
 from reference.nn import init_mlp
+from reference.train import default_batches
 from reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -102,21 +103,44 @@ def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarr
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
+def _targets(cfg: RunConfig, y: np.ndarray) -> torch.Tensor:
+    """int labels as int64, soft labels [B, K] in the model's dtype."""
+    t = torch.from_numpy(np.ascontiguousarray(y)).to(cfg.device)
+    return t.to(DTYPES[cfg.dtype]) if t.is_floating_point() else t
+
+
+def load_net(model, net: dict) -> None:
+    """Load a full state dict (parameters and buffers) into ``model``; names and shapes must match."""
+    own = model.state_dict()
+    if set(net) != set(own):
+        raise ValueError(f"init_net names {sorted(net)} but the model has {sorted(own)}")
+    for n, v in own.items():
+        if tuple(net[n].shape) != tuple(v.shape):
+            raise ValueError(f"init_net[{n!r}] has shape {tuple(net[n].shape)} but the model's is {tuple(v.shape)}")
+    model.load_state_dict({n: torch.as_tensor(v) for n, v in net.items()})
+
+
 def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None,
-                checkpoint: str | None = None, resume: bool = False) -> dict:
+                checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
+                batches=None) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
     optional tqdm-like object updated once per step. With ``checkpoint`` a checkpoint is written
     atomically after every epoch; with ``resume`` an existing one is loaded first and training
     continues from its epoch (data order and every random decision derive from (seed, epoch, t),
-    so the resumed run equals the uninterrupted one).
+    so the resumed run equals the uninterrupted one). ``init_net`` (a state dict) replaces the
+    initialisation; ``batches(epoch)`` replaces the data pipeline, yielding per iteration a list of
+    parts (x, y) whose losses are summed (see ``reference.train.train_reference``).
     """
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
     n_classes = int(split.y_train.max()) + 1
     model = build_model_for(cfg, split.x_train.shape[1], n_classes)
+    if init_net is not None:
+        load_net(model, init_net)
+    batches = default_batches(cfg, split.x_train, split.y_train) if batches is None else batches
     opt = build_optimizer(cfg, model)
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -141,17 +165,19 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     with ddp.peer_failures_explained():
         for epoch in range(start, cfg.epochs):
             t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
-            for xb, yb in iterate_batches(split.x_train, split.y_train, cfg.batch_size, cfg.seed, epoch):
+            for parts in batches(epoch):
                 lr = sp.method.lr_override(step + 1)
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
                 opt.zero_grad(set_to_none=True)
-                if ddp.active():  # this rank's slice; DDP's gradient average is then the global-batch mean
-                    xs, ys = ddp.shard(xb, yb)
-                    loss = F.cross_entropy(net(_inputs(cfg, xs)), torch.from_numpy(ys).to(cfg.device),
-                                           reduction="sum") * ddp.loss_scale(len(xb))
-                else:
-                    loss = F.cross_entropy(net(_inputs(cfg, xb)), torch.from_numpy(yb).to(cfg.device))
+                loss = 0.0
+                for xb, yb in parts:  # summed loss over the parts (one part in the standard pipeline)
+                    if ddp.active():  # this rank's slice; DDP's gradient average is then the global-batch mean
+                        xs, ys = ddp.shard(xb, yb)
+                        loss = loss + F.cross_entropy(net(_inputs(cfg, xs)), _targets(cfg, ys),
+                                                      reduction="sum") * ddp.loss_scale(len(xb))
+                    else:
+                        loss = loss + F.cross_entropy(net(_inputs(cfg, xb)), _targets(cfg, yb))
                 loss.backward()
                 sp.step()
                 step = sp.step_count  # an iteration skipped for non-finite gradients is not consumed

@@ -30,6 +30,11 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
+PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb")
+D2_SCHEDULES = ("geometric", "linear")
+D2_BN_MERGES = ("interpolate", "recompute")
+D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
+MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
 
 
 class ConfigError(ValueError):
@@ -82,6 +87,20 @@ class RunConfig:
     st_bn_avg: str = "std"
     st_lr_low: float = 0.001
     st_lr_high: float = 0.005
+    # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; SPEC §5.7, §6.2, §7.1); procedure 'train' = one run
+    procedure: str = "train"
+    d2_states: int = 10
+    d2_schedule: str = "geometric"
+    d2_warmup_epochs: int = 25
+    d2_state_epochs: int = 50
+    d2_finetune_epochs: int = 5
+    d2_finetune_lr_scale: float = 1.0
+    d2_baseline_epochs: int = 55
+    d2_alphas: list = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.95])
+    d2_views: list = field(default_factory=lambda: ["augmix_weak", "augmix_strong"])
+    d2_lb_view: str = "none"
+    d2_view_pool: int = 0
+    d2_bn_merge: str = "interpolate"
     # optimisation
     optimizer: str = "sgd"
     epochs: int = 10
@@ -163,7 +182,48 @@ class RunConfig:
             raise ConfigError(f"backend='reference' implements optimizer='sgd' only (got optimizer={self.optimizer!r})")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov=true needs momentum > 0")
+        n_train = MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        if n_train < MNIST5K_CLASSES:
+            raise ConfigError(f"test_per_class={self.test_per_class} + holdout_per_class={self.holdout_per_class} "
+                              f"leave {n_train} training samples of MNIST-5k ({MNIST5K_PER_CLASS} per class)")
+        if self.train_budget is not None and self.train_budget > n_train:
+            raise ConfigError(f"train_budget={self.train_budget} is larger than the training set ({n_train} samples "
+                              f"= {MNIST5K_CLASSES} classes x {n_train // MNIST5K_CLASSES})")
+        self._validate_d2()
         return self
+
+    def _validate_d2(self) -> None:
+        _check_choice("procedure", self.procedure, PROCEDURES)
+        for key, lo in (("d2_states", 1), ("d2_warmup_epochs", 0), ("d2_state_epochs", 1), ("d2_finetune_epochs", 1),
+                        ("d2_baseline_epochs", 1), ("d2_view_pool", 0)):
+            _check_int(key, getattr(self, key), lo)
+        _check_choice("d2_schedule", self.d2_schedule, D2_SCHEDULES)
+        _check_choice("d2_bn_merge", self.d2_bn_merge, D2_BN_MERGES)
+        _check_choice("d2_lb_view", self.d2_lb_view, D2_VIEWS)
+        _check_range("d2_finetune_lr_scale", self.d2_finetune_lr_scale, 0.0, math.inf, lo_open=True)
+        alphas = self.d2_alphas
+        if not (isinstance(alphas, list) and alphas):
+            raise ConfigError(f"d2_alphas={alphas!r} must be a non-empty list of numbers in [0, 1]")
+        for a in alphas:
+            _check_range("d2_alphas entry", a, 0.0, 1.0)
+        views = self.d2_views
+        if not (isinstance(views, list) and len(views) == 2):
+            raise ConfigError(f"d2_views={views!r} must name exactly two views (T1, T2), each one of {list(D2_VIEWS)}")
+        for v in views:
+            _check_choice("d2_views entry", v, D2_VIEWS)
+        if self.procedure == "train":
+            return
+        if self.method in ("dense", "granet") or self.density >= 1.0:
+            raise ConfigError(f"procedure={self.procedure!r} trains sparse states with a mask-evolving method "
+                              f"(rigl, set, snfs, dst_ee or static) to a final density < 1; got method={self.method!r}, "
+                              f"density={self.density}")
+        if self.suptickets:
+            raise ConfigError(f"procedure={self.procedure!r} cannot be combined with suptickets=true")
+        n = self.train_budget if self.train_budget is not None else \
+            MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        if n % MNIST5K_CLASSES:
+            raise ConfigError(f"train_budget={n} is not divisible across the {MNIST5K_CLASSES} classes; D²-Sparse "
+                              f"subsets uniformly across classes ([D2] §4.1): use a multiple of {MNIST5K_CLASSES}")
 
     def initial_density(self) -> float:
         """The density of the initial masks: GraNet starts at ``init_density``, others at ``density``."""
@@ -176,12 +236,13 @@ class RunConfig:
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
 _BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
               "st_prune_each_step", "ddp_verify_masks"}
-_FLOAT_KEYS = {"density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
+_FLOAT_KEYS = {"d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
 _INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
-             "delta_t", "t_start", "st_n_tickets"}
-_LIST_KEYS = {"hidden", "include", "exclude"}
+             "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
+             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool"}
+_LIST_KEYS = {"hidden", "include", "exclude", "d2_alphas", "d2_views"}
 
 
 def _check_choice(key, value, allowed):

@@ -74,8 +74,29 @@ def ticket_report(predict_net, state: dict, y) -> dict:
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
+def load_net(net, params: dict, buffers: dict) -> tuple[dict, dict]:
+    """Copies of ``params`` / ``buffers`` taken from ``net`` (a dict holding both, e.g. a merged
+    network); names and shapes must match exactly."""
+    want = {**params, **buffers}
+    if set(net) != set(want):
+        raise ValueError(f"init_net names {sorted(net)} but the model has {sorted(want)}")
+    for n, v in want.items():
+        if np.shape(net[n]) != np.shape(v):
+            raise ValueError(f"init_net[{n!r}] has shape {np.shape(net[n])} but the model's is {np.shape(v)}")
+    return ({n: np.array(net[n], dtype=v.dtype) for n, v in params.items()},
+            {n: np.array(net[n], dtype=v.dtype) for n, v in buffers.items()})
+
+
+def default_batches(cfg: RunConfig, x, y):
+    """The standard pipeline: one part (xb, yb) per iteration, in the order of (seed, epoch)."""
+    def batches(epoch):
+        return ([(xb, yb)] for xb, yb in iterate_batches(x, y, cfg.batch_size, cfg.seed, epoch))
+    return batches
+
+
 def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None,
-                    checkpoint: str | None = None, resume: bool = False) -> dict:
+                    checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
+                    batches=None) -> dict:
     """Train the MLP of ``cfg`` on ``split``; returns the final state, the per-epoch history and
     one record per mask update.
 
@@ -83,7 +104,10 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     iteration (used by the trajectory conformance check). ``method`` overrides the method built
     from ``cfg`` (e.g. SET with injected random scores). ``checkpoint`` / ``resume``: an atomic
     checkpoint after every epoch, and continuing from one (the resumed run equals the uninterrupted
-    one: data order and random decisions derive from (seed, epoch, t) only).
+    one: data order and random decisions derive from (seed, epoch, t) only). ``init_net`` (a dict of
+    parameters and buffers) replaces the initialisation; ``batches(epoch)`` replaces the data
+    pipeline: it yields, per iteration, a list of parts (x, y) whose losses are summed (y: int labels
+    or soft labels), e.g. D²-Sparse's augmented views (``reference.d2sparse``).
     """
     cfg.validate()
     if cfg.model != "mlp":
@@ -92,6 +116,9 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     x_train, y_train = split.x_train.astype(dtype), split.y_train
     sizes = (x_train.shape[1], *cfg.hidden, int(y_train.max()) + 1)
     params, buffers = init_mlp(sizes, batchnorm=cfg.batchnorm, seed=cfg.seed, dtype=dtype)
+    if init_net is not None:
+        params, buffers = load_net(init_net, params, buffers)
+    batches = default_batches(cfg, x_train, y_train) if batches is None else batches
     prunable = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
                                cfg.include, cfg.exclude)
     densities = resolve_densities(cfg, {n: params[n] for n in prunable})
@@ -120,8 +147,11 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                             "skipped", "epoch"))
     for epoch in range(start_epoch, cfg.epochs):
         t0, losses = time.perf_counter(), []
-        for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, cfg.seed, epoch):
-            loss, grads, new_buffers, _ = mlp_loss_and_grads(params, buffers, xb, yb, train=True)
+        for parts in batches(epoch):
+            loss, grads, new_buffers = 0.0, None, buffers
+            for xb, yb in parts:  # summed loss: one forward per part, the gradients add up
+                lp, gp, new_buffers, _ = mlp_loss_and_grads(params, new_buffers, np.asarray(xb, dtype=dtype), yb)
+                loss, grads = loss + lp, gp if grads is None else {n: grads[n] + gp[n] for n in gp}
             if not all(np.all(np.isfinite(g)) for g in grads.values()):
                 if cfg.nonfinite == "skip":  # the iteration is skipped and counted, nothing changes
                     skipped += 1

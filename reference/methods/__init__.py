@@ -5,6 +5,7 @@ from .dense import Dense
 from .dst_ee import DSTEE
 from .dynamic import DropGrow
 from .granet import GraNet
+from .preset import Preset
 from .rigl import RigL
 from .set import SET
 from .snfs import SNFS, allocate_proportional
@@ -26,7 +27,7 @@ def build(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "InitContext", "Update", "DropGrow", "Dense", "Static", "SET", "RigL", "SNFS", "GraNet",
-           "DSTEE", "SupTickets", "METHODS", "INITS", "build", "allocate_proportional"]
+           "DSTEE", "SupTickets", "Preset", "METHODS", "INITS", "build", "allocate_proportional"]
 
 
 def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:

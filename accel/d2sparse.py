@@ -1,0 +1,93 @@
+"""The torch engine of the D²-Sparse procedure (written once in ``reference.d2sparse``): any model
+of ``accel.models`` trained phase by phase by ``accel.train.train_accel`` with the Sparsifier.
+
+A network is a state dict (parameters and buffers, detached clones)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reference.bn import bnupdate_batches
+from reference.d2sparse import run_d2
+from reference.data import Split
+from reference.methods import Preset, from_run_config
+from . import ops
+from .bn import bn_recalibrate
+from .prunable import discover_prunable
+from .train import _inputs, _targets, build_model_for, evaluate, load_net, train_accel
+
+
+def _clone(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+class AccelEngine:
+    ops = ops
+
+    def __init__(self, cfg, split):
+        """``split.x_train`` is the low-data set D; the test split is evaluated after each epoch."""
+        self.cfg = cfg
+        self.split = Split(x_train=split.x_train, y_train=split.y_train, x_holdout=split.x_train[:0],
+                           y_holdout=split.y_train[:0], x_test=split.x_test, y_test=split.y_test)
+        self.model = None
+
+    @staticmethod
+    def clock() -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def init_net(self, cfg, n_in: int, n_classes: int) -> dict:
+        self.model = build_model_for(cfg, n_in, n_classes)
+        self.names = list(discover_prunable(self.model, cfg.include or None, cfg.exclude or None))
+        return _clone(self.model.state_dict())
+
+    def prunable(self, net: dict) -> list:
+        return list(self.names)
+
+    def _load(self, net: dict):
+        load_net(self.model, net)
+        return self.model
+
+    def train(self, pcfg, net: dict, masks, batches) -> dict:
+        method = None
+        if masks is not None:
+            spe = -(-len(self.split.y_train) // pcfg.batch_size)
+            method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
+        out = train_accel(pcfg, self.split, method=method, init_net=net, batches=batches)
+        sp = out["sparsifier"]
+        return {"net": _clone(out["model"].state_dict()),
+                "masks": {n: m.clone() for n, m in sp.masks.items()} if masks is not None else None,
+                "updates": out["updates"], "history": out["history"]}
+
+    def grads(self, net: dict, x, y) -> dict:
+        """Dense gradients of the prunable weights at ``net`` on one batch (train-mode forward; the
+        model's buffers are reloaded before any later use, so nothing leaks into ``net``)."""
+        model = self._load(net)
+        model.train()
+        params = dict(model.named_parameters())
+        loss = F.cross_entropy(model(_inputs(self.cfg, np.asarray(x))), _targets(self.cfg, np.asarray(y)))
+        g = torch.autograd.grad(loss, [params[n] for n in self.names])
+        return {n: gi.detach() for n, gi in zip(self.names, g)}
+
+    def evaluate(self, net: dict, x, y) -> dict:
+        return evaluate(self.cfg, self._load(net), x, y)
+
+    def bn_recalibrate(self, net: dict, x) -> dict:
+        model = self._load(net)
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return net
+        bn_recalibrate(model, [_inputs(self.cfg, x[i]) for i in bnupdate_batches(len(x), self.cfg.batch_size)])
+        return _clone(model.state_dict())
+
+
+def run_accel_d2(cfg, split, on_record=None) -> dict:
+    """D²-Sparse (or a baseline) on ``cfg.model``; ``split.x_train`` is the low-data set D."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
+    eng = AccelEngine(cfg, split)
+    s = eng.split
+    return run_d2(eng, cfg, s.x_train, s.y_train, s.x_test, s.y_test, on_record=on_record)

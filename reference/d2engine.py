@@ -1,0 +1,83 @@
+"""The NumPy engine of the D²-Sparse procedure (``reference.d2sparse``): the MLP of
+``reference.nn`` trained by ``reference.train.train_reference`` phase by phase.
+
+A network is one dict of parameters and BN buffers (the layout Sup-tickets merges too)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import ops
+from .bn import bn_recalibrate, bnupdate_batches
+from .data import Split
+from .d2sparse import run_d2
+from .methods import Preset, from_run_config
+from .nn import init_mlp, mlp_loss_and_grads
+from .prunable import select_prunable
+from .train import evaluate, load_net, train_reference
+
+
+class ReferenceEngine:
+    ops = ops
+
+    def __init__(self, cfg, split):
+        """``split.x_train`` is the low-data set D; the test split is evaluated after each epoch."""
+        self.cfg, self.dtype = cfg, np.dtype(cfg.dtype)
+        empty = np.zeros((0, split.x_train.shape[1]), self.dtype)
+        self.split = Split(x_train=split.x_train.astype(self.dtype), y_train=split.y_train, x_holdout=empty,
+                           y_holdout=np.zeros(0, np.int64), x_test=split.x_test.astype(self.dtype),
+                           y_test=split.y_test)
+        self.template = None
+
+    @staticmethod
+    def clock() -> float:
+        return time.perf_counter()
+
+    def init_net(self, cfg, n_in: int, n_classes: int) -> dict:
+        params, buffers = init_mlp((n_in, *cfg.hidden, n_classes), batchnorm=cfg.batchnorm, seed=cfg.seed,
+                                   dtype=self.dtype)
+        self.template = (params, buffers)
+        return {**params, **buffers}
+
+    def _split(self, net: dict) -> tuple:
+        return load_net(net, *self.template)
+
+    def prunable(self, net: dict) -> list:
+        return select_prunable([n for n in self.template[0] if n.startswith("fc.") and n.endswith(".weight")],
+                               self.cfg.include, self.cfg.exclude)
+
+    def train(self, pcfg, net: dict, masks, batches) -> dict:
+        method = None
+        if masks is not None:
+            spe = -(-len(self.split.y_train) // pcfg.batch_size)
+            method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
+        out = train_reference(pcfg, self.split, method=method, init_net=net, batches=batches)
+        return {"net": {**out["params"], **out["buffers"]}, "masks": out["masks"] if masks is not None else None,
+                "updates": out["updates"], "history": out["history"]}
+
+    def grads(self, net: dict, x, y) -> dict:
+        params, buffers = self._split(net)
+        _, g, _, _ = mlp_loss_and_grads(params, buffers, np.asarray(x, self.dtype), y, train=True)
+        return {n: g[n] for n in self.prunable(net)}
+
+    def evaluate(self, net: dict, x, y) -> dict:
+        params, buffers = self._split(net)
+        return evaluate(params, buffers, np.asarray(x, self.dtype), y)
+
+    def bn_recalibrate(self, net: dict, x) -> dict:
+        params, buffers = self._split(net)
+        if not buffers:
+            return net
+        x = np.asarray(x, self.dtype)
+        new = bn_recalibrate(params, buffers, [x[i] for i in bnupdate_batches(len(x), self.cfg.batch_size)])
+        return {**params, **new}
+
+
+def run_reference_d2(cfg, split, on_record=None) -> dict:
+    """D²-Sparse (or a baseline) on the NumPy MLP; ``split.x_train`` is the low-data set D."""
+    if cfg.model != "mlp":
+        raise ValueError(f"the reference backend trains model='mlp' only, got {cfg.model!r}")
+    eng = ReferenceEngine(cfg, split)
+    s = eng.split
+    return run_d2(eng, cfg, s.x_train, s.y_train, s.x_test, s.y_test, on_record=on_record)
