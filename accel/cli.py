@@ -2,6 +2,7 @@
 
     twinsparse run CONFIG.toml [--backend reference|accel] [--device cpu|cuda] [--seed N] [--output DIR]
     twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
+    twinsparse export CHECKPOINT --format {dense,slim,2:4} --out PATH [--dtype float16|bfloat16]
 
 Every field of :class:`reference.config.RunConfig` is a ``train`` flag; bad values are reported
 with the key, the value and what is allowed.
@@ -20,7 +21,9 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
             "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES, "nonfinite": ("raise", "skip"),
             "fraction_schedule": C.FRACTION_SCHEDULES, "counter_init": C.COUNTER_INITS,
             "exploration_form": C.EXPLORATION_FORMS, "st_averaging": ("cia", "caa", "cima"),
-            "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var")}
+            "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var"), "procedure": C.PROCEDURES,
+            "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS}
+_LIST_TYPES = {"hidden": int, "d2_alphas": float}
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -31,7 +34,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         if f.name in C._BOOL_KEYS:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif f.name in C._LIST_KEYS:
-            p.add_argument(flag, dest=f.name, nargs="*", type=int if f.name == "hidden" else str, default=None,
+            p.add_argument(flag, dest=f.name, nargs="*", type=_LIST_TYPES.get(f.name, str), default=None,
                            help=f"(default {default})")
         else:
             typ = float if f.name in C._FLOAT_KEYS else int if f.name in C._INT_KEYS else str
@@ -59,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="print the resolved run and per-layer densities, train nothing")
     t.add_argument("--checkpoint", action="store_true", help="write <run>.ckpt atomically after every epoch")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint when present")
+    e = sub.add_parser("export", help="export a training checkpoint: dense (masks applied), slim (dead channels "
+                                      "removed) or 2:4 (semi-structured sparse, NVIDIA GPU with sm >= 8.0)")
+    e.add_argument("checkpoint", help="an accel checkpoint written by --checkpoint (<run>.ckpt)")
+    e.add_argument("--format", dest="export_format", required=True, choices=("dense", "slim", "2:4"))
+    e.add_argument("--out", required=True, help="file to write (torch.save of the exported module and a report)")
+    e.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="weight dtype for 2:4")
     return p
 
 
@@ -67,6 +76,10 @@ def main(argv=None) -> int:
     from . import distributed as ddp
     from .runner import describe_run, run_experiment
     try:
+        if args.command == "export":
+            from .export import export_checkpoint, format_export_report
+            print(format_export_report(export_checkpoint(args.checkpoint, args.export_format, args.out, args.dtype)))
+            return 0
         # under torchrun (WORLD_SIZE > 1) every process joins the group; a dead peer fails collectives
         ddp.init_from_env(timeout_s=float(os.environ.get("TWINSPARSE_DDP_TIMEOUT", "60")))
         if args.command == "run":
