@@ -31,6 +31,9 @@ CASES = {
                               exploration_form="text", fraction_schedule="constant"),
     "snfs-redistribute": dict(method="snfs", density=0.1, delta_t=8, redistribute=True),
     "granet": dict(method="granet", density=0.05, init_density=0.3, delta_t=8, prune_end_fraction=0.5),
+    "gmp-global": dict(method="gmp", density=0.05, delta_t=8, prune_end_fraction=0.6),
+    "gmp-layer-bn": dict(method="gmp", density=0.1, delta_t=6, prune_end_fraction=0.6, gmp_scope="layer",
+                         batchnorm=True),
     # Sup-tickets: 2 tickets of C = 5 iterations in the last 10 of the 60 iterations
     "suptickets-rigl-cia-bn": dict(method="rigl", density=0.1, delta_t=8, batchnorm=True, suptickets=True,
                                    st_n_tickets=2, st_cycle_epochs=0.25),

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee")
+METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee", "gmp")
 DYNAMIC_METHODS = ("set", "rigl", "snfs", "granet", "dst_ee")
 FRACTION_SCHEDULES = ("constant", "cosine", "linear")
 COUNTER_INITS = ("mask", "zeros")
@@ -75,6 +75,7 @@ class RunConfig:
     redistribute: bool = False
     init_density: float = 0.5
     prune_end_fraction: float = 0.5
+    gmp_scope: str = "global"
     # Sup-tickets around the method ([ST] Alg. 1; SPEC §5.1, §6.1, §7.2)
     suptickets: bool = False
     st_cycle_epochs: float = 0.5
@@ -150,6 +151,7 @@ class RunConfig:
         _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
         _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
         _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
+        _check_choice("gmp_scope", self.gmp_scope, ("global", "layer"))
         _check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
         if self.st_n_tickets is not None:
             _check_int("st_n_tickets", self.st_n_tickets, 1)
@@ -226,8 +228,8 @@ class RunConfig:
                               f"subsets uniformly across classes ([D2] §4.1): use a multiple of {MNIST5K_CLASSES}")
 
     def initial_density(self) -> float:
-        """The density of the initial masks: GraNet starts at ``init_density``, others at ``density``."""
-        return self.init_density if self.method == "granet" else self.density
+        """The density of the initial masks: GraNet starts at ``init_density``, GMP dense, others at ``density``."""
+        return {"granet": self.init_density, "gmp": 1.0}.get(self.method, self.density)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes).validate()

@@ -4,6 +4,7 @@ from .base import INITS, InitContext, Method, Update
 from .dense import Dense
 from .dst_ee import DSTEE
 from .dynamic import DropGrow
+from .gmp import GMP
 from .granet import GraNet
 from .preset import Preset
 from .rigl import RigL
@@ -13,7 +14,7 @@ from .static import Static
 from .suptickets import SupTickets
 
 METHODS = {"dense": Dense, "static": Static, "set": SET, "rigl": RigL, "snfs": SNFS, "granet": GraNet,
-           "dst_ee": DSTEE}
+           "dst_ee": DSTEE, "gmp": GMP}
 
 
 def build(name: str, **options) -> Method:
@@ -27,7 +28,7 @@ def build(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "InitContext", "Update", "DropGrow", "Dense", "Static", "SET", "RigL", "SNFS", "GraNet",
-           "DSTEE", "SupTickets", "Preset", "METHODS", "INITS", "build", "allocate_proportional"]
+           "DSTEE", "GMP", "SupTickets", "Preset", "METHODS", "INITS", "build", "allocate_proportional"]
 
 
 def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
@@ -48,6 +49,9 @@ def _base_from_run_config(cfg, total_steps: int) -> Method:
         return Dense()
     if cfg.method == "static":
         return Static(init=cfg.mask_init)
+    if cfg.method == "gmp":
+        return GMP(final_density=cfg.density, delta_t=cfg.delta_t, prune_start=cfg.t_start,
+                   prune_end=max(cfg.t_start + 1, int(cfg.prune_end_fraction * total_steps)), scope=cfg.gmp_scope)
     common = dict(delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction, fraction_schedule=cfg.fraction_schedule,
                   t_start=cfg.t_start, t_end=int(cfg.t_end_fraction * total_steps), init=cfg.mask_init,
                   step_on_update=cfg.step_on_update)

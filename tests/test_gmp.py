@@ -1,0 +1,60 @@
+"""GMP (reference/methods/gmp.py): starts dense, prunes on the cubic schedule, masks nested, final
+density exact, pruned weights never revive; both scopes; bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from accel.runner import load_split
+from accel.train import train_accel
+from reference.config import ConfigError, RunConfig
+from reference.methods import GMP
+from reference.schedules import gmp_density_at
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_gmp_run_is_nested_and_ends_exactly_at_the_target(scope):
+    cfg = RunConfig(method="gmp", density=0.05, gmp_scope=scope, delta_t=5, prune_end_fraction=0.5, epochs=2,
+                    hidden=[64, 32], train_budget=500, batch_size=50).validate()
+    history = []
+
+    def on_step(t, model, sp):
+        history.append({n: m.clone() for n, m in sp.masks.items()})
+    out = train_accel(cfg, load_split(cfg), on_step=on_step)
+    sp = out["sparsifier"]
+    assert all(bool(m.all()) for m in history[0].values())  # dense until the first update (t = 5)
+    for a, b in zip(history, history[1:]):  # nested: a pruned weight never returns
+        assert all(bool((b[n] & ~a[n]).sum() == 0) for n in a)
+    sizes = {n: m.numel() for n, m in sp.masks.items()}
+    if scope == "global":
+        assert sum(int(m.sum()) for m in sp.masks.values()) == math.floor(0.05 * sum(sizes.values()) + 0.5)
+    else:
+        assert all(int(sp.masks[n].sum()) == math.floor(0.05 * sizes[n] + 0.5) for n in sizes)
+    for u in out["updates"]:
+        assert u["target_density"] == pytest.approx(gmp_density_at(u["t"], 1.0, 0.05, 0, 10))
+    for n, p in sp.params.items():
+        assert torch.all(p[~sp.masks[n]] == 0)
+
+
+def test_gmp_schedule_due_points():
+    m = GMP(final_density=0.1, delta_t=4, prune_start=2, prune_end=11)
+    assert [t for t in range(1, 20) if m.due(t)] == [4, 8, 11]
+    assert m.density_at(2) == 1.0 and m.density_at(11) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(final_density=0.0), "final_density=0.0"),
+                                    (dict(prune_end=None), "prune_start < prune_end"),
+                                    (dict(prune_start=5, prune_end=5), "prune_start < prune_end"),
+                                    (dict(scope="per-channel"), "scope='per-channel'"),
+                                    (dict(delta_t=0), "delta_t=0")])
+def test_gmp_bad_input(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        GMP(**{"final_density": 0.1, "prune_end": 10, **kw})
+
+
+def test_gmp_config_validation():
+    with pytest.raises(ConfigError, match="gmp_scope='rows'"):
+        RunConfig(method="gmp", density=0.1, gmp_scope="rows").validate()
+    with pytest.raises(ConfigError, match="needs density < 1"):
+        RunConfig(method="gmp", density=1.0).validate()
