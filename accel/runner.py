@@ -73,17 +73,13 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
 
 
 def _procedure_one(cfg: RunConfig, split, log, on_epoch) -> list:
-    """A multi-phase procedure (D²-Sparse and its baselines): one log record per state (state 0 =
-    the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
+    """A multi-phase procedure (D²-Sparse and its baselines, ...): one log record per state (state 0
+    = the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
     def on_record(rec):
         on_epoch({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
+    from reference.procedures import run_procedure
     try:
-        if cfg.backend == "reference":
-            from reference.d2engine import run_reference_d2
-            out = run_reference_d2(cfg, split, on_record=on_record)
-        else:
-            from .d2sparse import run_accel_d2
-            out = run_accel_d2(cfg, split, on_record=on_record)
+        out = run_procedure(cfg, split, on_record=on_record)
         if log:
             for u in out["updates"]:
                 log.write(json.dumps({"mask_update": u}) + "\n")

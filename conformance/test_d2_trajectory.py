@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from accel.d2sparse import AccelEngine
+from accel.engine import AccelEngine
 from accel.runner import load_split
 from conformance.tolerances import tolerance
 from reference.config import RunConfig
-from reference.d2engine import ReferenceEngine
+from reference.engine import ReferenceEngine
 from reference.d2sparse import run_d2
 
 BASE = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_size=16, delta_t=3,
@@ -57,9 +57,7 @@ def test_d2sparse_state_matches_across_backends(case):
     for key, cls in (("ref", ReferenceEngine), ("acc", AccelEngine)):
         logs[key] = []
         eng = _recording(cls, logs[key])(cfg, split)
-        s = eng.split
-        outs[key] = run_d2(eng, cfg, s.x_train.astype(np.float64), s.y_train, s.x_test.astype(np.float64),
-                           s.y_test)
+        outs[key] = run_d2(eng, cfg)
     tol = tolerance("float64")
     assert len(logs["ref"]) == len(logs["acc"]) == (1 + (3 if cfg.procedure == "d2sparse" else 1) * cfg.d2_states)
     for i, (r, a) in enumerate(zip(logs["ref"], logs["acc"])):

@@ -1,7 +1,7 @@
 """D²-Sparse and its baselines ([D2] §3, §4.1-4.2, App. A-B; SPEC §5.7, §6.2, §7.1), written once.
 
-The procedure is scalar logic over an *engine* (``reference.d2engine.ReferenceEngine`` for the
-NumPy MLP, ``accel.d2sparse.AccelEngine`` for torch models) that trains a phase, evaluates a
+The procedure is scalar logic over an *engine* (``reference.engine.ReferenceEngine`` for the
+NumPy MLP, ``accel.engine.AccelEngine`` for torch models) that trains a phase, evaluates a
 network and takes SNIP gradients; every array step goes through the engine's twin ``ops``. So
 both backends run the same states, seeds, views and choices.
 
@@ -139,15 +139,16 @@ def _metrics(engine, net, data, prefix="test") -> dict:
     return {f"{prefix}_{k}": v for k, v in engine.evaluate(net, *data).items()}
 
 
-def run_d2(engine, cfg, x_train, y_train, x_test, y_test, on_record=None) -> dict:
+def run_d2(engine, cfg, on_record=None) -> dict:
     """Run ``cfg.procedure`` (d2sparse, d2_baseline or d2_baseline_lb) on the low-data set
-    (x_train, y_train); returns the final network and masks, one record per state (state 0 = the
+    D = engine.split.x_train; returns the final network and masks, one record per state (state 0 = the
     warm-up) and the per-phase mask-update logs."""
     proc = cfg.procedure
     if proc not in ("d2sparse", "d2_baseline", "d2_baseline_lb"):
         raise ValueError(f"procedure={proc!r} is not a D²-Sparse procedure")
     ops, seed = engine.ops, cfg.seed
-    test = (x_test, y_test)
+    x_train, y_train = engine.split.x_train, engine.split.y_train
+    test = (engine.split.x_test, engine.split.y_test)
     views = Views(x_train, y_train, [*cfg.d2_views, cfg.d2_lb_view, "none"], derive_seed(seed, 99), cfg.d2_view_pool,
                   cfg.batch_size)
     dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)

@@ -10,10 +10,9 @@ from hypothesis import given, settings, strategies as st
 
 import accel.ops as A
 import reference.ops as R
-from accel.d2sparse import run_accel_d2
 from accel.runner import load_split
 from reference.config import ConfigError, RunConfig
-from reference.d2engine import run_reference_d2
+from reference.procedures import run_procedure
 from reference.d2sparse import Views, best_alpha, derive_seed, masked, state_densities, total_epochs
 
 TINY = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_size=16, delta_t=3,
@@ -130,7 +129,7 @@ def test_merge_then_snip_is_exactly_at_the_state_density(shapes, density, alpha,
 @pytest.mark.parametrize("procedure", ["d2sparse", "d2_baseline", "d2_baseline_lb"])
 def test_run_invariants(procedure):
     cfg = RunConfig(**TINY, procedure=procedure, d2_states=2).validate()
-    out = run_accel_d2(cfg, load_split(cfg))
+    out = run_procedure(cfg, load_split(cfg))
     recs = out["records"]
     assert [r["state"] for r in recs] == [0, 1, 2] and recs[0]["phase"] == "warmup"
     targets = state_densities(0.1, 2)
@@ -155,14 +154,14 @@ def test_run_invariants(procedure):
 
 def test_reference_backend_runs_the_same_procedure():
     cfg = RunConfig(**TINY, procedure="d2sparse", d2_states=1, backend="reference").validate()
-    out = run_reference_d2(cfg, load_split(cfg))
+    out = run_procedure(cfg, load_split(cfg))
     assert out["records"][-1]["density"] == pytest.approx(0.1, abs=1e-3)
     assert out["records"][-1]["alpha"] in cfg.d2_alphas
 
 
 def test_one_shot_is_a_single_state_at_the_final_density():
     cfg = RunConfig(**TINY, procedure="d2sparse", d2_states=1).validate()
-    out = run_accel_d2(cfg, load_split(cfg))
+    out = run_procedure(cfg, load_split(cfg))
     assert [r["state"] for r in out["records"]] == [0, 1]
     assert out["records"][1]["target_density"] == 0.1
 

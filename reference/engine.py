@@ -1,7 +1,12 @@
-"""The NumPy engine of the D²-Sparse procedure (``reference.d2sparse``): the MLP of
-``reference.nn`` trained by ``reference.train.train_reference`` phase by phase.
+"""The NumPy engine of the multi-phase procedures (D²-Sparse, IMP, ...; ``reference.procedures``):
+the MLP of ``reference.nn`` trained by ``reference.train.train_reference`` phase by phase.
 
-A network is one dict of parameters and BN buffers (the layout Sup-tickets merges too)."""
+An engine offers: ``ops`` (the twin operators), ``split`` (D = split.x_train), ``clock()``,
+``init_net(cfg, n_in, n_classes)``, ``prunable(net)``, ``train(phase_cfg, net, masks, batches)``
+-> {net, masks, updates, history}, ``grads(net, x, y)`` (dense gradients of the prunable
+weights), ``evaluate(net, x, y)`` and ``bn_recalibrate(net, x)``. ``accel.engine.AccelEngine``
+offers the same on torch. A network is one dict of parameters and BN buffers (the layout
+Sup-tickets merges too)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +16,6 @@ import numpy as np
 from . import ops
 from .bn import bn_recalibrate, bnupdate_batches
 from .data import Split
-from .d2sparse import run_d2
 from .methods import Preset, from_run_config
 from .nn import init_mlp, mlp_loss_and_grads
 from .prunable import select_prunable
@@ -22,6 +26,8 @@ class ReferenceEngine:
     ops = ops
 
     def __init__(self, cfg, split):
+        if cfg.model != "mlp":
+            raise ValueError(f"the reference backend trains model='mlp' only, got {cfg.model!r}")
         """``split.x_train`` is the low-data set D; the test split is evaluated after each epoch."""
         self.cfg, self.dtype = cfg, np.dtype(cfg.dtype)
         empty = np.zeros((0, split.x_train.shape[1]), self.dtype)
@@ -72,12 +78,3 @@ class ReferenceEngine:
         x = np.asarray(x, self.dtype)
         new = bn_recalibrate(params, buffers, [x[i] for i in bnupdate_batches(len(x), self.cfg.batch_size)])
         return {**params, **new}
-
-
-def run_reference_d2(cfg, split, on_record=None) -> dict:
-    """D²-Sparse (or a baseline) on the NumPy MLP; ``split.x_train`` is the low-data set D."""
-    if cfg.model != "mlp":
-        raise ValueError(f"the reference backend trains model='mlp' only, got {cfg.model!r}")
-    eng = ReferenceEngine(cfg, split)
-    s = eng.split
-    return run_d2(eng, cfg, s.x_train, s.y_train, s.x_test, s.y_test, on_record=on_record)

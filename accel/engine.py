@@ -1,7 +1,7 @@
-"""The torch engine of the D²-Sparse procedure (written once in ``reference.d2sparse``): any model
-of ``accel.models`` trained phase by phase by ``accel.train.train_accel`` with the Sparsifier.
-
-A network is a state dict (parameters and buffers, detached clones)."""
+"""The torch engine of the multi-phase procedures (written once in ``reference.procedures``): any
+model of ``accel.models`` trained phase by phase by ``accel.train.train_accel`` with the
+Sparsifier. Same interface as ``reference.engine.ReferenceEngine``; a network is a state dict
+(parameters and buffers, detached clones)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from reference.bn import bnupdate_batches
-from reference.d2sparse import run_d2
 from reference.data import Split
 from reference.methods import Preset, from_run_config
 from . import ops
@@ -28,10 +27,13 @@ class AccelEngine:
     ops = ops
 
     def __init__(self, cfg, split):
-        """``split.x_train`` is the low-data set D; the test split is evaluated after each epoch."""
+        """``split.x_train`` is the training set D; the test split is evaluated after each epoch."""
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
         self.cfg = cfg
-        self.split = Split(x_train=split.x_train, y_train=split.y_train, x_holdout=split.x_train[:0],
-                           y_holdout=split.y_train[:0], x_test=split.x_test, y_test=split.y_test)
+        dt = np.dtype(cfg.dtype)  # NumPy data in the run's dtype, as the reference engine (views computed alike)
+        self.split = Split(x_train=split.x_train.astype(dt), y_train=split.y_train, x_holdout=split.x_train[:0].astype(dt),
+                           y_holdout=split.y_train[:0], x_test=split.x_test.astype(dt), y_test=split.y_test)
         self.model = None
 
     @staticmethod
@@ -82,12 +84,3 @@ class AccelEngine:
             return net
         bn_recalibrate(model, [_inputs(self.cfg, x[i]) for i in bnupdate_batches(len(x), self.cfg.batch_size)])
         return _clone(model.state_dict())
-
-
-def run_accel_d2(cfg, split, on_record=None) -> dict:
-    """D²-Sparse (or a baseline) on ``cfg.model``; ``split.x_train`` is the low-data set D."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
-    eng = AccelEngine(cfg, split)
-    s = eng.split
-    return run_d2(eng, cfg, s.x_train, s.y_train, s.x_test, s.y_test, on_record=on_record)
