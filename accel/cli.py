@@ -22,7 +22,8 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
             "fraction_schedule": C.FRACTION_SCHEDULES, "counter_init": C.COUNTER_INITS,
             "exploration_form": C.EXPLORATION_FORMS, "st_averaging": ("cia", "caa", "cima"),
             "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var"), "procedure": C.PROCEDURES,
-            "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS, "gmp_scope": ("global", "layer")}
+            "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS, "gmp_scope": ("global", "layer"),
+            "imp_scope": ("global", "layer")}
 _LIST_TYPES = {"hidden": int, "d2_alphas": float}
 
 

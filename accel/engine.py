@@ -54,16 +54,17 @@ class AccelEngine:
         load_net(self.model, net)
         return self.model
 
-    def train(self, pcfg, net: dict, masks, batches) -> dict:
+    def train(self, pcfg, net: dict, masks, batches=None, **kw) -> dict:
         method = None
         if masks is not None:
             spe = -(-len(self.split.y_train) // pcfg.batch_size)
             method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
-        out = train_accel(pcfg, self.split, method=method, init_net=net, batches=batches)
+        out = train_accel(pcfg, self.split, method=method, init_net=net, batches=batches, **kw)
         sp = out["sparsifier"]
         return {"net": _clone(out["model"].state_dict()),
                 "masks": {n: m.clone() for n, m in sp.masks.items()} if masks is not None else None,
-                "updates": out["updates"], "history": out["history"]}
+                "updates": out["updates"], "history": out["history"],
+                "snapshot": out["snapshot"]}
 
     def grads(self, net: dict, x, y) -> dict:
         """Dense gradients of the prunable weights at ``net`` on one batch (train-mode forward; the

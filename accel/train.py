@@ -122,7 +122,7 @@ def load_net(model, net: dict) -> None:
 
 def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None,
                 checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
-                batches=None) -> dict:
+                batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
@@ -131,7 +131,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     continues from its epoch (data order and every random decision derive from (seed, epoch, t),
     so the resumed run equals the uninterrupted one). ``init_net`` (a state dict) replaces the
     initialisation; ``batches(epoch)`` replaces the data pipeline, yielding per iteration a list of
-    parts (x, y) whose losses are summed (see ``reference.train.train_reference``).
+    parts (x, y) whose losses are summed; ``lr_offset`` and ``snapshot_epoch`` as in
+    ``reference.train.train_reference``.
     """
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -153,7 +154,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
         net = torch.nn.parallel.DistributedDataParallel(model)
         if cfg.ddp_verify_masks:
             sp.on_update = lambda t, masks: ddp.verify_masks(masks, t)
-    history, step, start = [], 0, 0
+    history, step, start, snapshot = [], 0, 0, None
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = ckpt.load(checkpoint)
         ckpt.check_config(ck["config"], run_to_dict(cfg), checkpoint)
@@ -168,7 +169,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             for parts in batches(epoch):
                 lr = sp.method.lr_override(step + 1)
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
+                    g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule) if lr is None else lr
                 opt.zero_grad(set_to_none=True)
                 loss = 0.0
                 for xb, yb in parts:  # summed loss over the parts (one part in the standard pipeline)
@@ -190,7 +191,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 torch.distributed.all_reduce(loss_sum)
                 loss_sum /= ddp.world()
             record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
-                      "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
+                      "lr": lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
                       **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                       "density": sp.total_density(), "layer_density": sp.layer_densities(),
                       "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
@@ -200,9 +201,12 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
                 record["suptickets"] = rep
             history.append(record)
+            if snapshot_epoch == epoch + 1:
+                snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if checkpoint and ddp.rank() == 0:
                 ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                                        "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history})
             if on_epoch is not None:
                 on_epoch(record)
-    return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates}
+    return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates,
+            "snapshot": snapshot}

@@ -30,7 +30,7 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
-PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb")
+PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb", "imp")
 D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
 D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
@@ -102,6 +102,11 @@ class RunConfig:
     d2_lb_view: str = "none"
     d2_view_pool: int = 0
     d2_bn_merge: str = "interpolate"
+    # IMP with weight rewinding (SPEC §7.7): N iterations pruning imp_rate of the remaining weights
+    imp_iterations: int = 10
+    imp_rate: float = 0.2
+    imp_rewind_epoch: int = 1
+    imp_scope: str = "global"
     # optimisation
     optimizer: str = "sgd"
     epochs: int = 10
@@ -213,7 +218,19 @@ class RunConfig:
             raise ConfigError(f"d2_views={views!r} must name exactly two views (T1, T2), each one of {list(D2_VIEWS)}")
         for v in views:
             _check_choice("d2_views entry", v, D2_VIEWS)
+        _check_int("imp_iterations", self.imp_iterations, 1)
+        _check_range("imp_rate", self.imp_rate, 0.0, 0.999, lo_open=True)
+        _check_int("imp_rewind_epoch", self.imp_rewind_epoch, 0)
+        _check_choice("imp_scope", self.imp_scope, ("global", "layer"))
         if self.procedure == "train":
+            return
+        if self.procedure == "imp":
+            if self.method != "dense" or self.suptickets:
+                raise ConfigError(f"procedure='imp' finds its own masks (dense training, then pruning and retraining "
+                                  f"with fixed masks): leave method='dense' and density=1.0 (got method={self.method!r})")
+            if self.imp_rewind_epoch >= self.epochs:
+                raise ConfigError(f"imp_rewind_epoch={self.imp_rewind_epoch} must be below epochs={self.epochs}: "
+                                  f"each iteration retrains from the rewind epoch to the end")
             return
         if self.method in ("dense", "granet") or self.density >= 1.0:
             raise ConfigError(f"procedure={self.procedure!r} trains sparse states with a mask-evolving method "
@@ -238,12 +255,12 @@ class RunConfig:
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
 _BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
               "st_prune_each_step", "ddp_verify_masks"}
-_FLOAT_KEYS = {"d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
+_FLOAT_KEYS = {"imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
 _INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
-             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool"}
+             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch"}
 _LIST_KEYS = {"hidden", "include", "exclude", "d2_alphas", "d2_views"}
 
 

@@ -53,14 +53,15 @@ class ReferenceEngine:
         return select_prunable([n for n in self.template[0] if n.startswith("fc.") and n.endswith(".weight")],
                                self.cfg.include, self.cfg.exclude)
 
-    def train(self, pcfg, net: dict, masks, batches) -> dict:
+    def train(self, pcfg, net: dict, masks, batches=None, **kw) -> dict:
         method = None
         if masks is not None:
             spe = -(-len(self.split.y_train) // pcfg.batch_size)
             method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
-        out = train_reference(pcfg, self.split, method=method, init_net=net, batches=batches)
+        out = train_reference(pcfg, self.split, method=method, init_net=net, batches=batches, **kw)
         return {"net": {**out["params"], **out["buffers"]}, "masks": out["masks"] if masks is not None else None,
-                "updates": out["updates"], "history": out["history"]}
+                "updates": out["updates"], "history": out["history"],
+                "snapshot": out["snapshot"]}
 
     def grads(self, net: dict, x, y) -> dict:
         params, buffers = self._split(net)

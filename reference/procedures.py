@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from .d2sparse import run_d2
+from .imp import run_imp
 
-PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d2}
+PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d2, "imp": run_imp}
 
 
 def make_engine(cfg, split):

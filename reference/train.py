@@ -96,7 +96,7 @@ def default_batches(cfg: RunConfig, x, y):
 
 def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None,
                     checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
-                    batches=None) -> dict:
+                    batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None) -> dict:
     """Train the MLP of ``cfg`` on ``split``; returns the final state, the per-epoch history and
     one record per mask update.
 
@@ -107,7 +107,9 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     one: data order and random decisions derive from (seed, epoch, t) only). ``init_net`` (a dict of
     parameters and buffers) replaces the initialisation; ``batches(epoch)`` replaces the data
     pipeline: it yields, per iteration, a list of parts (x, y) whose losses are summed (y: int labels
-    or soft labels), e.g. D²-Sparse's augmented views (``reference.d2sparse``).
+    or soft labels), e.g. D²-Sparse's augmented views (``reference.d2sparse``). ``lr_offset``: the
+    LR schedule is the one of a run ``lr_offset`` iterations longer, entered at that point (IMP's
+    rewinding); ``snapshot_epoch``: a copy of the network after that epoch is returned as ``snapshot``.
     """
     cfg.validate()
     if cfg.model != "mlp":
@@ -138,7 +140,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         start(None)
     hp = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     bufs: dict = {}
-    history, updates, t, skipped, start_epoch = [], [], 0, 0, 0
+    history, updates, t, skipped, start_epoch, snapshot = [], [], 0, 0, 0, None
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = CK.load_reference(checkpoint)
         CK.check_config(ck["config"], run_to_dict(cfg), checkpoint)
@@ -185,7 +187,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 step = method.step_on_update
             if step:
                 lr = method.lr_override(t)
-                lr = lr_at(t - 1, total, cfg.lr, cfg.lr_schedule) if lr is None else lr
+                lr = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, cfg.lr_schedule) if lr is None else lr
                 new = {}
                 for n, p in params.items():
                     m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
@@ -199,7 +201,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             if on_step is not None:
                 on_step(t, params, masks)
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
-                  "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
+                  "lr": lr_at(lr_offset + t, lr_offset + total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
                   **{f"test_{k}": v for k, v in evaluate(params, buffers, split.x_test.astype(dtype), split.y_test).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
                   "exploration_degree": MET.exploration_degree(explored), "skipped_steps": skipped, "epoch_time": time.perf_counter() - t0}
@@ -211,6 +213,8 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
             record["suptickets"] = rep
         history.append(record)
+        if snapshot_epoch == epoch + 1:
+            snapshot = {n: np.array(v, copy=True) for n, v in {**params, **buffers}.items()}
         if checkpoint:
             CK.save_reference(checkpoint, {"kind": "twinsparse-reference", "config": run_to_dict(cfg), "epoch": epoch + 1,
                                            "params": params, "buffers": buffers, "masks": masks, "state": state,
@@ -219,4 +223,4 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         if on_epoch is not None:
             on_epoch(record)
     return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history,
-            "updates": updates, "state": state}
+            "updates": updates, "state": state, "snapshot": snapshot}

@@ -1,0 +1,83 @@
+"""Iterative magnitude pruning with weight rewinding (lottery tickets; SPEC §7.7: [TH] §2.2.2
+quoting Frankle & Carbin, weight rewinding of Frankle et al. 2020; [SC] §3.1), written once over an
+engine (``reference.engine`` / ``accel.engine``).
+
+    theta_0 <- init;  m <- 1
+    train densely for E epochs; keep theta_r, the network after the rewind epoch r
+        (r = 0: rewind to theta_0, the original lottery-ticket reset)
+    for k = 1..N:
+        prune p of the remaining weights by |theta| (global over the prunable layers, SPEC §7.7 [SC];
+            or per layer): m_k subset of m_{k-1} (nested), exactly floor(p n + 0.5) of the n remaining go
+        theta <- theta_r * m_k; retrain E - r epochs with the mask fixed, the LR schedule entered at
+            epoch r (the same schedule as the dense run from the rewind point on)
+        record test metrics of iteration k
+
+The density after k iterations is about (1 - p)^k (exact counts in the records). Each retraining
+phase is a fresh optimizer (momentum from 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from .d2sparse import derive_seed, masked
+
+SCOPES = ("global", "layer")
+
+
+def prune_fraction_of_remaining(ops, masks: dict, weights: dict, rate: float, scope: str = "global") -> dict:
+    """Remove ``rate`` of the active weights with the smallest |w| (nested masks, exact counts)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate={rate!r} is outside the allowed range [0, 1)")
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not allowed; choose one of {list(SCOPES)}")
+    active, scores = ops.count_active(masks), ops.abs_all(weights)
+    if scope == "global":
+        n = sum(active.values())
+        return ops.prune_to_count(masks, scores, n - int(math.floor(rate * n + 0.5)))
+    out = {}
+    for name in masks:
+        n = active[name]
+        out.update(ops.prune_to_count({name: masks[name]}, {name: scores[name]}, n - int(math.floor(rate * n + 0.5))))
+    return out
+
+
+def run_imp(engine, cfg, on_record=None) -> dict:
+    """IMP with weight rewinding on ``engine``; returns the final network and masks, the mask of
+    every iteration (nested) and one record per iteration (iteration 0 = the dense network)."""
+    ops, split = engine.ops, engine.split
+    test = (split.x_test, split.y_test)
+    spe = -(-len(split.y_train) // cfg.batch_size)
+    records, masks_per_iteration, updates = [], [], []
+
+    def emit(rec):
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+
+    t0 = engine.clock()
+    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
+    dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
+    out = engine.train(dense_cfg, net, None, snapshot_epoch=cfg.imp_rewind_epoch or None)
+    rewind = out["snapshot"] if cfg.imp_rewind_epoch else net
+    trained = out["net"]
+    names = engine.prunable(trained)
+    masks = ops.ones_like_masks({n: trained[n] for n in names})
+    emit({"state": 0, "phase": "dense", "density": 1.0, **_test(engine, trained, test), "time_s": engine.clock() - t0})
+    for k in range(1, cfg.imp_iterations + 1):
+        t0 = engine.clock()
+        masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in names}, cfg.imp_rate, cfg.imp_scope)
+        masks_per_iteration.append(masks)
+        pcfg = replace(cfg, procedure="train", method="static", density=0.5, seed=derive_seed(cfg.seed, k, 7),
+                       epochs=cfg.epochs - cfg.imp_rewind_epoch).validate()
+        out = engine.train(pcfg, masked(rewind, masks), masks, lr_offset=cfg.imp_rewind_epoch * spe)
+        trained, masks = out["net"], out["masks"]
+        updates.extend({"phase": [k], **u} for u in out["updates"])
+        emit({"state": k, "phase": "imp", "density": float(ops.total_density(masks)), **_test(engine, trained, test),
+              "time_s": engine.clock() - t0})
+    return {"net": trained, "masks": masks, "masks_per_iteration": masks_per_iteration, "records": records,
+            "updates": updates, "rewind": rewind}
+
+
+def _test(engine, net, test) -> dict:
+    return {f"test_{k}": v for k, v in engine.evaluate(net, *test).items()}
