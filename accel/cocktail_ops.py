@@ -1,0 +1,176 @@
+"""Sparse Cocktail operators on torch tensors ([SC] §3.4-3.6, Eq. 1, App. C; SPEC §2.6(b), §4.6, §5.6,
+§6.3); twin of ``reference.cocktail_ops``.
+
+UMG channel masks and the nested IMP masks select with the project's tie rule (``accel.topk``);
+the score arithmetic follows the reference's operation order with scalars rounded to the tensor
+dtype first. The distillation loss of Eq. 1 uses autograd with the dense logits detached (stop
+gradient). Scalar logic (IMP schedules, greedy interpolation, pivot step order) is imported.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from reference._checks import check_density, count_for_density
+from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS, NM_SCHEDULE,  # noqa: F401
+                                    UMG_BETA, UNSTRUCTURED_RATE, channel_sparsity_at, check_beta, check_pool,
+                                    check_rate, check_temperature, choose_alpha, greedy_interpolation,
+                                    greedy_interpolation_table, imp_schedule, interpolation_coefficients,
+                                    nm_generated_at, nm_pattern_at, pivot_step, unstructured_sparsity_at)
+from reference.masks import check_layer_dict, check_layer_names
+from ._checks import as_real_tensor, check_finite
+from .dst import prune_to_count
+from .topk import topk_mask, topk_within
+
+__all__ = ["umg_channel_scores", "umg_channel_mask", "umg_channel_masks", "imp_unstructured_masks",
+           "dense_pivot_criterion", "dense_pivot_loss", "CANDIDATE_POOL", "greedy_interpolation",
+           "greedy_interpolation_table", "choose_alpha", "interpolation_coefficients", "pivot_step",
+           "unstructured_sparsity_at", "channel_sparsity_at", "nm_pattern_at", "nm_generated_at", "imp_schedule",
+           "check_beta", "check_rate", "check_temperature", "check_pool", "NM_SCHEDULE"]
+
+
+def _s(x: float, dtype: torch.dtype) -> float:
+    """The Python scalar ``x`` rounded to ``dtype`` (the reference's ``dtype.type(x)``)."""
+    return torch.tensor(x, dtype=torch.float64).to(dtype).item()
+
+
+def _check_umg_inputs(w, mask_u, mask_nm) -> torch.Tensor:
+    w = as_real_tensor(w, "weight")
+    if w.dim() < 2:
+        raise ValueError(f"UMG channel scores need a Linear [O, I] or Conv [O, I, kh, kw] weight, "
+                         f"got shape {tuple(w.shape)}")
+    for what, m in (("mask_u", mask_u), ("mask_nm", mask_nm)):
+        if m is None and what == "mask_nm":
+            continue
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != w.shape:
+            got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"{what} must be a boolean mask of the weight's shape {tuple(w.shape)}, got {got}")
+    return w
+
+
+def _alive_channels(alive, n_out: int, shape) -> torch.Tensor:
+    if not isinstance(alive, torch.Tensor) or alive.dtype != torch.bool:
+        raise TypeError(f"alive must be a boolean channel mask, got {getattr(alive, 'dtype', type(alive).__name__)}")
+    if tuple(alive.shape) == (n_out,):
+        return alive
+    if tuple(alive.shape) == tuple(shape):
+        rows = alive.reshape(n_out, -1)
+        anyr, allr = rows.any(dim=1), rows.all(dim=1)
+        if not torch.equal(anyr, allr):
+            raise ValueError("alive must be a channel mask: every output channel all-True or all-False")
+        return anyr
+    raise ValueError(f"alive must have shape ({n_out},) or the weight's shape {tuple(shape)}, got {tuple(alive.shape)}")
+
+
+def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Tensor | None = None,
+                       beta: float = UMG_BETA) -> torch.Tensor:
+    """beta ||m^u ⊙ W_o||_1 + (1 - beta) ||m^nm ⊙ W_o||_1 per output channel ([SC] §3.4)."""
+    b = check_beta(beta)
+    w = _check_umg_inputs(w, mask_u, mask_nm)
+    a = w.abs().reshape(w.shape[0], -1)
+    if not a.is_floating_point():
+        a = a.to(torch.float64)
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    su = torch.where(mask_u.reshape(a.shape), a, zero).sum(dim=1)
+    snm = a.sum(dim=1) if mask_nm is None else torch.where(mask_nm.reshape(a.shape), a, zero).sum(dim=1)
+    return _s(b, a.dtype) * su + _s(1.0 - b, a.dtype) * snm
+
+
+def umg_channel_mask(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Tensor | None, channel_density: float,
+                     beta: float = UMG_BETA, alive=None) -> torch.Tensor:
+    """Top floor(d * O + 0.5) channels by UMG score (among ``alive`` when given), broadcast to w's shape."""
+    scores = umg_channel_scores(w, mask_u, mask_nm, beta)
+    o = scores.shape[0]
+    k = count_for_density(check_density(channel_density, "channel_density"), o)
+    if alive is None:
+        keep = topk_mask(scores, k)
+    else:
+        a = _alive_channels(alive, o, w.shape)
+        if k > int(a.sum()):
+            raise ValueError(f"channel_density={channel_density!r} keeps {k} of {o} channels but only "
+                             f"{int(a.sum())} are alive (nested channel masks cannot regrow)")
+        keep = topk_within(scores, a, k)
+    return keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
+
+
+def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | None, channel_density: float,
+                      beta: float = UMG_BETA, alive: Mapping | None = None) -> dict:
+    """``umg_channel_mask`` for every layer with the same channel density."""
+    check_layer_dict(weights, "weights")
+    check_layer_names(weights, masks_u, "masks_u")
+    if masks_nm is not None:
+        check_layer_names(weights, masks_nm, "masks_nm")
+    if alive is not None:
+        check_layer_names(weights, alive, "alive")
+    check_beta(beta)
+    check_density(channel_density, "channel_density")
+    for n, w in weights.items():
+        _check_umg_inputs(w, masks_u[n], None if masks_nm is None else masks_nm[n])
+    return {n: umg_channel_mask(w, masks_u[n], None if masks_nm is None else masks_nm[n], channel_density,
+                                beta, None if alive is None else alive[n]) for n, w in weights.items()}
+
+
+def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = UNSTRUCTURED_RATE) -> dict:
+    """Nested global IMP step: keep floor((1 - rate) |m_{k-1}| + 0.5) largest |W| within m_{k-1}."""
+    r = check_rate(rate)
+    check_layer_dict(prev_masks, "prev_masks")
+    check_layer_names(prev_masks, weights, "weights")
+    for n, m in prev_masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise TypeError(f"prev_masks[{n!r}] must be a boolean mask, got {getattr(m, 'dtype', type(m).__name__)}")
+    scores = {n: as_real_tensor(weights[n], f"weights[{n!r}]").abs() for n in prev_masks}
+    n_prev = int(sum(int(m.sum()) for m in prev_masks.values()))
+    return prune_to_count(prev_masks, scores, count_for_density(1.0 - r, n_prev))
+
+
+# ----------------------------------------------------------------------------- Eq. 1
+
+def _check_logits(s, d) -> None:
+    for what, z in (("sparse_logits", s), ("dense_logits", d)):
+        if not (isinstance(z, torch.Tensor) and z.is_floating_point() and z.dim() == 2
+                and z.shape[0] >= 1 and z.shape[1] >= 1):
+            raise TypeError(f"{what} must be a float tensor of shape [B, K], got {getattr(z, 'shape', z)!r}")
+        check_finite(z, what)
+    if s.shape != d.shape or s.dtype != d.dtype:
+        raise ValueError(f"sparse_logits ({s.dtype} {tuple(s.shape)}) and dense_logits ({d.dtype} {tuple(d.shape)}) "
+                         f"must have the same float dtype and shape [B, K]")
+
+
+def _targets(y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a tensor of int labels [B] or soft labels [B, K], got {type(y).__name__}")
+    if y.dim() == 1 and not y.is_floating_point():
+        if y.shape[0] != s.shape[0]:
+            raise ValueError(f"int labels have shape {tuple(y.shape)}; expected ({s.shape[0]},)")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= s.shape[1]):
+            raise ValueError(f"labels must lie in [0, {s.shape[1] - 1}], got values in [{int(y.min())}, {int(y.max())}]")
+        return y.long()
+    if y.dim() == 2 and y.is_floating_point() and y.shape == s.shape:
+        return y.to(s.dtype)
+    raise TypeError(f"y must be int labels [B] or float soft labels [B, K]; got {y.dtype}, {tuple(y.shape)}")
+
+
+def dense_pivot_criterion(sparse_logits: torch.Tensor, dense_logits: torch.Tensor, y: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """[SC] Eq. (1) as a differentiable loss for training: 1/2 [CE(s, y) + CE(s / T, softmax(d / T))],
+    with the dense logits detached (the stop-gradient operator)."""
+    t = check_temperature(temperature)
+    _check_logits(sparse_logits, dense_logits)
+    target = F.softmax(dense_logits.detach() / _s(t, dense_logits.dtype), dim=1)
+    hard = F.cross_entropy(sparse_logits, _targets(y, sparse_logits))
+    soft = F.cross_entropy(sparse_logits / _s(t, sparse_logits.dtype), target)
+    return 0.5 * (hard + soft)
+
+
+def dense_pivot_loss(sparse_logits: torch.Tensor, dense_logits: torch.Tensor, y: torch.Tensor,
+                     temperature: float = 1.0):
+    """(loss, d loss / d sparse_logits) of Eq. (1) by autograd; twin of the reference's closed form."""
+    _check_logits(sparse_logits, dense_logits)
+    z = sparse_logits.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = dense_pivot_criterion(z, dense_logits, y, temperature)
+        (dz,) = torch.autograd.grad(loss, z)
+    return loss.detach(), dz
+

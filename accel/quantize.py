@@ -1,0 +1,45 @@
+"""Symmetric per-output-channel quantization on torch tensors; twin of ``reference.quantize``
+(SPEC §2.9, [TH] §5.4.1). ``torch.round`` rounds half to even, like the reference's ``np.rint``;
+every step is one IEEE operation in the weight's dtype, so codes and values are bit-identical."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from reference.quantize import check_bits, qmax
+from ._checks import as_real_tensor
+
+__all__ = ["check_bits", "qmax", "quantize_codes", "quantize_dequantize", "quantize_all"]
+
+
+def _check_weight(w) -> torch.Tensor:
+    w = as_real_tensor(w, "weight")
+    if not w.is_floating_point():
+        raise TypeError(f"quantization needs a floating weight, got dtype {w.dtype}")
+    if w.dim() < 1 or w.numel() == 0:
+        raise ValueError(f"quantization needs a non-empty weight with an output dimension, got shape {tuple(w.shape)}")
+    return w
+
+
+def quantize_codes(w: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int32 codes of w's shape, per-channel scales [O]): clip(round_half_even(W_c / s_c), ±q_max)."""
+    q = qmax(bits)
+    w = _check_weight(w)
+    flat = w.reshape(w.shape[0], -1)
+    scales = flat.abs().amax(dim=1) / q
+    s = scales.unsqueeze(1)
+    ratio = torch.where(s > 0, flat / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(flat))
+    codes = torch.round(ratio).clamp_(-q, q).to(torch.int32)
+    return codes.reshape(w.shape), scales
+
+
+def quantize_dequantize(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """Q(W) as a float tensor of w's shape and dtype."""
+    codes, scales = quantize_codes(w, bits)
+    return (codes.reshape(codes.shape[0], -1).to(scales.dtype) * scales.unsqueeze(1)).reshape(codes.shape)
+
+
+def quantize_all(weights: Mapping[str, torch.Tensor], bits: int = 4) -> dict[str, torch.Tensor]:
+    check_bits(bits)
+    return {n: quantize_dequantize(w, bits) for n, w in weights.items()}
