@@ -31,6 +31,9 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
 
     ``checkpoint``: write ``<log>.ckpt`` atomically after every epoch; ``resume``: continue from it
     when present (the log is rewritten from the checkpoint's history, then continued)."""
+    if cfg.procedure != "train" and (checkpoint or resume):
+        raise ValueError(f"--checkpoint/--resume work per training run; procedure={cfg.procedure!r} runs many "
+                         f"phases and is not resumable yet (run it without --checkpoint/--resume)")
     split = load_split(cfg)
     ck_path = log_path[: -len(".jsonl")] + ".ckpt" if (log_path and (checkpoint or resume)) else None
     log = open(log_path, "w", encoding="utf-8") if log_path else None
