@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 from accel.runner import load_split
 from accel.train import train_accel
@@ -58,3 +59,43 @@ def test_gmp_config_validation():
         RunConfig(method="gmp", density=0.1, gmp_scope="rows").validate()
     with pytest.raises(ConfigError, match="needs density < 1"):
         RunConfig(method="gmp", density=1.0).validate()
+
+
+@settings(max_examples=25, deadline=None)
+@given(widths=st.lists(st.integers(2, 9), min_size=1, max_size=3), final=st.floats(0.02, 0.9),
+       delta_t=st.integers(1, 3), scope=st.sampled_from(["global", "layer"]), opt=st.sampled_from(["sgd", "adamw"]),
+       seed=st.integers(0, 1000))
+def test_gmp_invariants_over_random_models(widths, final, delta_t, scope, opt, seed):
+    """After every iteration: masks nested, active count = the schedule's target at each update
+    (exact), pruned weights and every optimizer slot exactly 0 (weight decay / momentum never
+    revive them), nothing non-finite."""
+    from accel import Sparsifier
+    torch.manual_seed(seed)
+    dims = [16, *widths, 3]
+    model = torch.nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1])
+    o = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2) if opt == "sgd"
+         else torch.optim.AdamW(model.parameters(), lr=0.01))
+    m = GMP(final_density=final, delta_t=delta_t, prune_end=8, scope=scope)
+    sp = Sparsifier(model, o, method=m, density=0.5, seed=seed)  # density unused: GMP starts dense
+    g = torch.Generator().manual_seed(seed)
+    prev = {n: k.clone() for n, k in sp.masks.items()}
+    sizes = {n: k.numel() for n, k in sp.masks.items()}
+    for t in range(1, 11):
+        o.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.randn(8, 16, generator=g)),
+                                          torch.randint(0, 3, (8,), generator=g)).backward()
+        sp.step()
+        for n, k in sp.masks.items():
+            assert not bool((k & ~prev[n]).any())
+            p = sp.params[n]
+            assert torch.all(p[~k] == 0) and bool(torch.isfinite(p).all())
+            assert all(torch.all(v[~k] == 0) for v in o.state[p].values() if torch.is_tensor(v) and v.shape == p.shape)
+        if m.due(t):
+            d = m.density_at(t)
+            if scope == "global":
+                want = min(math.floor(d * sum(sizes.values()) + 0.5), sum(int(k.sum()) for k in prev.values()))
+                assert sum(int(k.sum()) for k in sp.masks.values()) == want
+            else:
+                assert all(int(sp.masks[n].sum()) == min(math.floor(d * sizes[n] + 0.5), int(prev[n].sum()))
+                           for n in sizes)
+        prev = {n: k.clone() for n, k in sp.masks.items()}
