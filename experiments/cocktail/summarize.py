@@ -1,0 +1,65 @@
+"""Summarize the Sparse Cocktail miniature (SPEC §9.7: [SC] Table 1, Table 7, Fig. 3).
+
+    python experiments/cocktail/summarize.py [RESULTS_FOLDER]     (default experiments/results/cocktail)
+
+Reads every <label>_seed<k>.jsonl of the folder (written by ``twinsparse run
+experiments/cocktail/cocktail.toml``) and writes summary.md there: per run (full method and the four
+ablations) the mean test accuracy of each pattern's subnetworks, all taken from ONE shared weight set,
+before interpolation (each subnetwork on the dense network of the last IMP iteration that trained it)
+and after (on D_best; both with their own BnUpdate), mean ± sample std over seeds, and the alphas.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import sys
+from collections import defaultdict
+
+from accel.runner import mean_std
+
+PATTERNS = ("dense", "unstructured", "channel", "nm")
+
+
+def load(folder: str) -> dict:
+    runs = defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl"))):
+        label, seed = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
+        with open(path, encoding="utf-8") as f:
+            recs = [json.loads(line) for line in f]
+        final = [r for r in recs if r.get("phase") == "cocktail"]
+        if final:
+            runs[label][int(seed)] = final[-1]
+    if not runs:
+        sys.exit(f"no finished cocktail logs in {folder}: run experiments/cocktail/cocktail.toml first")
+    return runs
+
+
+def cell(values) -> str:
+    m, s = mean_std([100 * v for v in values])
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def main(folder: str) -> str:
+    runs = load(folder)
+    lines = ["| run | seeds | " + " | ".join(f"{p} before | {p} after" for p in PATTERNS) + " | all after |",
+             "|---|---|" + "---|---|" * len(PATTERNS) + "---|"]
+    for label, by_seed in runs.items():
+        finals = [by_seed[s] for s in sorted(by_seed)]
+        row = [label, str(len(finals))]
+        for p in PATTERNS:
+            row += [cell([f["pattern_acc_before"][p] for f in finals]), cell([f["pattern_acc_after"][p] for f in finals])]
+        row.append(cell([f["test_acc"] for f in finals]))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "alphas (Alg. 1, alpha_2..alpha_N; the weight kept on D_best) per run and seed:"]
+    lines += [f"- {label} seed {s}: {by_seed[s]['alphas']}" for label, by_seed in runs.items() for s in sorted(by_seed)]
+    text = "# Sparse Cocktail miniature: test accuracy (%) of the subnetworks of one shared weight set\n\n" + \
+        "\n".join(lines) + "\n"
+    with open(os.path.join(folder, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1] if len(sys.argv) > 1 else os.path.join("experiments", "results", "cocktail")))
