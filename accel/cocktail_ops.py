@@ -20,6 +20,7 @@ from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS
                                     greedy_interpolation_table, imp_schedule, interpolation_coefficients,
                                     nm_generated_at, nm_pattern_at, pivot_step, unstructured_sparsity_at)
 from reference.masks import check_layer_dict, check_layer_names
+from . import kernels as _kernels
 from ._checks import as_real_tensor, check_finite
 from .dst import prune_to_count
 from .topk import topk_mask, topk_within
@@ -69,6 +70,10 @@ def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Ten
     """beta ||m^u ⊙ W_o||_1 + (1 - beta) ||m^nm ⊙ W_o||_1 per output channel ([SC] §3.4)."""
     b = check_beta(beta)
     w = _check_umg_inputs(w, mask_u, mask_nm)
+    if w.is_cuda:                            # CUDA + CuPy: one block per output channel (kernels/merge.cu)
+        fused = _kernels.umg_channel_scores(w, mask_u, mask_nm, b) if _kernels.usable(w) else None
+        if fused is not None:
+            return fused
     a = w.abs().reshape(w.shape[0], -1)
     if not a.is_floating_point():
         a = a.to(torch.float64)

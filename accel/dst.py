@@ -22,6 +22,7 @@ reference's per-layer stable sort by (-score, flat index).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext as _nullcontext
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ from reference._checks import check_count
 from reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
 from reference.dst import _check_counts, check_fraction, check_iteration
 from reference.masks import check_layer_dict, check_layer_names
+from . import kernels as _kernels
 from ._checks import as_real_tensor, check_finite, check_same_shape
 from .topk import select_within, topk_within
 
@@ -94,7 +96,7 @@ def _descending_key(flat: torch.Tensor) -> tuple[torch.Tensor, int]:
     return info.max - flat.to(torch.int64), flat.element_size() * 8
 
 
-SELECT_STRATEGIES = ("auto", "sort", "loop")
+SELECT_STRATEGIES = ("auto", "sort", "loop", "kernel")   # 'kernel': CUDA + CuPy radix select (accel/kernels/topk.cu)
 
 
 def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
@@ -107,6 +109,9 @@ def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
     keep = torch.zeros(n, dtype=torch.bool, device=dev)
     if n == 0 or not any(ks):
         return keep
+    if strategy == "kernel" or (strategy == "auto" and dev.type == "cuda" and _kernels.usable(flat_scores)):
+        with _kernels.require() if strategy == "kernel" else _nullcontext():
+            return _kernels.topk_select(flat_scores, sizes, ks, candidates=flat_candidates)
     if strategy == "loop" or (strategy == "auto" and dev.type == "cpu"):
         # On CPU an O(n) kthvalue selection per segment beats the two whole-model sorts by 3-8x
         # (measured: 266k weights 5.5 vs 15 ms, 12.6M weights 0.24 vs 1.96 s); on CUDA the sorts
@@ -295,6 +300,11 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
         g = as_real_tensor(g, f"gradients[{n!r}]")
         N = _real(counters[n], f"counters[{n!r}]")
         check_same_shape(g, N, f"gradient {n!r}", f"counter {n!r}")
+    first = next(iter(grads.values()))
+    if first.is_cuda:                          # CUDA + CuPy: one launch for every layer (kernels/dst.cu)
+        fused = _kernels.dst_ee_scores(grads, counters, t, c, eps, form) if _kernels.usable(first) else None
+        if fused is not None:
+            return fused
     out = {}
     for n, g in grads.items():
         scal = lambda v: torch.tensor(v, dtype=g.dtype, device=g.device)  # noqa: E731

@@ -15,6 +15,7 @@ from reference import masks as _ref
 from reference._checks import check_density, count_for_density
 from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
                              nm_group_length, warn_dense_layers)
+from . import kernels as _kernels
 from ._checks import as_real_tensor
 from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
 
@@ -67,6 +68,8 @@ def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.T
     nm_group_length(tuple(w.shape), m, axis)
     check_nm_divisible(tuple(w.shape), m, axis)
     w = as_real_tensor(w, "weight")
+    if w.is_cuda and _kernels.usable(w):      # CUDA + CuPy: one thread per group (accel/kernels/nm_mask.cu)
+        return _kernels.nm_mask(w, n, m, axis)
     if axis == "rows" or w.dim() == 2:
         return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
     cl = w.permute(0, 2, 3, 1)                         # [O, kh, kw, I], channels last

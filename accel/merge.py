@@ -16,6 +16,7 @@ import torch
 from reference._checks import check_density
 from reference.masks import check_layer_dict
 from reference.merge import BN_AVG_MODES, _check_t
+from . import kernels as _kernels
 from ._checks import as_real_tensor
 from .masks import global_magnitude_masks, magnitude_masks
 
@@ -75,6 +76,11 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
         return {n: v.clone() for n, v in ticket.items()}
     check_alike([avg, ticket], "running average and ticket")
     _check_all([avg, ticket], "running average and ticket")
+    first = next(iter(avg.values()))
+    if first.is_cuda:                        # CUDA + CuPy: one launch for the whole network (kernels/merge.cu)
+        fused = _kernels.superpose_cia(avg, ticket, t) if _kernels.usable(first) else None
+        if fused is not None:
+            return fused
     out = {}
     for n in avg:
         a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")

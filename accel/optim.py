@@ -6,12 +6,14 @@ re-mask the weight), kept so the conformance suite can check it against the refe
 """
 from __future__ import annotations
 
+import torch
 
 from reference.optim import check_sgd_hyperparameters
+from . import kernels as _kernels
 from ._checks import check_all_finite, check_same_shape
 
 
-def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
+def _check_step(w, g, mask, buf, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
     check_sgd_hyperparameters(lr, momentum, weight_decay, dampening, nesterov)
     check_same_shape(w, g, "weight", "gradient")
     check_same_shape(w, mask, "weight", "mask")
@@ -19,6 +21,15 @@ def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0,
         check_same_shape(w, buf, "weight", "momentum buffer")
     check_all_finite([w], "weights")
     check_all_finite([g], "gradients")
+
+
+def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
+    _check_step(w, g, mask, buf, lr, momentum, weight_decay, dampening, nesterov)
+    if w.is_cuda:                            # CUDA + CuPy: the fused kernel (accel/kernels/masked_sgd.cu)
+        fused = _kernels.masked_sgd_step(w, g, mask, buf, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                         dampening=dampening, nesterov=nesterov) if _kernels.usable(w) else None
+        if fused is not None:
+            return fused
     m = mask.to(w.dtype)
     d = g * m
     if weight_decay != 0:
@@ -33,6 +44,13 @@ def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0,
 
 
 def masked_sgd_step_all(weights, grads, masks, bufs, **hp):
+    first = next(iter(weights.values()), None)
+    if isinstance(first, torch.Tensor) and first.is_cuda and _kernels.usable(first):   # one launch, all layers
+        for name in weights:
+            _check_step(weights[name], grads[name], masks[name], bufs.get(name), **hp)
+        fused = _kernels.masked_sgd_step_all(weights, grads, masks, bufs, **hp)
+        if fused is not None:
+            return fused
     out_w, out_b = {}, {}
     for name in weights:
         out_w[name], out_b[name] = masked_sgd_step(weights[name], grads[name], masks[name], bufs.get(name), **hp)

@@ -12,6 +12,7 @@ from typing import Mapping
 import torch
 
 from reference._checks import check_count, check_nonempty, count_for_density
+from . import kernels as _kernels
 from ._checks import check_finite
 
 
@@ -25,6 +26,8 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool)
+    if flat.is_cuda and _kernels.usable(flat):   # CUDA + CuPy: radix select (accel/kernels/topk.cu)
+        return _kernels.topk_mask(flat, k).reshape(scores.shape)
     # the k-th largest = the (n-k+1)-th smallest
     thr = torch.kthvalue(flat, n - k + 1).values
     above = flat > thr
@@ -49,6 +52,15 @@ def topk_masks_per_layer(scores: Mapping[str, torch.Tensor], densities: Mapping[
     missing = [n for n in scores if n not in densities]
     if missing:
         raise ValueError(f"no density given for layer(s) {missing}; densities name {list(densities)}")
+    ts = list(scores.values())
+    if (all(isinstance(s, torch.Tensor) and s.is_cuda for s in ts) and len({s.dtype for s in ts}) == 1
+            and _kernels.usable(*ts)):               # CUDA + CuPy: one segmented radix select for all layers
+        ks = []
+        for n, s in scores.items():                  # topk_mask's checks, in its order
+            ks.append(count_for_density(densities[n], s.numel()))
+            check_finite(s, "scores")
+        keep = _kernels.topk_select(torch.cat([s.reshape(-1) for s in ts]), [s.numel() for s in ts], ks)
+        return {n: part.reshape(s.shape) for (n, s), part in zip(scores.items(), torch.split(keep, [s.numel() for s in ts]))}
     return {n: topk_mask(s, count_for_density(densities[n], s.numel())) for n, s in scores.items()}
 
 
@@ -80,6 +92,8 @@ def select_within(scores: torch.Tensor, candidates: torch.Tensor, k: int, n_cand
     if k == n_cand:
         return candidates.clone()
     flat, cand = scores.reshape(-1), candidates.reshape(-1)
+    if flat.is_cuda and _kernels.usable(flat):   # CUDA + CuPy: radix select among the candidates
+        return _kernels.topk_select(flat, [flat.numel()], [k], candidates=cand).reshape(scores.shape)
     bottom = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
     pushed = flat.masked_fill(~cand, bottom)
     # the k-th largest of ``pushed`` is the k-th largest candidate score (k <= n_cand and every

@@ -4,21 +4,28 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from accel import kernels
 from conformance.convert import to_numpy, to_torch
 from conformance.registry import compare_default, load_all
 
 REG = load_all()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-CASES = [(name, np.dtype(dt).name, dev) for name, e in REG.items() for dt in e.dtypes for dev in DEVICES]
+KERNEL_TAG = "cuda_kernel"   # conformance/entries/kernels.py: forced CUDA kernels, CUDA only, marked gpu
+CASES = [pytest.param(name, np.dtype(dt).name, dev, id=f"{name}-{np.dtype(dt).name}-{dev}",
+                      marks=[pytest.mark.gpu] if KERNEL_TAG in e.tags else [])
+         for name, e in REG.items() for dt in e.dtypes
+         for dev in (["cuda"] if KERNEL_TAG in e.tags else DEVICES)]
 
 
 def test_registry_is_populated():
     assert len(REG) >= 20, f"only {len(REG)} conformance entries registered"
 
 
-@pytest.mark.parametrize("name,dtype,device", CASES, ids=[f"{n}-{d}-{v}" for n, d, v in CASES])
+@pytest.mark.parametrize("name,dtype,device", CASES)
 def test_twin_agrees(name, dtype, device):
     entry = REG[name]
+    if KERNEL_TAG in entry.tags and not kernels.available():
+        pytest.skip(f"CUDA kernel entry: {kernels.unavailable_reason()}")
 
     @given(st.data())
     def check(data):

@@ -1,0 +1,70 @@
+"""The CUDA kernel variants (accel/kernels/*.cu) of the hot-path operators, forced.
+
+On a CUDA device with CuPy the accel operators already dispatch to the kernels, so the ordinary
+entries check them there; these entries additionally run each operator inside
+``accel.kernels.require()``, where a silent fallback to torch is an error, so a kernel that is
+skipped by accident cannot pass as torch. They carry the tag ``cuda_kernel``: the generic test runs
+them on the CUDA device only, marks them ``gpu`` (deselected by default; ``pytest -m gpu``), and
+skips them with the reason when CuPy or the device is missing. Inputs are the same hypothesis
+strategies as the ordinary entries (adversarial ties included); comparisons are the same rules.
+"""
+import accel.cocktail_ops as ACO
+import accel.dst as AD
+import accel.masks as AM
+import accel.merge as AMG
+import accel.optim as AO
+import accel.topk as AT
+import reference.cocktail_ops as RCO
+import reference.dst as RD
+import reference.masks as RM
+import reference.merge as RMG
+import reference.optim as RO
+import reference.topk as RT
+from accel import kernels
+from conformance.entries import cocktail as E_cocktail
+from conformance.entries import dst as E_dst
+from conformance.entries import masks as E_masks
+from conformance.entries import merge as E_merge
+from conformance.entries import optim as E_optim
+from conformance.entries import topk as E_topk
+from conformance.registry import register
+
+KERNEL_TAG = "cuda_kernel"
+
+
+def _forced(fn):
+    def run(*args, **kwargs):
+        with kernels.require():
+            return fn(*args, **kwargs)
+    run.__name__ = f"kernel_{getattr(fn, '__name__', 'op')}"
+    return run
+
+
+def _reg(name, ref, acc, strategy, **kw):
+    register(f"kernel.{name}", ref, _forced(acc), strategy, tags=(KERNEL_TAG,), **kw)
+
+
+# topk.cu: radix select, single tensor, per layer (segmented), global, among candidates
+_reg("topk_mask", RT.topk_mask, AT.topk_mask, E_topk._topk_args)
+_reg("topk_masks_per_layer", RT.topk_masks_per_layer, AT.topk_masks_per_layer, E_topk._per_layer_args)
+_reg("topk_masks_global", RT.topk_masks_global, AT.topk_masks_global, E_topk._global_args)
+_reg("topk_within", RT.topk_within, AT.topk_within, E_dst._topk_within_args)
+_reg("dst.segmented_topk_within", E_dst.ref_segmented_topk_within,
+     lambda *a, **k: AD.segmented_topk_within(*a, strategy="kernel", **k), E_dst._segmented_args)
+# drop / grow of SET, RigL, DST-EE: two segmented selections (the grow among the post-drop inactive)
+_reg("dst.drop", RD.drop, AD.drop, E_dst._drop_args)
+_reg("dst.grow", RD.grow, AD.grow, E_dst._grow_args)
+_reg("dst.drop_and_grow", RD.drop_and_grow, AD.drop_and_grow, E_dst._drop_and_grow_args)
+_reg("dst.prune_to_count", RD.prune_to_count, AD.prune_to_count, E_dst._prune_to_count_args)
+# dst.cu: DST-EE scores for every layer in one launch
+_reg("dst.dst_ee_scores", RD.dst_ee_scores, AD.dst_ee_scores, E_dst._dst_ee_args)
+# nm_mask.cu
+_reg("nm_mask", RM.nm_mask, AM.nm_mask, E_masks._nm_mask_args)
+# masked_sgd.cu
+_reg("masked_sgd_step", RO.masked_sgd_step, AO.masked_sgd_step, E_optim._sgd_args,
+     compare=E_optim._compare_with_off_mask_zero)
+_reg("masked_sgd_step_all", RO.masked_sgd_step_all, AO.masked_sgd_step_all, E_optim._sgd_all_args)
+# merge.cu: Sup-tickets running average, re-prune (top-k), UMG channel scores
+_reg("superpose_cia", RMG.superpose_cia, AMG.superpose_cia, E_merge._superpose_cia_args)
+_reg("reprune", RMG.reprune, AMG.reprune, E_merge._reprune_args)
+_reg("cocktail.umg_channel_scores", RCO.umg_channel_scores, ACO.umg_channel_scores, E_cocktail._scores_args)
