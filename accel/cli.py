@@ -3,6 +3,7 @@
     twinsparse run CONFIG.toml [--backend reference|accel] [--device cpu|cuda] [--seed N] [--output DIR]
     twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
     twinsparse export CHECKPOINT --format {dense,slim,2:4} --out PATH [--dtype float16|bfloat16]
+    twinsparse bench [--quick] [--device auto|cpu|cuda] [--models resnet18 resnet50] [--out FILE]
 
 Every field of :class:`reference.config.RunConfig` is a ``train`` flag; bad values are reported
 with the key, the value and what is allowed.
@@ -23,8 +24,9 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
             "exploration_form": C.EXPLORATION_FORMS, "st_averaging": ("cia", "caa", "cima"),
             "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var"), "procedure": C.PROCEDURES,
             "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS, "gmp_scope": ("global", "layer"),
-            "imp_scope": ("global", "layer")}
-_LIST_TYPES = {"hidden": int, "d2_alphas": float}
+            "imp_scope": ("global", "layer"), "acdc_distribution": C.ACDC_DISTRIBUTIONS,
+            "cocktail_range": C.COCKTAIL_RANGES, "cram_mode": C.CRAM_MODES}
+_LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float}
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -69,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", dest="export_format", required=True, choices=("dense", "slim", "2:4"))
     e.add_argument("--out", required=True, help="file to write (torch.save of the exported module and a report)")
     e.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="weight dtype for 2:4")
+    from .bench import add_arguments as _bench_arguments
+    _bench_arguments(sub.add_parser("bench", help="time the hot paths: CUDA kernel vs torch ops vs per-layer loop "
+                                                  "vs bandwidth floor, on ResNet-18/50 shapes; end-to-end steps"))
     return p
 
 
@@ -77,6 +82,9 @@ def main(argv=None) -> int:
     from . import distributed as ddp
     from .runner import describe_run, run_experiment
     try:
+        if args.command == "bench":
+            from .bench import run as run_bench
+            return run_bench(args)
         if args.command == "export":
             from .export import export_checkpoint, format_export_report
             print(format_export_report(export_checkpoint(args.checkpoint, args.export_format, args.out, args.dtype)))

@@ -16,7 +16,7 @@ from reference.methods import Preset, from_run_config
 from . import ops
 from .bn import bn_recalibrate
 from .prunable import discover_prunable
-from .train import _inputs, _targets, build_model_for, evaluate, load_net, train_accel
+from .train import _inputs, _targets, build_model_for, evaluate, load_net, predict, train_accel
 
 
 def _clone(state: dict) -> dict:
@@ -64,7 +64,7 @@ class AccelEngine:
         return {"net": _clone(out["model"].state_dict()),
                 "masks": {n: m.clone() for n, m in sp.masks.items()} if masks is not None else None,
                 "updates": out["updates"], "history": out["history"],
-                "snapshot": out["snapshot"]}
+                "snapshot": out["snapshot"], "final_masks": {n: m.clone() for n, m in sp.masks.items()}}
 
     def grads(self, net: dict, x, y) -> dict:
         """Dense gradients of the prunable weights at ``net`` on one batch (train-mode forward; the
@@ -78,6 +78,10 @@ class AccelEngine:
 
     def evaluate(self, net: dict, x, y) -> dict:
         return evaluate(self.cfg, self._load(net), x, y)
+
+    def predict(self, net: dict, x) -> torch.Tensor:
+        """Logits of ``net`` on ``x`` (eval mode)."""
+        return predict(self.cfg, self._load(net), x)
 
     def bn_recalibrate(self, net: dict, x) -> dict:
         model = self._load(net)

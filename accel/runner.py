@@ -115,7 +115,19 @@ def describe_run(cfg: RunConfig) -> str:
         lines.append(f"{n:<28} {str(tuple(w.shape)):<20} {w.numel():>10} {dens[n]:>8.4f} {kept:>10} {1 - dens[n]:>8.2%}")
     lines.append(f"{'total (prunable set)':<28} {'':<20} {total:>10} {kept_total / total:>8.4f} {kept_total:>10} "
                  f"{1 - kept_total / total:>8.2%}")
-    if cfg.procedure != "train":
+    if cfg.method == "acdc":
+        lines.append(f"AC/DC phases (epochs, 0-based, end-exclusive): "
+                     f"{', '.join(f'{p.name} {p.start}-{p.end}' for p in cfg.acdc_plan())}; compressed phases at "
+                     f"density {cfg.density} ({cfg.acdc_distribution}); the table above is the dense start"
+                     + ("; procedure acdc adds a dense fine-tune of the last dense checkpoint"
+                        if cfg.procedure == "acdc" else ""))
+    if cfg.procedure == "cocktail":
+        from reference.cocktail import describe
+        lines.append(describe(cfg))
+    if cfg.procedure == "cram":
+        from reference.cram_spec import describe_cram
+        lines.append(describe_cram(cfg))
+    if cfg.procedure not in ("train", "acdc", "cocktail", "cram"):
         from reference.d2sparse import state_densities, total_epochs
         dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)
         lines.append(f"procedure {cfg.procedure}: {cfg.d2_states} state(s) at densities "

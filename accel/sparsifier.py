@@ -23,6 +23,7 @@ import torch.nn as nn
 from reference._checks import check_density
 from reference.methods import InitContext, Method, build as build_method
 from . import densities as D
+from . import kernels as _kernels
 from . import ops
 from ._checks import check_all_finite
 from .prunable import discover_prunable
@@ -152,6 +153,17 @@ class Sparsifier:
                     if isinstance(v, torch.Tensor) and v.shape == p.shape:
                         v.mul_(mf)
 
+    def reset_optimizer_state(self) -> None:
+        """Zero every optimizer state tensor of every parameter of every group (not only the prunable
+        ones): SGD momentum buffers, Adam/AdamW moments and step counters (the next step then acts as a
+        fresh optimizer's). AC/DC's reset at each decompression phase ([TH] §3.4.1; ``Update.reset_optimizer_state``)."""
+        with torch.no_grad():
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    for v in self.optimizer.state.get(p, {}).values():
+                        if isinstance(v, torch.Tensor):
+                            v.zero_()
+
     def set_masks(self, masks: Mapping) -> None:
         """Install new masks (replacing, never multiplying into, the old ones)."""
         self._install(masks)
@@ -212,6 +224,8 @@ class Sparsifier:
         explored = ops.explored_union(self.explored, up.masks)
         change = ops.mask_change(old, up.masks)
         self._install(up.masks, up.survivors)
+        if up.reset_optimizer_state:
+            self.reset_optimizer_state()
         self.state, self.explored = up.state, explored
         self.updates.append({"t": t, **up.info, "density": self.total_density(),
                              "exploration_degree": ops.exploration_degree(explored), **change})
@@ -223,6 +237,9 @@ class Sparsifier:
             self.optimizer.step()
             return
         live = [(g, m) for g, m in zip(grads, self._mask_f) if g is not None]
+        if live and live[0][0].is_cuda and _kernels.sgd_optimizer_step(
+                self.optimizer, {id(p): self.masks[n] for n, p in self.params.items()}):
+            return      # CUDA + CuPy, torch.optim.SGD: mask + step + re-mask in one launch (kernels/masked_sgd.cu)
         if live:
             torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
         self.optimizer.step()

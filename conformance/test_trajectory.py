@@ -3,7 +3,8 @@
 float64, same init (reference.nn.init_mlp), same NumPy batches, 60 iterations: the masks must be
 identical and every parameter within the float64 tolerance after every single step. The dynamic
 cases (SET with injected random scores, RigL, DST-EE, SNFS, GraNet) update the masks every 8
-iterations, so each run makes >= 5 mask updates, and the update records must match too.
+iterations, so each run makes >= 5 mask updates, and the update records must match too. The AC/DC
+cases run 12 epochs of 5 iterations (phase changes at epoch starts, momentum reset at decompressions).
 """
 import numpy as np
 import pytest
@@ -42,6 +43,16 @@ CASES = {
     "suptickets-static-cima-var-bn": dict(method="static", density=0.2, batchnorm=True, suptickets=True,
                                           st_n_tickets=2, st_cycle_epochs=0.25, st_averaging="cima",
                                           st_bn_avg="var", st_prune_each_step=False),
+    # AC/DC: 12 epochs of 5 iterations (batch 128 of 640); phases W C D C D C D C D(final) C(final)
+    # (scaled lengths) -> 9 mask updates: 5 compressions, 4 decompressions with the momentum reset
+    "acdc-global": dict(method="acdc", density=0.1, epochs=12, batch_size=128),
+    "acdc-uniform-bn-nesterov": dict(method="acdc", density=0.2, epochs=12, batch_size=128, batchnorm=True,
+                                     nesterov=True, acdc_distribution="uniform"),
+    # explicit lengths, no warm-up (C1 compresses the initialisation at t = 1), first & last layers dense
+    "acdc-first-last-dense": dict(method="acdc", density=0.05, epochs=12, batch_size=128, acdc_warmup=0,
+                                  acdc_compressed=2, acdc_decompressed=1, acdc_final_decompressed=2,
+                                  acdc_final_compressed=2, acdc_distribution="first_last_dense"),
+    "acdc-nm24": dict(method="acdc", density=0.5, epochs=12, batch_size=128, acdc_distribution="nm24"),
 }
 
 
@@ -63,9 +74,9 @@ def _injected_set(cfg, total):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_static_training_trajectory_matches(case, device):
-    cfg = RunConfig(label=case, dtype="float64", hidden=[48, 24], epochs=3, batch_size=32, train_budget=640,
-                    lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", device=device,
-                    seed=3, **CASES[case]).validate()
+    base = dict(label=case, dtype="float64", hidden=[48, 24], epochs=3, batch_size=32, train_budget=640,
+                lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", device=device, seed=3)
+    cfg = RunConfig(**{**base, **CASES[case]}).validate()  # a case may change epochs x batch (60 iterations)
     split = load_split(cfg)
     make = (lambda: _injected_set(cfg, 60)) if case == "set-injected" else (lambda: None)
     ref_steps = []

@@ -17,7 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee", "gmp")
+METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee", "gmp", "acdc")
 DYNAMIC_METHODS = ("set", "rigl", "snfs", "granet", "dst_ee")
 FRACTION_SCHEDULES = ("constant", "cosine", "linear")
 COUNTER_INITS = ("mask", "zeros")
@@ -30,7 +30,11 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
-PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb", "imp")
+PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb", "imp", "acdc", "cocktail", "cram")
+CRAM_MODES = ("cram", "sam", "csam", "sgd")
+COCKTAIL_RANGES = ("paper", "hidden")
+COCKTAIL_MIN_HOLDOUT_PER_CLASS = 1
+ACDC_DISTRIBUTIONS = ("global", "uniform", "first_last_dense", "nm24")
 D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
 D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
@@ -76,6 +80,15 @@ class RunConfig:
     init_density: float = 0.5
     prune_end_fraction: float = 0.5
     gmp_scope: str = "global"
+    # AC/DC ([TH] Alg. 1, §3.4.1; SPEC §5.4, §7.3): phase lengths in epochs; a length left unset
+    # (None) takes the value of reference.acdc.scaled_acdc_lengths(epochs) (the ImageNet 10/5/5/10/15
+    # scaled to the budget). density = density of the compressed phases.
+    acdc_warmup: Optional[int] = None
+    acdc_compressed: Optional[int] = None
+    acdc_decompressed: Optional[int] = None
+    acdc_final_decompressed: Optional[int] = None
+    acdc_final_compressed: Optional[int] = None
+    acdc_distribution: str = "global"
     # Sup-tickets around the method ([ST] Alg. 1; SPEC §5.1, §6.1, §7.2)
     suptickets: bool = False
     st_cycle_epochs: float = 0.5
@@ -107,6 +120,33 @@ class RunConfig:
     imp_rate: float = 0.2
     imp_rewind_epoch: int = 1
     imp_scope: str = "global"
+    # CrAM ([TH] Ch. 5 Alg. 2; SPEC §4.3, §4.4, §7.4; reference.cram_spec): procedure 'cram' trains a dense
+    # model with cram_mode, then prunes it one-shot at cram_eval_sparsities (+ BNT on cram_bnt_samples)
+    cram_mode: str = "cram"
+    cram_rho: float = 0.05
+    cram_plus: Optional[bool] = None
+    cram_sparse_grad: bool = True
+    cram_tau: int = 1
+    cram_compressions: list = field(default_factory=lambda: ["topk:0.5", "topk:0.7", "topk:0.9"])
+    cram_eval_sparsities: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
+    cram_eval_patterns: list = field(default_factory=lambda: ["global", "uniform", "nm:2:4"])
+    cram_bnt_samples: int = 1000
+    cram_bnt_batches: int = 100
+    cram_bnt_batch_size: int = 128
+    # Sparse Cocktail ([SC] §3-4, App. C, F; SPEC §7.6): N IMP iterations of UMG masks + dense-pivot
+    # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail)
+    cocktail_iterations: int = 10
+    cocktail_rewind_epoch: int = 1
+    cocktail_unstructured_rate: float = 0.2
+    cocktail_channel_rate: float = 0.1
+    cocktail_beta: float = 0.8
+    cocktail_holdout_fraction: float = 0.05
+    cocktail_temperature: float = 1.0
+    cocktail_range: str = "paper"
+    cocktail_rewind: bool = True
+    cocktail_interpolate: bool = True
+    cocktail_pivot: bool = True
+    cocktail_umg: bool = True
     # optimisation
     optimizer: str = "sgd"
     epochs: int = 10
@@ -157,6 +197,7 @@ class RunConfig:
         _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
         _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
         _check_choice("gmp_scope", self.gmp_scope, ("global", "layer"))
+        self._validate_acdc()
         _check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
         if self.st_n_tickets is not None:
             _check_int("st_n_tickets", self.st_n_tickets, 1)
@@ -199,6 +240,63 @@ class RunConfig:
         self._validate_d2()
         return self
 
+    def _validate_acdc(self) -> None:
+        _check_choice("acdc_distribution", self.acdc_distribution, ACDC_DISTRIBUTIONS)
+        for key in ("acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed",
+                    "acdc_final_compressed"):
+            if getattr(self, key) is not None:
+                _check_int(key, getattr(self, key), 0 if key == "acdc_warmup" else 1)
+        if self.method != "acdc":
+            return
+        if self.suptickets:
+            raise ConfigError("suptickets=true cannot wrap method='acdc' (AC/DC drives the masks by phases)")
+        if self.acdc_distribution == "nm24" and self.density != 0.5:
+            raise ConfigError(f"acdc_distribution='nm24' keeps 2 of every 4 weights (density 0.5); "
+                              f"set density=0.5 (got density={self.density})")
+        from .methods.acdc import acdc_lengths
+        given = {k: getattr(self, f"acdc_{k}") for k in ("warmup", "compressed", "decompressed",
+                                                          "final_decompressed", "final_compressed")}
+        try:
+            acdc_lengths(self.epochs, **given)
+        except ValueError as e:
+            shown = ", ".join(f"acdc_{k}={'auto' if v is None else v}" for k, v in given.items())
+            raise ConfigError(f"AC/DC phase lengths ({shown}) do not fit epochs={self.epochs}: {e}") from None
+
+    def acdc_plan(self) -> list:
+        """The AC/DC phases of this run (reference.acdc.Phase list; method 'acdc' only)."""
+        from .acdc import acdc_phases
+        from .methods.acdc import LENGTH_KEYS, acdc_lengths
+        return acdc_phases(self.epochs, **acdc_lengths(self.epochs, **{k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}))
+
+    def _validate_cocktail(self) -> None:
+        _check_int("cocktail_iterations", self.cocktail_iterations, 1)
+        _check_int("cocktail_rewind_epoch", self.cocktail_rewind_epoch, 0)
+        _check_range("cocktail_unstructured_rate", self.cocktail_unstructured_rate, 0.0, 0.999, lo_open=True)
+        _check_range("cocktail_channel_rate", self.cocktail_channel_rate, 0.0, 0.999, lo_open=True)
+        _check_range("cocktail_beta", self.cocktail_beta, 0.0, 1.0)
+        _check_range("cocktail_holdout_fraction", self.cocktail_holdout_fraction, 0.0, 0.5, lo_open=True)
+        _check_range("cocktail_temperature", self.cocktail_temperature, 0.0, math.inf, lo_open=True)
+        _check_choice("cocktail_range", self.cocktail_range, COCKTAIL_RANGES)
+        if self.procedure != "cocktail":
+            return
+        if self.method != "dense" or self.suptickets:
+            raise ConfigError(f"procedure='cocktail' makes its own masks (UMG at every IMP iteration): leave "
+                              f"method='dense' and density=1.0 (got method={self.method!r})")
+        if self.cocktail_rewind_epoch >= self.epochs:
+            raise ConfigError(f"cocktail_rewind_epoch={self.cocktail_rewind_epoch} must be below epochs={self.epochs}: "
+                              f"each IMP iteration co-trains from the rewind epoch to the end")
+        if self.model == "mlp" and len(self.hidden) + 1 < {"paper": 3, "hidden": 2}[self.cocktail_range]:
+            raise ConfigError(f"cocktail_range='paper' prunes every layer but the first and the last ([SC] Table 5); "
+                              f"hidden={self.hidden} leaves none: add a hidden layer or use cocktail_range='hidden'")
+        per_class = (self.train_budget // MNIST5K_CLASSES if self.train_budget is not None
+                     else MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        n_hold = math.floor(self.cocktail_holdout_fraction * per_class + 0.5)
+        if n_hold < COCKTAIL_MIN_HOLDOUT_PER_CLASS or n_hold >= per_class:
+            raise ConfigError(f"cocktail_holdout_fraction={self.cocktail_holdout_fraction} of {per_class} training "
+                              f"samples per class gives {n_hold} hold-out sample(s) per class: too small to score the "
+                              f"interpolation candidates on every class (need >= {COCKTAIL_MIN_HOLDOUT_PER_CLASS}) "
+                              f"or leaving nothing to train on; raise the fraction or train_budget")
+
     def _validate_d2(self) -> None:
         _check_choice("procedure", self.procedure, PROCEDURES)
         for key, lo in (("d2_states", 1), ("d2_warmup_epochs", 0), ("d2_state_epochs", 1), ("d2_finetune_epochs", 1),
@@ -222,7 +320,17 @@ class RunConfig:
         _check_range("imp_rate", self.imp_rate, 0.0, 0.999, lo_open=True)
         _check_int("imp_rewind_epoch", self.imp_rewind_epoch, 0)
         _check_choice("imp_scope", self.imp_scope, ("global", "layer"))
-        if self.procedure == "train":
+        from .cram_spec import validate_cram_fields
+        validate_cram_fields(self, ConfigError)
+        if self.procedure == "cram":
+            return
+        self._validate_cocktail()
+        if self.procedure in ("train", "cocktail"):
+            return
+        if self.procedure == "acdc":
+            if self.method != "acdc":
+                raise ConfigError(f"procedure='acdc' runs AC/DC training and returns its sparse and dense models: "
+                                  f"set method='acdc' (got method={self.method!r})")
             return
         if self.procedure == "imp":
             if self.method != "dense" or self.suptickets:
@@ -232,7 +340,7 @@ class RunConfig:
                 raise ConfigError(f"imp_rewind_epoch={self.imp_rewind_epoch} must be below epochs={self.epochs}: "
                                   f"each iteration retrains from the rewind epoch to the end")
             return
-        if self.method in ("dense", "granet") or self.density >= 1.0:
+        if self.method in ("dense", "granet", "acdc") or self.density >= 1.0:
             raise ConfigError(f"procedure={self.procedure!r} trains sparse states with a mask-evolving method "
                               f"(rigl, set, snfs, dst_ee or static) to a final density < 1; got method={self.method!r}, "
                               f"density={self.density}")
@@ -245,23 +353,27 @@ class RunConfig:
                               f"subsets uniformly across classes ([D2] §4.1): use a multiple of {MNIST5K_CLASSES}")
 
     def initial_density(self) -> float:
-        """The density of the initial masks: GraNet starts at ``init_density``, GMP dense, others at ``density``."""
-        return {"granet": self.init_density, "gmp": 1.0}.get(self.method, self.density)
+        """The density of the initial masks: GraNet starts at ``init_density``, GMP and AC/DC dense, others
+        at ``density``."""
+        return {"granet": self.init_density, "gmp": 1.0, "acdc": 1.0}.get(self.method, self.density)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes).validate()
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-_BOOL_KEYS = {"batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
-              "st_prune_each_step", "ddp_verify_masks"}
-_FLOAT_KEYS = {"imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
+_BOOL_KEYS = {"cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
+              "st_prune_each_step", "ddp_verify_masks",
+              "cocktail_rewind", "cocktail_interpolate", "cocktail_pivot", "cocktail_umg"}
+_FLOAT_KEYS = {"cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
+               "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-_INT_KEYS = {"seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+_INT_KEYS = {"cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
-             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch"}
-_LIST_KEYS = {"hidden", "include", "exclude", "d2_alphas", "d2_views"}
+             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
+             "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
+_LIST_KEYS = {"cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
 
 
 def _check_choice(key, value, allowed):
@@ -289,7 +401,7 @@ def coerce_run_fields(d: dict, where: str) -> dict:
             raise ConfigError(f"unknown key {key!r} in {where}; allowed keys: {sorted(RUN_KEYS)}")
         if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if key in _BOOL_KEYS and not isinstance(value, bool):
+        if key in _BOOL_KEYS and not isinstance(value, bool) and not (value is None and RUN_KEYS[key].default is None):
             raise ConfigError(f"{key}={value!r} in {where} must be true or false")
         if key in _FLOAT_KEYS and not isinstance(value, float):
             raise ConfigError(f"{key}={value!r} in {where} must be a number")

@@ -3,8 +3,9 @@ the MLP of ``reference.nn`` trained by ``reference.train.train_reference`` phase
 
 An engine offers: ``ops`` (the twin operators), ``split`` (D = split.x_train), ``clock()``,
 ``init_net(cfg, n_in, n_classes)``, ``prunable(net)``, ``train(phase_cfg, net, masks, batches)``
--> {net, masks, updates, history}, ``grads(net, x, y)`` (dense gradients of the prunable
-weights), ``evaluate(net, x, y)`` and ``bn_recalibrate(net, x)``. ``accel.engine.AccelEngine``
+-> {net, masks, updates, history, snapshot, final_masks} ("masks" only when masks were given,
+"final_masks" the masks at the end of every run), ``grads(net, x, y)`` (dense gradients of the
+prunable weights), ``evaluate(net, x, y)``, ``predict(net, x)`` (logits) and ``bn_recalibrate(net, x)``. ``accel.engine.AccelEngine``
 offers the same on torch. A network is one dict of parameters and BN buffers (the layout
 Sup-tickets merges too)."""
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .data import Split
 from .methods import Preset, from_run_config
 from .nn import init_mlp, mlp_loss_and_grads
 from .prunable import select_prunable
-from .train import evaluate, load_net, train_reference
+from .train import evaluate, load_net, predict, train_reference
 
 
 class ReferenceEngine:
@@ -61,7 +62,7 @@ class ReferenceEngine:
         out = train_reference(pcfg, self.split, method=method, init_net=net, batches=batches, **kw)
         return {"net": {**out["params"], **out["buffers"]}, "masks": out["masks"] if masks is not None else None,
                 "updates": out["updates"], "history": out["history"],
-                "snapshot": out["snapshot"]}
+                "snapshot": out["snapshot"], "final_masks": out["masks"]}
 
     def grads(self, net: dict, x, y) -> dict:
         params, buffers = self._split(net)
@@ -71,6 +72,11 @@ class ReferenceEngine:
     def evaluate(self, net: dict, x, y) -> dict:
         params, buffers = self._split(net)
         return evaluate(params, buffers, np.asarray(x, self.dtype), y)
+
+    def predict(self, net: dict, x) -> np.ndarray:
+        """Logits of ``net`` on ``x`` (eval mode)."""
+        params, buffers = self._split(net)
+        return predict(params, buffers, np.asarray(x, self.dtype))
 
     def bn_recalibrate(self, net: dict, x) -> dict:
         params, buffers = self._split(net)

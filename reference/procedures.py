@@ -3,10 +3,14 @@
 ``cfg.procedure``; one record per state / iteration goes to ``on_record``."""
 from __future__ import annotations
 
+from .acdc_procedure import run_acdc
+from .cocktail import run_cocktail
+from .cram_train import run_cram
 from .d2sparse import run_d2
 from .imp import run_imp
 
-PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d2, "imp": run_imp}
+PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d2, "imp": run_imp, "acdc": run_acdc,
+              "cocktail": run_cocktail, "cram": run_cram}
 
 
 def make_engine(cfg, split):

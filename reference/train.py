@@ -173,6 +173,10 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                     params[n] = params[n] * up.survivors[n]
                     if bufs.get(n) is not None:
                         bufs[n] = bufs[n] * up.survivors[n]
+                if up.reset_optimizer_state:  # AC/DC decompression: every momentum buffer <- 0 (all parameters)
+                    for n, b in bufs.items():
+                        if b is not None:
+                            bufs[n] = np.zeros_like(b)
                 explored = ops.explored_union(explored, up.masks)
                 updates.append({"t": t, **up.info, "density": MET.total_density(up.masks),
                                 "exploration_degree": MET.exploration_degree(explored),

@@ -1,5 +1,6 @@
 """Sparse-training methods, each a small class on shared machinery, backend-agnostic: they call
 the twin operators through an ``ops`` namespace (``reference.ops`` or ``accel.ops``)."""
+from .acdc import ACDC, acdc_from_run_config, acdc_lengths
 from .base import INITS, InitContext, Method, Update
 from .dense import Dense
 from .dst_ee import DSTEE
@@ -14,7 +15,7 @@ from .static import Static
 from .suptickets import SupTickets
 
 METHODS = {"dense": Dense, "static": Static, "set": SET, "rigl": RigL, "snfs": SNFS, "granet": GraNet,
-           "dst_ee": DSTEE, "gmp": GMP}
+           "dst_ee": DSTEE, "gmp": GMP, "acdc": ACDC}
 
 
 def build(name: str, **options) -> Method:
@@ -28,14 +29,14 @@ def build(name: str, **options) -> Method:
 
 
 __all__ = ["Method", "InitContext", "Update", "DropGrow", "Dense", "Static", "SET", "RigL", "SNFS", "GraNet",
-           "DSTEE", "GMP", "SupTickets", "Preset", "METHODS", "INITS", "build", "allocate_proportional"]
+           "DSTEE", "GMP", "ACDC", "acdc_lengths", "SupTickets", "Preset", "METHODS", "INITS", "build", "allocate_proportional"]
 
 
 def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
     """The method object of a validated ``RunConfig`` for a run of ``total_steps`` iterations
     (t_end = floor(t_end_fraction * T); GraNet's prune_end = floor(prune_end_fraction * T)); with
     ``suptickets`` the method is wrapped in Sup-tickets (C = st_cycle_epochs epochs, at least 1 step)."""
-    method = _base_from_run_config(cfg, total_steps)
+    method = _base_from_run_config(cfg, total_steps, steps_per_epoch)
     if not getattr(cfg, "suptickets", False):
         return method
     return SupTickets(base=method, total_steps=total_steps, cycle=max(1, round(cfg.st_cycle_epochs * steps_per_epoch)),
@@ -44,11 +45,13 @@ def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
                       bn_avg=cfg.st_bn_avg, lr_low=cfg.st_lr_low, lr_high=cfg.st_lr_high)
 
 
-def _base_from_run_config(cfg, total_steps: int) -> Method:
+def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
     if cfg.method == "dense":
         return Dense()
     if cfg.method == "static":
         return Static(init=cfg.mask_init)
+    if cfg.method == "acdc":  # phases in epochs -> iterations (steps_per_epoch)
+        return acdc_from_run_config(cfg, steps_per_epoch)
     if cfg.method == "gmp":
         return GMP(final_density=cfg.density, delta_t=cfg.delta_t, prune_start=cfg.t_start,
                    prune_end=max(cfg.t_start + 1, int(cfg.prune_end_fraction * total_steps)), scope=cfg.gmp_scope)

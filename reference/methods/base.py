@@ -13,6 +13,7 @@ Hooks (all pure: they return new masks / state, the caller installs them):
     update(ops, t, weights, grads, masks, state, seed) -> Update(masks, survivors, state, info)
 ``survivors`` are the positions that keep their weight and optimizer state through the update;
 every other position (dropped, or grown: grown weights start at 0 with zeroed state) is zeroed.
+``reset_optimizer_state`` additionally zeroes the whole optimizer state after the update (AC/DC).
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class Update:
     survivors: dict        # positions whose weights and optimizer state are kept (subset of masks)
     state: dict            # the method state after the update
     info: dict = field(default_factory=dict)  # scalars for the log (fraction, counts, ...)
+    # True: after installing, every optimizer state slot of every parameter (not only the prunable
+    # ones: biases, BN too) is set to 0 -- AC/DC's momentum reset at each decompression ([TH] §3.4.1)
+    reset_optimizer_state: bool = False
 
 
 def initial_masks(ops, ctx: InitContext, init: str) -> dict:
