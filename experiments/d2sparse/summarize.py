@@ -33,15 +33,18 @@ PROCS = [("d2sparse", "D²-Sparse"), ("d2sparse_1shot", "D²-Sparse 1-shot"), ("
 def load():
     """{budget: {label: {seed: [records]}}}"""
     out = {}
-    for folder in sorted(glob.glob(os.path.join(ROOT, "budget_*"))):
+    for folder in sorted(glob.glob(os.path.join(ROOT, "budget_*"))):  # the literal-reading run is read separately
         budget = int(folder.rsplit("_", 1)[1])
         for path in sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl"))):
             label, seed = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
             with open(path, encoding="utf-8") as f:
                 recs = [r for r in map(json.loads, f) if "epoch" in r]
             out.setdefault(budget, {}).setdefault(label, {})[int(seed)] = recs
+    for b in [b for b, runs in out.items() if any(label not in runs for label, _ in PROCS)]:
+        print(f"budget {b}: incomplete (missing {[l for l, _ in PROCS if l not in out[b]]}), skipped", file=sys.stderr)
+        del out[b]
     if not out:
-        sys.exit(f"no logs under {ROOT}/budget_*: run experiments/d2sparse/budget_*.toml first")
+        sys.exit(f"no complete logs under {ROOT}/budget_*: run experiments/d2sparse/budget_*.toml first")
     return dict(sorted(out.items()))
 
 
@@ -129,6 +132,18 @@ def main():
             if label in runs and label != "d2sparse_1shot":
                 _, acc = per_state(runs[label], "test_acc")
                 lines.append(f"| {b} | {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
+    lit = os.path.join(ROOT, "literal_density095_budget_500")
+    if os.path.isdir(lit):
+        lines += ["", "## The literal reading of \"5% sparsity\" (final density 0.95, budget 500; SPEC §5.7)", "",
+                  "| procedure | final-state test acc (%) | ECE |", "|---|---|---|"]
+        for label, name in PROCS:
+            finals = []
+            for path in sorted(glob.glob(os.path.join(lit, f"{label}_seed*.jsonl"))):
+                with open(path, encoding="utf-8") as f:
+                    finals.append([r for r in map(json.loads, f) if "epoch" in r][-1])
+            if finals:
+                lines.append(f"| {name} | {pm([r['test_acc'] for r in finals])} | "
+                             f"{pm([r['test_ece'] for r in finals], 1.0, 3)} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(ROOT, "summary.md"), "w", encoding="utf-8") as f:
         f.write(text)
