@@ -322,7 +322,11 @@ def test_procedure_returns_both_outputs_on_both_engines():
     ref, acc = outs["ref"]["records"], outs["acc"]["records"]
     for r, a in zip(ref, acc):
         for k, v in r.items():
-            if k != "time_s":
+            if k == "time_s":
+                continue
+            if isinstance(v, (str, bool)) or v is None:  # newer pytest's approx rejects non-numbers
+                assert a[k] == v, (k, r["phase"])
+            else:
                 assert a[k] == pytest.approx(v, rel=1e-9), (k, r["phase"])
 
 
