@@ -7,15 +7,14 @@ tie rule of SPEC §0.3), so masks are identical to the reference's, ties include
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Iterable, Mapping
 
 import torch
 
-from reference._checks import check_sparsity
 from reference.acdc import (DISTRIBUTIONS, IMAGENET_EPOCHS, IMAGENET_LENGTHS, PHASE_KINDS, Phase,  # noqa: F401
                             acdc_phases, check_distribution, phase_at, phase_entered, pruned_names,
-                            scaled_acdc_lengths)
-from reference.masks import check_layer_dict
+                            scaled_acdc_lengths, selection)
 from ._checks import as_real_tensor
 from .masks import global_magnitude_masks, magnitude_masks, nm_masks
 
@@ -23,26 +22,13 @@ __all__ = ["Phase", "acdc_phases", "scaled_acdc_lengths", "phase_at", "phase_ent
            "topk_compress", "acdc_compress", "IMAGENET_LENGTHS", "DISTRIBUTIONS"]
 
 
+_TORCH = SimpleNamespace(as_real=as_real_tensor, nm_masks=nm_masks, global_magnitude_masks=global_magnitude_masks,
+                         magnitude_masks=magnitude_masks)
+
+
 def _selection(weights: Mapping, sparsity, distribution, keep_dense, first_last_dense, nm, nm_axis):
-    """(keep sets A_k of the pruned layers, pruned names, layers N:M left dense); as the reference."""
-    check_layer_dict(weights, "weights")
-    for name, w in weights.items():
-        as_real_tensor(w, f"weight {name!r}")
-    names = pruned_names(weights, keep_dense, first_last_dense)
-    sub = {n: weights[n] for n in names}
-    if nm is not None:
-        if sparsity is not None:
-            raise ValueError(f"give either sparsity= (Top-K) or nm= (N:M), not both (got sparsity={sparsity!r}, nm={nm!r})")
-        if not isinstance(nm, (tuple, list)) or len(nm) != 2:
-            raise TypeError(f"nm must be a pair (n, m) meaning keep n of every m, e.g. (2, 4); got {nm!r}")
-        keep, left_dense = nm_masks(sub, nm[0], nm[1], axis=nm_axis)
-        return keep, names, left_dense
-    if sparsity is None:
-        raise ValueError("give the target sparsity= (in [0, 1)) or nm=(n, m)")
-    d = 1.0 - check_sparsity(sparsity)
-    if check_distribution(distribution) == "global":
-        return global_magnitude_masks(sub, d), names, []
-    return magnitude_masks(sub, {n: d for n in names}), names, []
+    """The reference's selection (written once) over the torch mask operators."""
+    return selection(weights, sparsity, distribution, keep_dense, first_last_dense, nm, nm_axis, backend=_TORCH)
 
 
 def _apply(weights: Mapping, keep: Mapping) -> dict:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -184,11 +185,15 @@ def pruned_names(names: Iterable[str], keep_dense: Iterable[str] = (), first_las
     return out
 
 
-def _selection(weights: Mapping, sparsity, distribution: str, keep_dense, first_last_dense, nm, nm_axis):
-    """(keep sets A_k of the pruned layers, pruned names, layers N:M left dense)."""
+def selection(weights: Mapping, sparsity, distribution: str, keep_dense, first_last_dense, nm, nm_axis,
+              backend=None):
+    """(keep sets A_k of the pruned layers, pruned names, layers N:M left dense). Pure composition of
+    the backend's mask operators, written once: ``backend`` holds ``as_real``, ``nm_masks``,
+    ``global_magnitude_masks`` and ``magnitude_masks`` (NumPy's by default; accel passes torch's)."""
+    b = backend or _NUMPY
     check_layer_dict(weights, "weights")
     for name, w in weights.items():
-        as_real_array(w, f"weight {name!r}")
+        b.as_real(w, f"weight {name!r}")
     names = pruned_names(weights, keep_dense, first_last_dense)
     sub = {n: weights[n] for n in names}
     if nm is not None:
@@ -196,14 +201,19 @@ def _selection(weights: Mapping, sparsity, distribution: str, keep_dense, first_
             raise ValueError(f"give either sparsity= (Top-K) or nm= (N:M), not both (got sparsity={sparsity!r}, nm={nm!r})")
         if not isinstance(nm, (tuple, list)) or len(nm) != 2:
             raise TypeError(f"nm must be a pair (n, m) meaning keep n of every m, e.g. (2, 4); got {nm!r}")
-        keep, left_dense = nm_masks(sub, nm[0], nm[1], axis=nm_axis)
+        keep, left_dense = b.nm_masks(sub, nm[0], nm[1], axis=nm_axis)
         return keep, names, left_dense
     if sparsity is None:
         raise ValueError("give the target sparsity= (in [0, 1)) or nm=(n, m)")
     d = 1.0 - check_sparsity(sparsity)
     if check_distribution(distribution) == "global":
-        return global_magnitude_masks(sub, d), names, []
-    return magnitude_masks(sub, {n: d for n in names}), names, []
+        return b.global_magnitude_masks(sub, d), names, []
+    return b.magnitude_masks(sub, {n: d for n in names}), names, []
+
+
+_NUMPY = SimpleNamespace(as_real=as_real_array, nm_masks=nm_masks, global_magnitude_masks=global_magnitude_masks,
+                         magnitude_masks=magnitude_masks)
+_selection = selection
 
 
 def _apply(weights: Mapping, keep: Mapping) -> dict:
