@@ -52,6 +52,15 @@ def main(folder: str) -> str:
             row += [cell([f["pattern_acc_before"][p] for f in finals]), cell([f["pattern_acc_after"][p] for f in finals])]
         row.append(cell([f["test_acc"] for f in finals]))
         lines.append("| " + " | ".join(row) + " |")
+    full = runs.get("cocktail")
+    if full:
+        finals = [full[s] for s in sorted(full)]
+        subs = [f["subnetworks"] for f in finals]
+        lines += ["", "All subnetworks of the full method (one weight set per seed; unstructured-k keeps 0.8^k of the "
+                  "pruned layers' weights, channel-k 0.9^k of their channels):", "",
+                  "| subnetwork | before interpolation | after interpolation |", "|---|---|---|"]
+        for name in subs[0]:
+            lines.append(f"| {name} | {cell([x[name]['before'] for x in subs])} | {cell([x[name]['after'] for x in subs])} |")
     lines += ["", "alphas (Alg. 1, alpha_2..alpha_N; the weight kept on D_best) per run and seed:"]
     lines += [f"- {label} seed {s}: {by_seed[s]['alphas']}" for label, by_seed in runs.items() for s in sorted(by_seed)]
     text = "# Sparse Cocktail miniature: test accuracy (%) of the subnetworks of one shared weight set\n\n" + \
