@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from reference.bn import bnupdate_batches
 from reference.data import Split
-from reference.methods import Preset, from_run_config
+from reference.procedure_tools import phase_method
 from . import ops
 from .bn import bn_recalibrate
 from .prunable import discover_prunable
@@ -55,10 +55,7 @@ class AccelEngine:
         return self.model
 
     def train(self, pcfg, net: dict, masks, batches=None, **kw) -> dict:
-        method = None
-        if masks is not None:
-            spe = -(-len(self.split.y_train) // pcfg.batch_size)
-            method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
+        method = phase_method(pcfg, masks, len(self.split.y_train))
         out = train_accel(pcfg, self.split, method=method, init_net=net, batches=batches, **kw)
         sp = out["sparsifier"]
         return {"net": _clone(out["model"].state_dict()),

@@ -78,8 +78,11 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
 def _procedure_one(cfg: RunConfig, split, log, on_epoch) -> list:
     """A multi-phase procedure (D²-Sparse and its baselines, ...): one log record per state (state 0
     = the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
+    history = []
+
     def on_record(rec):
-        on_epoch({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
+        history.append({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
+        on_epoch(history[-1])
     from reference.procedures import run_procedure
     try:
         out = run_procedure(cfg, split, on_record=on_record)
@@ -89,7 +92,7 @@ def _procedure_one(cfg: RunConfig, split, log, on_epoch) -> list:
     finally:
         if log:
             log.close()
-    return [{"epoch": r["state"], "epoch_time": r["time_s"], **r} for r in out["records"]]
+    return history
 
 
 def describe_run(cfg: RunConfig) -> str:

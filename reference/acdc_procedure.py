@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .procedure_tools import Records, test_metrics
+
 
 def run_acdc(engine, cfg, on_record=None) -> dict:
     """AC/DC on ``engine``; returns both models, the final masks, the records, the mask updates
@@ -32,12 +34,8 @@ def run_acdc(engine, cfg, on_record=None) -> dict:
     spe = -(-len(split.y_train) // cfg.batch_size)
     phases = cfg.acdc_plan()
     last = phases[-1]
-    records = []
-
-    def emit(rec):
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    records = Records(on_record)
+    emit = records.emit
 
     net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
     out = engine.train(replace(cfg, procedure="train").validate(), net, None, snapshot_epoch=last.start)
@@ -53,7 +51,7 @@ def run_acdc(engine, cfg, on_record=None) -> dict:
     dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0, epochs=last.length).validate()
     ft = engine.train(dense_cfg, snapshot, None, lr_offset=last.start * spe)
     dense = ft["net"]
-    dense_scores = _test(engine, dense, test)
+    dense_scores = test_metrics(engine, dense, test)
     emit({"state": len(phases) + 1, "phase": "dense_finetune", "kind": "dense", "start_epoch": last.start,
           "end_epoch": last.end, "density": 1.0, "train_loss": ft["history"][-1]["train_loss"], **dense_scores,
           "time_s": engine.clock() - t0})
@@ -63,9 +61,9 @@ def run_acdc(engine, cfg, on_record=None) -> dict:
     names = engine.prunable(dense)
     changes = [u["compressed_mask_change"] for u in out["updates"] if "compressed_mask_change" in u]
     emit({"state": len(phases) + 2, "phase": "outputs", "kind": "sparse", "density": float(ops.total_density(masks)),
-          **_test(engine, sparse, test),
+          **test_metrics(engine, sparse, test),
           **{f"dense_{k}": v for k, v in dense_scores.items()},
-          **{f"dense_before_finetune_{k}": v for k, v in _test(engine, snapshot, test).items()},
+          **{f"dense_before_finetune_{k}": v for k, v in test_metrics(engine, snapshot, test).items()},
           "sample_agreement": ops.sample_agreement(z_sparse, z_dense),
           "cross_entropy_dense_sparse": ops.prediction_cross_entropy(z_dense, z_sparse),
           "cross_entropy_sparse_dense": ops.prediction_cross_entropy(z_sparse, z_dense),
@@ -76,7 +74,3 @@ def run_acdc(engine, cfg, on_record=None) -> dict:
     return {"net": sparse, "sparse_net": sparse, "dense_net": dense, "dense_snapshot": snapshot, "masks": masks,
             "phases": phases, "records": records, "updates": out["updates"], "history": history,
             "dense_history": ft["history"]}
-
-
-def _test(engine, net, test) -> dict:
-    return {f"test_{k}": v for k, v in engine.evaluate(net, *test).items()}

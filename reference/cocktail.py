@@ -50,7 +50,7 @@ import numpy as np
 
 from .cocktail_ops import (CANDIDATE_POOL, NM_SCHEDULE, greedy_interpolation, imp_schedule, nm_generated_at,
                            nm_pattern_at, pivot_step)
-from .d2sparse import derive_seed, masked
+from .procedure_tools import derive_seed, masked
 from .data import Split, iterate_batches
 from .schedules import lr_at
 

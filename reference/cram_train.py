@@ -37,6 +37,7 @@ from .bn import bn_recalibrate, bnt_batches
 from .cram_spec import check_mode, parse_compressions, parse_eval_patterns, resolve_plus
 from .nn import init_mlp, mlp_loss_and_grads
 from .optim import masked_sgd_step
+from .procedure_tools import Records
 from .prunable import select_prunable
 from .schedules import lr_at
 from .train import default_batches, evaluate
@@ -276,12 +277,8 @@ def run_cram(engine, cfg, on_record=None, backend=None) -> dict:
     one-shot pruned results (``one_shot_evaluation``). ``engine`` supplies the split and the clock."""
     split = engine.split
     backend = make_cram_backend(cfg, split) if backend is None else backend
-    records, held = [], {}
-
-    def emit(rec):
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    records, held = Records(on_record), {}
+    emit = records.emit
 
     def on_epoch(rec):
         r = {"state": rec["epoch"], "phase": "train", **rec, "time_s": rec["epoch_time"]}

@@ -39,6 +39,7 @@ import numpy as np
 from .augment import make_view
 from .data import iterate_batches
 from .densities import layer_densities_for
+from .procedure_tools import Records, derive_seed, masked, test_metrics
 
 ALPHA_GRID = (0.1, 0.25, 0.5, 0.75, 0.95)
 
@@ -60,22 +61,12 @@ def state_densities(final_density: float, k: int, schedule: str = "geometric") -
     return out
 
 
-def derive_seed(seed: int, *keys: int) -> int:
-    """A seed for one phase / branch / mask draw, a pure function of (seed, keys)."""
-    return int(np.random.SeedSequence([int(seed), *map(int, keys), 0xD2]).generate_state(1)[0])
-
-
 def best_alpha(alphas, scores) -> tuple:
     """(alpha*, index): the highest score, the first in grid order on ties (SPEC §6.2)."""
     if len(alphas) == 0 or len(alphas) != len(scores):
         raise ValueError(f"need one score per alpha, got {len(scores)} scores for {len(alphas)} alphas")
     i = max(range(len(scores)), key=lambda j: (scores[j], -j))
     return alphas[i], i
-
-
-def masked(net: dict, masks: dict) -> dict:
-    """theta * M on the masked weights, every other entry as it is."""
-    return {n: (v * masks[n] if n in masks else v) for n, v in net.items()}
 
 
 class Views:
@@ -135,10 +126,6 @@ def phase_config(cfg, method: str, epochs: int, density: float, seed: int, lr_sc
                    seed=seed, lr=cfg.lr * lr_scale, suptickets=False).validate()
 
 
-def _metrics(engine, net, data, prefix="test") -> dict:
-    return {f"{prefix}_{k}": v for k, v in engine.evaluate(net, *data).items()}
-
-
 def run_d2(engine, cfg, on_record=None) -> dict:
     """Run ``cfg.procedure`` (d2sparse, d2_baseline or d2_baseline_lb) on the low-data set
     D = engine.split.x_train; returns the final network and masks, one record per state (state 0 = the
@@ -153,12 +140,8 @@ def run_d2(engine, cfg, on_record=None) -> dict:
                   cfg.batch_size)
     dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)
     alphas = [float(a) for a in cfg.d2_alphas]
-    records, updates = [], []
-
-    def emit(rec):
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    records, updates = Records(on_record), []
+    emit = records.emit
 
     def train(method, epochs, net, masks, batch_views, phase, density, lr_scale=1.0):
         pseed = derive_seed(seed, *phase)
@@ -171,7 +154,7 @@ def run_d2(engine, cfg, on_record=None) -> dict:
     net = engine.init_net(cfg, x_train.shape[1], int(y_train.max()) + 1)
     if cfg.d2_warmup_epochs > 0:  # dense warm-up on the un-augmented D (view 3 = 'none')
         net = train("dense", cfg.d2_warmup_epochs, net, None, (3,), (0, 0), 1.0)["net"]
-    emit({"state": 0, "phase": "warmup", "density": 1.0, **_metrics(engine, net, test),
+    emit({"state": 0, "phase": "warmup", "density": 1.0, **test_metrics(engine, net, test),
           "time_s": engine.clock() - t0})
     masks = None
     for i, d in enumerate(dens, 1):
@@ -208,7 +191,7 @@ def run_d2(engine, cfg, on_record=None) -> dict:
             used = (0, 1) if proc == "d2_baseline" else (2,)
             out = train(cfg.method, cfg.d2_baseline_epochs, masked(net, m0), m0, used, (i, 4), d)
         net, masks = out["net"], out["masks"]
-        rec.update(density=float(ops.total_density(masks)), **_metrics(engine, net, test),
+        rec.update(density=float(ops.total_density(masks)), **test_metrics(engine, net, test),
                    time_s=engine.clock() - t0)
         emit(rec)
     return {"net": net, "masks": masks, "records": records, "updates": updates, "densities": dens}

@@ -17,7 +17,7 @@ import numpy as np
 from . import ops
 from .bn import bn_recalibrate, bnupdate_batches
 from .data import Split
-from .methods import Preset, from_run_config
+from .procedure_tools import phase_method
 from .nn import init_mlp, mlp_loss_and_grads
 from .prunable import select_prunable
 from .train import evaluate, load_net, predict, train_reference
@@ -55,10 +55,7 @@ class ReferenceEngine:
                                self.cfg.include, self.cfg.exclude)
 
     def train(self, pcfg, net: dict, masks, batches=None, **kw) -> dict:
-        method = None
-        if masks is not None:
-            spe = -(-len(self.split.y_train) // pcfg.batch_size)
-            method = Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
+        method = phase_method(pcfg, masks, len(self.split.y_train))
         out = train_reference(pcfg, self.split, method=method, init_net=net, batches=batches, **kw)
         return {"net": {**out["params"], **out["buffers"]}, "masks": out["masks"] if masks is not None else None,
                 "updates": out["updates"], "history": out["history"],

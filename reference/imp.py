@@ -17,10 +17,10 @@ phase is a fresh optimizer (momentum from 0).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
-from .d2sparse import derive_seed, masked
+from ._checks import count_for_density
+from .procedure_tools import Records, derive_seed, masked, test_metrics
 
 SCOPES = ("global", "layer")
 
@@ -34,11 +34,11 @@ def prune_fraction_of_remaining(ops, masks: dict, weights: dict, rate: float, sc
     active, scores = ops.count_active(masks), ops.abs_all(weights)
     if scope == "global":
         n = sum(active.values())
-        return ops.prune_to_count(masks, scores, n - int(math.floor(rate * n + 0.5)))
+        return ops.prune_to_count(masks, scores, n - count_for_density(rate, n))
     out = {}
     for name in masks:
         n = active[name]
-        out.update(ops.prune_to_count({name: masks[name]}, {name: scores[name]}, n - int(math.floor(rate * n + 0.5))))
+        out.update(ops.prune_to_count({name: masks[name]}, {name: scores[name]}, n - count_for_density(rate, n)))
     return out
 
 
@@ -48,12 +48,8 @@ def run_imp(engine, cfg, on_record=None) -> dict:
     ops, split = engine.ops, engine.split
     test = (split.x_test, split.y_test)
     spe = -(-len(split.y_train) // cfg.batch_size)
-    records, masks_per_iteration, updates = [], [], []
-
-    def emit(rec):
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    records, masks_per_iteration, updates = Records(on_record), [], []
+    emit = records.emit
 
     t0 = engine.clock()
     net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
@@ -63,7 +59,7 @@ def run_imp(engine, cfg, on_record=None) -> dict:
     trained = out["net"]
     names = engine.prunable(trained)
     masks = ops.ones_like_masks({n: trained[n] for n in names})
-    emit({"state": 0, "phase": "dense", "density": 1.0, **_test(engine, trained, test), "time_s": engine.clock() - t0})
+    emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, trained, test), "time_s": engine.clock() - t0})
     for k in range(1, cfg.imp_iterations + 1):
         t0 = engine.clock()
         masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in names}, cfg.imp_rate, cfg.imp_scope)
@@ -73,11 +69,7 @@ def run_imp(engine, cfg, on_record=None) -> dict:
         out = engine.train(pcfg, masked(rewind, masks), masks, lr_offset=cfg.imp_rewind_epoch * spe)
         trained, masks = out["net"], out["masks"]
         updates.extend({"phase": [k], **u} for u in out["updates"])
-        emit({"state": k, "phase": "imp", "density": float(ops.total_density(masks)), **_test(engine, trained, test),
+        emit({"state": k, "phase": "imp", "density": float(ops.total_density(masks)), **test_metrics(engine, trained, test),
               "time_s": engine.clock() - t0})
     return {"net": trained, "masks": masks, "masks_per_iteration": masks_per_iteration, "records": records,
             "updates": updates, "rewind": rewind}
-
-
-def _test(engine, net, test) -> dict:
-    return {f"test_{k}": v for k, v in engine.evaluate(net, *test).items()}

@@ -10,10 +10,10 @@ runs on update iterations too, on the pruned weights.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from .._checks import count_for_density
 from ..schedules import gmp_density_at
 from .base import InitContext, Method, Update
 
@@ -53,12 +53,12 @@ class GMP(Method):
         d = self.density_at(t)
         scores, active = ops.abs_all(weights), ops.count_active(masks)
         if self.scope == "global":
-            n_keep = min(int(math.floor(d * sum(ops.sizes(masks).values()) + 0.5)), sum(active.values()))
+            n_keep = min(count_for_density(d, sum(ops.sizes(masks).values())), sum(active.values()))
             new = ops.prune_to_count(masks, scores, n_keep)
         else:
             sizes = ops.sizes(masks)
             new = {}
             for n in masks:
-                k = min(int(math.floor(d * sizes[n] + 0.5)), active[n])
+                k = min(count_for_density(d, sizes[n]), active[n])
                 new.update(ops.prune_to_count({n: masks[n]}, {n: scores[n]}, k))
         return Update(masks=new, survivors=new, state=state, info={"target_density": d})

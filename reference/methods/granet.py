@@ -9,10 +9,10 @@ The total active count equals the schedule's target after every update (checked)
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
+from .._checks import count_for_density
 from ..schedules import gmp_density_at
 from .base import Update
 from .dynamic import DropGrow
@@ -49,7 +49,7 @@ class GraNet(DropGrow):
 
     def target_count(self, ops, t, masks, state) -> int:
         d = gmp_density_at(t, state["d_init"], self.final_density, self.prune_start, self.prune_end)
-        return int(math.floor(d * sum(ops.sizes(masks).values()) + 0.5))
+        return count_for_density(d, sum(ops.sizes(masks).values()))
 
     def grow_scores(self, ops, t, weights, grads, kept, state, seed):
         return ops.abs_all(grads)
