@@ -29,6 +29,9 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
 _LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float}
 
 
+CKPT_HELP = ("write <run>.ckpt atomically after every epoch (a multi-phase procedure: after every stage, with the "
+             "running phase's epochs in <run>.ckpt.stage-*)")
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     defaults = C.RunConfig()
     for f in fields(C.RunConfig):
@@ -56,14 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="output folder (default: the config's [experiment] output)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and per-layer densities, train nothing")
-    r.add_argument("--checkpoint", action="store_true", help="write <run>.ckpt atomically after every epoch")
+    r.add_argument("--checkpoint", action="store_true", help=CKPT_HELP)
     r.add_argument("--resume", action="store_true", help="continue every run from its checkpoint when present")
     t = sub.add_parser("train", help="train one run given by flags")
     _add_run_flags(t)
     t.add_argument("--output", default="runs/train")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--dry-run", action="store_true", help="print the resolved run and per-layer densities, train nothing")
-    t.add_argument("--checkpoint", action="store_true", help="write <run>.ckpt atomically after every epoch")
+    t.add_argument("--checkpoint", action="store_true", help=CKPT_HELP)
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint when present")
     e = sub.add_parser("export", help="export a training checkpoint: dense (masks applied), slim (dead channels "
                                       "removed) or 2:4 (semi-structured sparse, NVIDIA GPU with sm >= 8.0)")

@@ -86,6 +86,14 @@ class CoTrainer:
     def net(self) -> dict:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
+    def state(self) -> dict:
+        """Network and momentum buffers (a co-training checkpoint)."""
+        return {"net": self.net(), "bufs": {n: b.clone() for n, b in self.bufs.items()}}
+
+    def load_state(self, state: dict) -> None:
+        load_net(self.model, state["net"])
+        self.bufs = {n: state["bufs"][n].clone() for n in self.params}
+
 
 def to_numpy(a) -> np.ndarray:
     return a.detach().cpu().numpy()

@@ -5,15 +5,18 @@ once) with the ``accel.cram_optim.CrAM`` wrapper around the run's optimizer; twi
 both backends follow the same trajectory (conformance/test_cram_trajectory.py)."""
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reference.config import run_to_dict
 from reference.cram_spec import parse_compressions
 from reference.schedules import lr_at
 from reference.train import default_batches
+from . import checkpoint as ckpt
 from . import cram as CR
 from .bn import bn_recalibrate
 from .cram_optim import CrAM
@@ -30,9 +33,12 @@ def build_cram(cfg, model, optimizer) -> CrAM:
                 tau=cfg.cram_tau, seed=cfg.seed, prunable=names, mode=cfg.cram_mode, check_finite=cfg.check_finite)
 
 
-def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None) -> dict:
+def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, checkpoint: str | None = None,
+                     resume: bool = False) -> dict:
     """Train ``cfg`` with CrAM on ``split``. ``on_step(t, model, cram)`` after each step, ``on_epoch(record)``
-    after each epoch; ``progress`` a tqdm-like object. Returns {model, cram, optimizer, history}."""
+    after each epoch; ``progress`` a tqdm-like object. ``checkpoint`` / ``resume`` as in
+    ``reference.cram_train.train_cram_reference`` (model, CrAM + optimizer state with the mask
+    cache, history). Returns {model, cram, optimizer, history}."""
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
@@ -41,9 +47,17 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None) -> 
     cram = build_cram(cfg, model, opt)
     batches = default_batches(cfg, split.x_train, split.y_train)
     total = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
-    history, step = [], 0
+    history, step, start = [], 0, 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        ck = ckpt.load(checkpoint, map_location=cfg.device)
+        ckpt.check_config(ck["config"], run_to_dict(cfg), checkpoint)
+        model.load_state_dict(ck["model"])
+        cram.load_state_dict(ck["cram"])
+        history, start, step = ck["history"], ck["epoch"], ck["step"]
+        for rec in history if on_epoch is not None else ():
+            on_epoch(rec)
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         t0, loss_sum, n = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=cfg.device), 0
         for parts in batches(epoch):
             (xb, yb), = parts
@@ -67,6 +81,9 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None) -> 
                **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                "density": 1.0, "epoch_time": time.perf_counter() - t0}
         history.append(rec)
+        if checkpoint:
+            ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "step": step,
+                                   "model": model.state_dict(), "cram": cram.state_dict(), "history": history})
         if on_epoch is not None:
             on_epoch(rec)
     return {"model": model, "cram": cram, "optimizer": opt, "history": history}
@@ -83,8 +100,13 @@ class AccelCramBackend:
         self.cfg, self.split = cfg, split
         self.model = None
 
-    def train(self, on_epoch=None, on_step=None):
-        out = train_cram_accel(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch)
+    def build(self) -> None:
+        """The model (init only), for a run whose training was restored from a checkpoint."""
+        self.model = build_model_for(self.cfg, self.split.x_train.shape[1], int(self.split.y_train.max()) + 1)
+        self.names = list(discover_prunable(self.model, self.cfg.include or None, self.cfg.exclude or None))
+
+    def train(self, on_epoch=None, on_step=None, **kw):
+        out = train_cram_accel(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch, **kw)
         self.model = out["model"]
         self.names = list(discover_prunable(self.model, self.cfg.include or None, self.cfg.exclude or None))
         return _clone(self.model.state_dict()), out["history"]

@@ -590,6 +590,9 @@ def _model_from_checkpoint(path: str):
     from . import checkpoint as ckpt
     from .train import build_model_for
     payload = ckpt.load(path)
+    if "stages" in payload:
+        raise CheckpointError(f"checkpoint {path} is the stage checkpoint of procedure "
+                              f"{payload.get('procedure')!r}; export takes the checkpoint of a single training run")
     missing = [k for k in ("config", "model", "sparsifier") if k not in payload]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}; it is not a training checkpoint")

@@ -26,21 +26,22 @@ def load_split(cfg: RunConfig):
 
 
 def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True, checkpoint: bool = False,
-              resume: bool = False) -> list:
+              resume: bool = False, ck_path: str | None = None) -> list:
     """Train one run on its backend; returns the per-epoch history (written to ``log_path``).
 
-    ``checkpoint``: write ``<log>.ckpt`` atomically after every epoch; ``resume``: continue from it
-    when present (the log is rewritten from the checkpoint's history, then continued)."""
-    if cfg.procedure != "train" and (checkpoint or resume):
-        raise ValueError(f"--checkpoint/--resume work per training run; procedure={cfg.procedure!r} runs many "
-                         f"phases and is not resumable yet (run it without --checkpoint/--resume)")
+    ``checkpoint``: write ``ck_path`` (default ``<log>.ckpt``) atomically after every epoch -- for a
+    multi-phase procedure after every stage, with the running phase's epochs beside it
+    (``reference.stages``); ``resume``: continue from it when present (the log is rewritten: from
+    the checkpoint's history, or for a procedure by replaying its completed stages, then continued)."""
     split = load_split(cfg)
-    ck_path = log_path[: -len(".jsonl")] + ".ckpt" if (log_path and (checkpoint or resume)) else None
+    if ck_path is None and log_path and (checkpoint or resume):
+        ck_path = log_path[: -len(".jsonl")] + ".ckpt"
+    ck_path = ck_path if (checkpoint or resume) else None
     log = open(log_path, "w", encoding="utf-8") if log_path else None
     header = {"config": run_to_dict(cfg)}
     if log:
         log.write(json.dumps(header) + "\n")
-        if resume and ck_path and os.path.exists(ck_path):
+        if resume and ck_path and os.path.exists(ck_path) and cfg.procedure == "train":
             load = ck_load_reference if cfg.backend == "reference" else ck_load_accel
             for rec in load(ck_path)["history"]:
                 log.write(json.dumps(rec) + "\n")
@@ -51,7 +52,7 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
             log.flush()
 
     if cfg.procedure != "train":
-        return _procedure_one(cfg, split, log, on_epoch)
+        return _procedure_one(cfg, split, log, on_epoch, ck_path, resume)
     steps = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
     bar = tqdm(total=steps, desc=f"{cfg.label} seed={cfg.seed} [{cfg.backend}]", leave=False,
                disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -75,17 +76,19 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
     return out["history"]
 
 
-def _procedure_one(cfg: RunConfig, split, log, on_epoch) -> list:
+def _procedure_one(cfg: RunConfig, split, log, on_epoch, ck_path=None, resume=False) -> list:
     """A multi-phase procedure (D²-Sparse and its baselines, ...): one log record per state (state 0
     = the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
+    from . import distributed as ddp
+    from reference.procedures import run_procedure
     history = []
 
     def on_record(rec):
         history.append({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
         on_epoch(history[-1])
-    from reference.procedures import run_procedure
     try:
-        out = run_procedure(cfg, split, on_record=on_record)
+        out = run_procedure(cfg, split, on_record=on_record, checkpoint=ck_path, resume=resume,
+                            writer=ddp.rank() == 0)
         if log:
             for u in out["updates"]:
                 log.write(json.dumps({"mask_update": u}) + "\n")
@@ -217,9 +220,10 @@ def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: b
     t0 = time.perf_counter()
     cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
     for cfg in tqdm(cfgs, desc=exp.name, disable=not progress, file=sys.stderr):
-        log_path = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}.jsonl") if writer else None
-        results.setdefault(cfg.label, []).append(train_one(cfg, log_path, progress=progress, checkpoint=checkpoint,
-                                                           resume=resume))
+        stem = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}")
+        # every rank resumes from the checkpoint (only rank 0 writes it and the log)
+        results.setdefault(cfg.label, []).append(train_one(cfg, stem + ".jsonl" if writer else None, progress=progress,
+                                                           checkpoint=checkpoint, resume=resume, ck_path=stem + ".ckpt"))
     rows = summarize(results)
     if not writer:
         return rows

@@ -156,12 +156,12 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             sp.on_update = lambda t, masks: ddp.verify_masks(masks, t)
     history, step, start, snapshot = [], 0, 0, None
     if resume and checkpoint and os.path.exists(checkpoint):
-        ck = ckpt.load(checkpoint)
+        ck = ckpt.load(checkpoint, map_location=cfg.device)
         ckpt.check_config(ck["config"], run_to_dict(cfg), checkpoint)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sp.load_state_dict(ck["sparsifier"])
-        history, start, step = ck["history"], ck["epoch"], sp.step_count
+        history, start, step, snapshot = ck["history"], ck["epoch"], sp.step_count, ck.get("snapshot")
     model.train()
     with ddp.peer_failures_explained():
         for epoch in range(start, cfg.epochs):
@@ -205,7 +205,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if checkpoint and ddp.rank() == 0:
                 ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
-                                       "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history})
+                                       "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history,
+                                       "snapshot": snapshot})
             if on_epoch is not None:
                 on_epoch(record)
     return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates,

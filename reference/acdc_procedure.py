@@ -23,38 +23,49 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .procedure_tools import Records, test_metrics
+from .procedure_tools import test_metrics
+from .stages import Stages
 
 
-def run_acdc(engine, cfg, on_record=None) -> dict:
+def run_acdc(engine, cfg, on_record=None, stages=None) -> dict:
     """AC/DC on ``engine``; returns both models, the final masks, the records, the mask updates
-    and the per-epoch histories of the AC/DC run and of the dense fine-tune."""
+    and the per-epoch histories of the AC/DC run and of the dense fine-tune. ``stages``
+    (``reference.stages.Stages``): the AC/DC run and the fine-tune are resumable stages (epochs
+    checkpointed)."""
     ops, split = engine.ops, engine.split
     test = (split.x_test, split.y_test)
     spe = -(-len(split.y_train) // cfg.batch_size)
     phases = cfg.acdc_plan()
     last = phases[-1]
-    records = Records(on_record)
-    emit = records.emit
+    stages = Stages.attach(stages, on_record)
+    emit = stages.emit
 
-    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
-    out = engine.train(replace(cfg, procedure="train").validate(), net, None, snapshot_epoch=last.start)
+    def acdc_run(net, **kw):
+        out = engine.train(replace(cfg, procedure="train").validate(), net, None, snapshot_epoch=last.start, **kw)
+        history = out["history"]
+        for i, p in enumerate(phases):
+            h = history[p.end - 1]
+            emit({"state": i + 1, "phase": p.name, "kind": p.kind, "start_epoch": p.start, "end_epoch": p.end,
+                  "density": h["density"], "train_loss": h["train_loss"],
+                  **{k: h[k] for k in ("test_acc", "test_nll", "test_ece")},
+                  "time_s": sum(r["epoch_time"] for r in history[p.start:p.end])})
+        return out
+
+    def finetune(snapshot, **kw):
+        t0 = engine.clock()
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0, epochs=last.length).validate()
+        ft = engine.train(dense_cfg, snapshot, None, lr_offset=last.start * spe, **kw)
+        emit({"state": len(phases) + 1, "phase": "dense_finetune", "kind": "dense", "start_epoch": last.start,
+              "end_epoch": last.end, "density": 1.0, "train_loss": ft["history"][-1]["train_loss"],
+              **test_metrics(engine, ft["net"], test), "time_s": engine.clock() - t0})
+        return ft
+
+    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)  # also on resume: the model
+    out = stages.train("acdc", lambda **kw: acdc_run(net, **kw))
     sparse, masks, history, snapshot = out["net"], out["final_masks"], out["history"], out["snapshot"]
-    for i, p in enumerate(phases):
-        h = history[p.end - 1]
-        emit({"state": i + 1, "phase": p.name, "kind": p.kind, "start_epoch": p.start, "end_epoch": p.end,
-              "density": h["density"], "train_loss": h["train_loss"],
-              **{k: h[k] for k in ("test_acc", "test_nll", "test_ece")},
-              "time_s": sum(r["epoch_time"] for r in history[p.start:p.end])})
-
-    t0 = engine.clock()
-    dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0, epochs=last.length).validate()
-    ft = engine.train(dense_cfg, snapshot, None, lr_offset=last.start * spe)
+    ft = stages.train("dense_finetune", lambda **kw: finetune(snapshot, **kw))
     dense = ft["net"]
     dense_scores = test_metrics(engine, dense, test)
-    emit({"state": len(phases) + 1, "phase": "dense_finetune", "kind": "dense", "start_epoch": last.start,
-          "end_epoch": last.end, "density": 1.0, "train_loss": ft["history"][-1]["train_loss"], **dense_scores,
-          "time_s": engine.clock() - t0})
 
     t0 = engine.clock()
     z_sparse, z_dense = engine.predict(sparse, split.x_test), engine.predict(dense, split.x_test)
@@ -72,5 +83,5 @@ def run_acdc(engine, cfg, on_record=None) -> dict:
           "dense_zero_fraction": ops.zero_fraction({n: dense[n] for n in names}),
           "time_s": engine.clock() - t0})
     return {"net": sparse, "sparse_net": sparse, "dense_net": dense, "dense_snapshot": snapshot, "masks": masks,
-            "phases": phases, "records": records, "updates": out["updates"], "history": history,
+            "phases": phases, "records": stages, "updates": out["updates"], "history": history,
             "dense_history": ft["history"]}

@@ -35,6 +35,9 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def check_config(saved: dict, current: dict, path: str) -> None:
     """A checkpoint resumes only the run it was written by (same resolved config)."""
+    if saved.get("procedure", "train") != current.get("procedure", "train"):
+        raise CheckpointError(f"checkpoint {path} was written by procedure={saved.get('procedure', 'train')!r}, "
+                              f"this run is procedure={current.get('procedure', 'train')!r}")
     diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {current.get(k)!r} now" for k in diff[:5])
@@ -43,6 +46,11 @@ def check_config(saved: dict, current: dict, path: str) -> None:
 
 def save_reference(path: str, payload: dict) -> None:
     write_atomic(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def save_tagged(path: str, payload: dict) -> None:
+    """``save_reference`` of a payload without its ``kind`` tag (procedure checkpoints, progress files)."""
+    save_reference(path, {"kind": "twinsparse-reference", **payload})
 
 
 def load_reference(path: str) -> dict:
@@ -58,6 +66,9 @@ def load_reference(path: str) -> dict:
     if not isinstance(payload, dict) or payload.get("kind") != "twinsparse-reference":
         raise CheckpointError(f"{path} is not a twinsparse reference checkpoint")
     return payload
+
+
+IO = (save_tagged, load_reference)  # (save, load) of the reference backend, for reference.stages
 
 
 def arrays_equal(a, b) -> bool:

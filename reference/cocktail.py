@@ -53,6 +53,7 @@ from .cocktail_ops import (CANDIDATE_POOL, NM_SCHEDULE, greedy_interpolation, im
 from .procedure_tools import derive_seed, masked
 from .data import Split, iterate_batches
 from .schedules import lr_at
+from .stages import Stages
 
 PATTERNS = ("dense", "unstructured", "channel", "nm")
 RANGES = ("paper", "hidden")
@@ -158,14 +159,20 @@ def generate_masks(B, cfg, k: int, w: dict, prev: dict) -> dict:
     return {"unstructured": mu, "channel": mc, "nm": nm}
 
 
-def cotrain(B, engine, cfg, net: dict, patterns: list, x, y, seed: int) -> dict:
-    """T_k ([SC] §3.5): epochs r..E over (x, y); ``patterns`` = [(name, masks)] in round-robin order."""
+def cotrain(B, engine, cfg, net: dict, patterns: list, x, y, seed: int, progress=None) -> dict:
+    """T_k ([SC] §3.5): epochs r..E over (x, y); ``patterns`` = [(name, masks)] in round-robin order.
+    ``progress`` (``reference.stages.Progress``): the trainer is checkpointed after every epoch and
+    resumed from the last one."""
     r, bs = cfg.cocktail_rewind_epoch, cfg.batch_size
     spe = -(-len(y) // bs)
     offset, total = r * spe, (cfg.epochs - r) * spe
     names, masks = [p for p, _ in patterns], dict(patterns)
-    trainer, i = B.CoTrainer(engine, cfg, net), 0
-    for epoch in range(cfg.epochs - r):
+    trainer, i, start = B.CoTrainer(engine, cfg, net), 0, 0
+    saved = progress.load() if progress is not None else None
+    if saved is not None:
+        trainer.load_state(saved["trainer"])
+        i, start = saved["i"], saved["epoch"]
+    for epoch in range(start, cfg.epochs - r):
         for xb, yb in iterate_batches(x, y, bs, seed, epoch):
             i += 1
             kind = pivot_step(i, names) if cfg.cocktail_pivot else names[(i - 1) % len(names)]
@@ -173,6 +180,8 @@ def cotrain(B, engine, cfg, net: dict, patterns: list, x, y, seed: int) -> dict:
             sparse = None if kind == "dense" else masks[kind]
             trainer.step(xb, yb, sparse, lr, distill=cfg.cocktail_pivot and sparse is not None,
                          temperature=cfg.cocktail_temperature)
+        if progress is not None:
+            progress.save({"epoch": epoch + 1, "i": i, "trainer": trainer.state()})
     return trainer.net()
 
 
@@ -207,10 +216,12 @@ def _eval(engine, net, m, bn, data) -> dict:
 
 # ----------------------------------------------------------------------------- the procedure
 
-def run_cocktail(engine, cfg, on_record=None) -> dict:
+def run_cocktail(engine, cfg, on_record=None, stages=None) -> dict:
     """Sparse Cocktail on ``engine`` (see the module docstring). One record per stage: 0 = dense
     training, k = IMP iteration k (its subnetworks before interpolation), N + 1 = the cocktail
-    (every subnetwork of the one shared weight set, after interpolation and BnUpdate)."""
+    (every subnetwork of the one shared weight set, after interpolation and BnUpdate). ``stages``
+    (``reference.stages.Stages``): the dense run, each iteration and the cocktail are resumable
+    stages (training epochs checkpointed)."""
     B, split = backend(engine), engine.split
     train, hold = holdout_rows(split.y_train, cfg.cocktail_holdout_fraction)
     x, y = split.x_train[train], split.y_train[train]
@@ -218,62 +229,72 @@ def run_cocktail(engine, cfg, on_record=None) -> dict:
     eng = type(engine)(cfg, Split(x_train=x, y_train=y, x_holdout=x[:0], y_holdout=y[:0], x_test=split.x_test,
                                   y_test=split.y_test))
     test = (eng.split.x_test, eng.split.y_test)
-    records, t0 = [], eng.clock()
+    stages = Stages.attach(stages, on_record)
 
-    def emit(rec):
-        rec["time_s"] = eng.clock() - t0
-        records.append(rec)
-        if on_record is not None:
-            on_record(rec)
+    def dense(net, t0, **kw):
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
+        out = eng.train(dense_cfg, net, None, snapshot_epoch=cfg.cocktail_rewind_epoch or None, **kw)
+        stages.emit({"state": 0, "phase": "dense", "density": 1.0,
+                     **{f"test_{k}": v for k, v in eng.evaluate(out["net"], *test).items()}, "time_s": eng.clock() - t0})
+        return {"net": out["net"], "rewind": out["snapshot"] if cfg.cocktail_rewind_epoch else net}
 
-    net = eng.init_net(cfg, x.shape[1], int(split.y_train.max()) + 1)
-    dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
-    out = eng.train(dense_cfg, net, None, snapshot_epoch=cfg.cocktail_rewind_epoch or None)
-    rewind = out["snapshot"] if cfg.cocktail_rewind_epoch else net
-    nets = [out["net"]]
-    rng = pruning_range(eng.prunable(out["net"]), cfg.cocktail_range)
-    size = sum(int(np.size(B.to_numpy(nets[0][n]))) for n in rng)
-    ones = {n: B.ones_like(nets[0][n]) for n in rng}
-    emit({"state": 0, "phase": "dense", "density": 1.0, **{f"test_{k}": v for k, v in eng.evaluate(nets[0], *test).items()}})
-    prev = {"unstructured": ones, "channel": None, "nm": None}
-    iterations, bank, before, bn_bank = [], {"dense": ones}, {}, {}
-    for k in range(1, cfg.cocktail_iterations + 1):
+    def iteration(k, prev, last, rewind, ones, size):
         t0 = eng.clock()
-        w = {n: nets[-1][n] for n in rng}
-        it = generate_masks(B, cfg, k, w, prev)
-        iterations.append(it)
-        prev = it
+        it = generate_masks(B, cfg, k, {n: last[n] for n in ones}, prev)
         pats = [(p, it[p]) for p in ("unstructured", "channel", "nm") if it[p] is not None]
-        start = rewind if cfg.cocktail_rewind else nets[-1]
-        nets.append(cotrain(B, eng, cfg, start, pats, x, y, derive_seed(cfg.seed, k, 0xC7)))
+        start = rewind if cfg.cocktail_rewind else last
+        net = cotrain(B, eng, cfg, start, pats, x, y, derive_seed(cfg.seed, k, 0xC7), stages.progress())
         names = {"dense": ones, f"unstructured-{k}": it["unstructured"], f"channel-{k}": it["channel"]}
         if it["nm"] is not None:
             names["nm-%d:%d" % nm_pattern_at(k)] = it["nm"]
         rec = {}
         for name, m in names.items():        # before interpolation: on D_k, own BnUpdate
-            bank[name] = m
-            bn = _bn_of(eng.bn_recalibrate(masked(nets[-1], m), x))
-            before[name] = rec[name] = _eval(eng, nets[-1], m, bn, test)
-        emit({"state": k, "phase": "cotrain", "density": sum(B.count(v) for v in it["unstructured"].values()) / size,
-              **_mean_metrics(rec), "subnetworks": {n: v["acc"] for n, v in rec.items()}})
-    pretrained, nets = nets[0], nets[1:]
+            bn = _bn_of(eng.bn_recalibrate(masked(net, m), x))
+            rec[name] = _eval(eng, net, m, bn, test)
+        density = sum(B.count(v) for v in it["unstructured"].values()) / size
+        stages.emit({"state": k, "phase": "cotrain", "density": density, **_mean_metrics(rec),
+                     "subnetworks": {n: v["acc"] for n, v in rec.items()}, "time_s": eng.clock() - t0})
+        return {"masks": it, "net": net, "before": rec, "bank": names, "density": density}
+
+    def cocktail(nets, iterations, bank, before, density):
+        t0 = eng.clock()
+        if cfg.cocktail_interpolate:
+            shared, alphas, table = greedy_interpolate(B, eng, nets, iterations, x_hold, y_hold)
+        else:
+            shared, alphas, table = nets[-1], [], {}
+        bank = {n: bank[n] for n in subnetwork_names(cfg.cocktail_iterations)}
+        after, bn_bank = {}, {}
+        for name, m in bank.items():             # BnUpdate for each subnetwork (Alg. 1 l.8)
+            bn_bank[name] = _bn_of(eng.bn_recalibrate(masked(shared, m), x))
+            after[name] = _eval(eng, shared, m, bn_bank[name], test)
+        stages.emit({"state": cfg.cocktail_iterations + 1, "phase": "cocktail", "density": density,
+                     **_mean_metrics(after), "alphas": alphas, "n_subnetworks": len(bank),
+                     "interpolation": {str(k): {str(a): v for a, v in row.items()} for k, row in table.items()},
+                     "subnetworks": {n: {"before": before[n]["acc"], "after": after[n]["acc"]} for n in bank},
+                     "pattern_acc_before": _by_pattern(before), "pattern_acc_after": _by_pattern(after),
+                     "time_s": eng.clock() - t0})
+        return {"net": shared, "masks": bank, "bn": bn_bank, "alphas": alphas}
+
     t0 = eng.clock()
-    if cfg.cocktail_interpolate:
-        shared, alphas, table = greedy_interpolate(B, eng, nets, iterations, x_hold, y_hold)
-    else:
-        shared, alphas, table = nets[-1], [], {}
-    bank = {n: bank[n] for n in subnetwork_names(cfg.cocktail_iterations)}
-    after = {}
-    for name, m in bank.items():             # BnUpdate for each subnetwork (Alg. 1 l.8)
-        bn_bank[name] = _bn_of(eng.bn_recalibrate(masked(shared, m), x))
-        after[name] = _eval(eng, shared, m, bn_bank[name], test)
-    emit({"state": cfg.cocktail_iterations + 1, "phase": "cocktail", "density": records[-1]["density"],
-          **_mean_metrics(after), "alphas": alphas, "n_subnetworks": len(bank),
-          "interpolation": {str(k): {str(a): v for a, v in row.items()} for k, row in table.items()},
-          "subnetworks": {n: {"before": before[n]["acc"], "after": after[n]["acc"]} for n in bank},
-          "pattern_acc_before": _by_pattern(before), "pattern_acc_after": _by_pattern(after)})
-    return {"net": shared, "masks": bank, "bn": bn_bank, "alphas": alphas, "records": records, "updates": [],
-            "nets": nets, "pretrained": pretrained, "iterations": iterations, "range": rng, "train_rows": train, "holdout_rows": hold}
+    net = eng.init_net(cfg, x.shape[1], int(split.y_train.max()) + 1)  # also on resume: the engine's model
+    first = stages.train("dense", lambda **kw: dense(net, t0, **kw))
+    pretrained, rewind = first["net"], first["rewind"]
+    rng = pruning_range(eng.prunable(pretrained), cfg.cocktail_range)
+    size = sum(int(np.size(B.to_numpy(pretrained[n]))) for n in rng)
+    ones = {n: B.ones_like(pretrained[n]) for n in rng}
+    prev = {"unstructured": ones, "channel": None, "nm": None}
+    nets, iterations, bank, before, density = [], [], {}, {}, 1.0
+    for k in range(1, cfg.cocktail_iterations + 1):
+        out = stages.stage(f"iteration{k}", lambda k=k, prev=prev, last=(nets or [pretrained])[-1]:
+                           iteration(k, prev, last, rewind, ones, size))
+        prev, density = out["masks"], out["density"]
+        iterations.append(prev)
+        nets.append(out["net"])
+        bank.update(out["bank"])
+        before.update(out["before"])
+    final = stages.stage("cocktail", lambda: cocktail(nets, iterations, bank, before, density))
+    return {**final, "records": stages, "updates": [], "nets": nets, "pretrained": pretrained,
+            "iterations": iterations, "range": rng, "train_rows": train, "holdout_rows": hold}
 
 
 def _mean_metrics(per_net: dict) -> dict:

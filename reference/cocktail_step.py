@@ -88,6 +88,14 @@ class CoTrainer:
     def net(self) -> dict:
         return {**{n: p.copy() for n, p in self.params.items()}, **{n: b.copy() for n, b in self.buffers.items()}}
 
+    def state(self) -> dict:
+        """Network and momentum buffers (a co-training checkpoint)."""
+        return {"net": self.net(), "bufs": {n: b.copy() for n, b in self.bufs.items()}}
+
+    def load_state(self, state: dict) -> None:
+        self.params, self.buffers = load_net(state["net"], self.params, self.buffers)
+        self.bufs = {n: np.array(state["bufs"][n], copy=True) for n in self.params}
+
 
 def to_numpy(a) -> np.ndarray:
     return np.asarray(a)

@@ -26,20 +26,23 @@ or Top-K⁺ (Eq. 5.9, plus=True).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import checkpoint as CK
 from . import cram as CR
 from ._checks import check_int
 from .bn import bn_recalibrate, bnt_batches
+from .config import run_to_dict
 from .cram_spec import check_mode, parse_compressions, parse_eval_patterns, resolve_plus
 from .nn import init_mlp, mlp_loss_and_grads
 from .optim import masked_sgd_step
-from .procedure_tools import Records
 from .prunable import select_prunable
 from .schedules import lr_at
+from .stages import Stages
 from .train import default_batches, evaluate
 
 
@@ -146,11 +149,14 @@ def cram_step(params: Mapping, buffers: Mapping, bufs: Mapping, x, y, *, lr: flo
 
 # ----------------------------------------------------------------------------- training loop
 
-def train_cram_reference(cfg, split, on_step=None, on_epoch=None) -> dict:
+def train_cram_reference(cfg, split, on_step=None, on_epoch=None, checkpoint: str | None = None,
+                         resume: bool = False) -> dict:
     """Train the MLP of ``cfg`` with ``cram_step`` (cfg.cram_* options; SGD with cfg's momentum,
     weight decay, LR schedule) on ``split``: same init (``init_mlp(seed)``), batches and LR schedule
     as ``reference.train``. ``on_step(t, params, buffers, info)`` after each step, ``on_epoch(record)``
-    after each epoch (test metrics). Returns {params, buffers, history}."""
+    after each epoch (test metrics). ``checkpoint``: written atomically after every epoch (weights,
+    BN buffers, momentum, the Top-K mask cache, history, step); ``resume``: continue from it when it
+    exists, ``on_epoch`` being called first for the restored epochs. Returns {params, buffers, history}."""
     cfg.validate()
     if cfg.model != "mlp":
         raise ValueError(f"the reference backend trains model='mlp' only, got {cfg.model!r}")
@@ -164,8 +170,15 @@ def train_cram_reference(cfg, split, on_step=None, on_epoch=None) -> dict:
     comps = parse_compressions(cfg.cram_compressions) if cfg.cram_mode in ("cram", "csam") else ()
     batches = default_batches(cfg, x_train, y_train)
     total = -(-len(x_train) // cfg.batch_size) * cfg.epochs
-    bufs, cache, history, t = {}, {}, [], 0
-    for epoch in range(cfg.epochs):
+    bufs, cache, history, t, start = {}, {}, [], 0, 0
+    if resume and checkpoint and os.path.exists(checkpoint):
+        ck = CK.load_reference(checkpoint)
+        CK.check_config(ck["config"], run_to_dict(cfg), checkpoint)
+        params, buffers, bufs, cache, history, t, start = (ck[k] for k in ("params", "buffers", "bufs", "cache",
+                                                                            "history", "t", "epoch"))
+        for rec in history if on_epoch is not None else ():
+            on_epoch(rec)
+    for epoch in range(start, cfg.epochs):
         t0, losses = time.perf_counter(), []
         for parts in batches(epoch):
             (xb, yb), = parts
@@ -184,6 +197,9 @@ def train_cram_reference(cfg, split, on_step=None, on_epoch=None) -> dict:
                **{f"test_{k}": v for k, v in evaluate(params, buffers, x_test, split.y_test).items()},
                "density": 1.0, "epoch_time": time.perf_counter() - t0}
         history.append(rec)
+        if checkpoint:
+            CK.save_tagged(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "params": params,
+                                        "buffers": buffers, "bufs": bufs, "cache": cache, "history": history, "t": t})
         if on_epoch is not None:
             on_epoch(rec)
     return {"params": params, "buffers": buffers, "history": history}
@@ -197,8 +213,14 @@ class ReferenceCramBackend:
         self.cfg, self.split = cfg, split
         self.template = None
 
-    def train(self, on_epoch=None, on_step=None):
-        out = train_cram_reference(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch)
+    def build(self) -> None:
+        """The network layout (init only), for a run whose training was restored from a checkpoint."""
+        x, y = self.split.x_train, self.split.y_train
+        self.template = init_mlp((x.shape[1], *self.cfg.hidden, int(y.max()) + 1), batchnorm=self.cfg.batchnorm,
+                                 seed=self.cfg.seed, dtype=np.dtype(self.cfg.dtype))
+
+    def train(self, on_epoch=None, on_step=None, **kw):
+        out = train_cram_reference(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch, **kw)
         self.template = (out["params"], out["buffers"])
         return {**out["params"], **out["buffers"]}, out["history"]
 
@@ -271,26 +293,35 @@ def make_cram_backend(cfg, split):
     return AccelCramBackend(cfg, split)
 
 
-def run_cram(engine, cfg, on_record=None, backend=None) -> dict:
+def run_cram(engine, cfg, on_record=None, backend=None, stages=None) -> dict:
     """The 'cram' procedure ([TH] Alg. 2 training, then SPEC §7.4's one-shot protocol): one record per
     training epoch (the dense model's test metrics); the last one also holds ``oneshot``, the list of
-    one-shot pruned results (``one_shot_evaluation``). ``engine`` supplies the split and the clock."""
+    one-shot pruned results (``one_shot_evaluation``). ``engine`` supplies the split and the clock.
+    ``stages`` (``reference.stages.Stages``): training (epochs checkpointed) and the one-shot
+    evaluation are resumable stages."""
     split = engine.split
     backend = make_cram_backend(cfg, split) if backend is None else backend
-    records, held = Records(on_record), {}
-    emit = records.emit
+    stages = Stages.attach(stages, on_record)
 
-    def on_epoch(rec):
-        r = {"state": rec["epoch"], "phase": "train", **rec, "time_s": rec["epoch_time"]}
-        if rec["epoch"] < cfg.epochs:
-            emit(r)
-        else:
-            held["last"] = r
+    def training(**kw):
+        held = {}
 
-    net, history = backend.train(on_epoch=on_epoch)
-    t0 = engine.clock()
-    last = held["last"]
-    last["oneshot"] = one_shot_evaluation(backend, net, cfg, split)
-    last["time_s"] += engine.clock() - t0
-    emit(last)
-    return {"net": net, "records": records, "updates": [], "history": history}
+        def on_epoch(rec):
+            r = {"state": rec["epoch"], "phase": "train", **rec, "time_s": rec["epoch_time"]}
+            if rec["epoch"] < cfg.epochs:
+                stages.emit(r)
+            else:
+                held["last"] = r
+        net, history = backend.train(on_epoch=on_epoch, **kw)
+        return net, history, held["last"]
+
+    def oneshot(net, last):
+        t0 = engine.clock()
+        last = {**last, "oneshot": one_shot_evaluation(backend, net, cfg, split)}
+        last["time_s"] += engine.clock() - t0
+        stages.emit(last)
+
+    backend.build()  # also on resume: the layout the one-shot protocol prunes
+    net, history, last = stages.train("train", training)
+    stages.stage("oneshot", lambda: oneshot(net, last))
+    return {"net": net, "records": stages, "updates": [], "history": history}

@@ -39,7 +39,8 @@ import numpy as np
 from .augment import make_view
 from .data import iterate_batches
 from .densities import layer_densities_for
-from .procedure_tools import Records, derive_seed, masked, test_metrics
+from .procedure_tools import derive_seed, masked, test_metrics
+from .stages import Stages
 
 ALPHA_GRID = (0.1, 0.25, 0.5, 0.75, 0.95)
 
@@ -126,10 +127,11 @@ def phase_config(cfg, method: str, epochs: int, density: float, seed: int, lr_sc
                    seed=seed, lr=cfg.lr * lr_scale, suptickets=False).validate()
 
 
-def run_d2(engine, cfg, on_record=None) -> dict:
+def run_d2(engine, cfg, on_record=None, stages=None) -> dict:
     """Run ``cfg.procedure`` (d2sparse, d2_baseline or d2_baseline_lb) on the low-data set
     D = engine.split.x_train; returns the final network and masks, one record per state (state 0 = the
-    warm-up) and the per-phase mask-update logs."""
+    warm-up) and the per-phase mask-update logs. ``stages`` (``reference.stages.Stages``): the
+    warm-up and each state are resumable stages, each training phase a child stage."""
     proc = cfg.procedure
     if proc not in ("d2sparse", "d2_baseline", "d2_baseline_lb"):
         raise ValueError(f"procedure={proc!r} is not a D²-Sparse procedure")
@@ -140,31 +142,34 @@ def run_d2(engine, cfg, on_record=None) -> dict:
                   cfg.batch_size)
     dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)
     alphas = [float(a) for a in cfg.d2_alphas]
-    records, updates = Records(on_record), []
-    emit = records.emit
+    stages = Stages.attach(stages, on_record)
 
-    def train(method, epochs, net, masks, batch_views, phase, density, lr_scale=1.0):
+    def train(name, method, epochs, net, masks, batch_views, phase, density, lr_scale=1.0):
+        """One training phase as the child stage ``name`` (its epochs checkpointed)."""
         pseed = derive_seed(seed, *phase)
         pcfg = phase_config(cfg, method, epochs, density, pseed, lr_scale)
-        out = engine.train(pcfg, net, masks, views.batches(batch_views, phase, pseed))
-        updates.extend({"phase": list(phase), **u} for u in out["updates"])
-        return out
 
-    t0 = engine.clock()
-    net = engine.init_net(cfg, x_train.shape[1], int(y_train.max()) + 1)
-    if cfg.d2_warmup_epochs > 0:  # dense warm-up on the un-augmented D (view 3 = 'none')
-        net = train("dense", cfg.d2_warmup_epochs, net, None, (3,), (0, 0), 1.0)["net"]
-    emit({"state": 0, "phase": "warmup", "density": 1.0, **test_metrics(engine, net, test),
-          "time_s": engine.clock() - t0})
-    masks = None
-    for i, d in enumerate(dens, 1):
+        def run(**kw):
+            out = engine.train(pcfg, net, masks, views.batches(batch_views, phase, pseed), **kw)
+            stages.add_updates({"phase": list(phase), **u} for u in out["updates"])
+            return out
+        return stages.train(name, run)
+
+    def warmup(net, t0):
+        if cfg.d2_warmup_epochs > 0:  # dense warm-up on the un-augmented D (view 3 = 'none')
+            net = train("dense", "dense", cfg.d2_warmup_epochs, net, None, (3,), (0, 0), 1.0)["net"]
+        stages.emit({"state": 0, "phase": "warmup", "density": 1.0, **test_metrics(engine, net, test),
+                     "time_s": engine.clock() - t0})
+        return net
+
+    def state(i, d, net):
         t0 = engine.clock()
         rec = {"state": i, "phase": "state", "target_density": d}
         if proc == "d2sparse":
             branches = []
             for b in (0, 1):
                 m0 = random_erk_masks(engine, cfg, net, d, derive_seed(seed, i, b, 1))
-                out = train(cfg.method, cfg.d2_state_epochs, masked(net, m0), m0, (b,), (i, b + 1), d)
+                out = train(f"branch{b + 1}", cfg.method, cfg.d2_state_epochs, masked(net, m0), m0, (b,), (i, b + 1), d)
                 branches.append(out)
                 rec[f"branch{b + 1}_test_acc"] = engine.evaluate(out["net"], *test)["acc"]
             m1, m2 = branches[0]["masks"], branches[1]["masks"]
@@ -184,17 +189,23 @@ def run_d2(engine, cfg, on_record=None) -> dict:
                 cands.append((cand, ms))
             a_star, j = best_alpha(alphas, scores)
             rec.update(alpha=a_star, alpha_scores=dict(zip(map(str, alphas), scores)))
-            out = train(cfg.method, cfg.d2_finetune_epochs, cands[j][0], cands[j][1], (0,), ft_phase, d,
+            out = train("finetune", cfg.method, cfg.d2_finetune_epochs, cands[j][0], cands[j][1], (0,), ft_phase, d,
                         cfg.d2_finetune_lr_scale)
         else:
             m0 = random_erk_masks(engine, cfg, net, d, derive_seed(seed, i, 0, 1))
             used = (0, 1) if proc == "d2_baseline" else (2,)
-            out = train(cfg.method, cfg.d2_baseline_epochs, masked(net, m0), m0, used, (i, 4), d)
-        net, masks = out["net"], out["masks"]
-        rec.update(density=float(ops.total_density(masks)), **test_metrics(engine, net, test),
+            out = train("baseline", cfg.method, cfg.d2_baseline_epochs, masked(net, m0), m0, used, (i, 4), d)
+        rec.update(density=float(ops.total_density(out["masks"])), **test_metrics(engine, out["net"], test),
                    time_s=engine.clock() - t0)
-        emit(rec)
-    return {"net": net, "masks": masks, "records": records, "updates": updates, "densities": dens}
+        stages.emit(rec)
+        return out["net"], out["masks"]
+
+    t0 = engine.clock()
+    net0 = engine.init_net(cfg, x_train.shape[1], int(y_train.max()) + 1)  # also on resume: the engine's model
+    net, masks = stages.stage("warmup", lambda: warmup(net0, t0)), None
+    for i, d in enumerate(dens, 1):
+        net, masks = stages.stage(f"state{i}", lambda i=i, d=d, net=net: state(i, d, net))
+    return {"net": net, "masks": masks, "records": stages, "updates": stages.updates, "densities": dens}
 
 
 def total_epochs(cfg) -> int:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ._checks import count_for_density
-from .procedure_tools import Records, derive_seed, masked, test_metrics
+from .procedure_tools import derive_seed, masked, test_metrics
+from .stages import Stages
 
 SCOPES = ("global", "layer")
 
@@ -42,34 +43,42 @@ def prune_fraction_of_remaining(ops, masks: dict, weights: dict, rate: float, sc
     return out
 
 
-def run_imp(engine, cfg, on_record=None) -> dict:
+def run_imp(engine, cfg, on_record=None, stages=None) -> dict:
     """IMP with weight rewinding on ``engine``; returns the final network and masks, the mask of
-    every iteration (nested) and one record per iteration (iteration 0 = the dense network)."""
+    every iteration (nested) and one record per iteration (iteration 0 = the dense network).
+    ``stages`` (``reference.stages.Stages``): the dense run and each iteration are resumable stages."""
     ops, split = engine.ops, engine.split
     test = (split.x_test, split.y_test)
     spe = -(-len(split.y_train) // cfg.batch_size)
-    records, masks_per_iteration, updates = Records(on_record), [], []
-    emit = records.emit
+    stages = Stages.attach(stages, on_record)
+
+    def dense(net, t0, **kw):
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
+        out = engine.train(dense_cfg, net, None, snapshot_epoch=cfg.imp_rewind_epoch or None, **kw)
+        stages.emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, out["net"], test),
+                     "time_s": engine.clock() - t0})
+        return {"net": out["net"], "rewind": out["snapshot"] if cfg.imp_rewind_epoch else net}
+
+    def iteration(k, masks, trained, rewind, **kw):
+        t0 = engine.clock()
+        masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in masks}, cfg.imp_rate, cfg.imp_scope)
+        pcfg = replace(cfg, procedure="train", method="static", density=float(ops.total_density(masks)),
+                       seed=derive_seed(cfg.seed, k, 7), epochs=cfg.epochs - cfg.imp_rewind_epoch).validate()
+        out = engine.train(pcfg, masked(rewind, masks), masks, lr_offset=cfg.imp_rewind_epoch * spe, **kw)
+        stages.add_updates({"phase": [k], **u} for u in out["updates"])
+        stages.emit({"state": k, "phase": "imp", "density": float(ops.total_density(out["masks"])),
+                     **test_metrics(engine, out["net"], test), "time_s": engine.clock() - t0})
+        return {"net": out["net"], "masks": out["masks"], "pruned": masks}
 
     t0 = engine.clock()
-    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
-    dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
-    out = engine.train(dense_cfg, net, None, snapshot_epoch=cfg.imp_rewind_epoch or None)
-    rewind = out["snapshot"] if cfg.imp_rewind_epoch else net
-    trained = out["net"]
+    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)  # also on resume: the model
+    first = stages.train("dense", lambda **kw: dense(net, t0, **kw))
+    trained, rewind = first["net"], first["rewind"]
     names = engine.prunable(trained)
-    masks = ops.ones_like_masks({n: trained[n] for n in names})
-    emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, trained, test), "time_s": engine.clock() - t0})
+    masks, masks_per_iteration = ops.ones_like_masks({n: trained[n] for n in names}), []
     for k in range(1, cfg.imp_iterations + 1):
-        t0 = engine.clock()
-        masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in names}, cfg.imp_rate, cfg.imp_scope)
-        masks_per_iteration.append(masks)
-        pcfg = replace(cfg, procedure="train", method="static", density=0.5, seed=derive_seed(cfg.seed, k, 7),
-                       epochs=cfg.epochs - cfg.imp_rewind_epoch).validate()
-        out = engine.train(pcfg, masked(rewind, masks), masks, lr_offset=cfg.imp_rewind_epoch * spe)
-        trained, masks = out["net"], out["masks"]
-        updates.extend({"phase": [k], **u} for u in out["updates"])
-        emit({"state": k, "phase": "imp", "density": float(ops.total_density(masks)), **test_metrics(engine, trained, test),
-              "time_s": engine.clock() - t0})
-    return {"net": trained, "masks": masks, "masks_per_iteration": masks_per_iteration, "records": records,
-            "updates": updates, "rewind": rewind}
+        it = stages.train(f"iteration{k}", lambda k=k, m=masks, w=trained, **kw: iteration(k, m, w, rewind, **kw))
+        trained, masks = it["net"], it["masks"]
+        masks_per_iteration.append(it["pruned"])
+    return {"net": trained, "masks": masks, "masks_per_iteration": masks_per_iteration, "records": stages,
+            "updates": stages.updates, "rewind": rewind}

@@ -1,6 +1,6 @@
 """Small pieces shared by the multi-phase procedures (D²-Sparse, IMP, AC/DC, CrAM, Sparse
 Cocktail) and by both engines: seeds per phase, masking a network dict, the test metrics of a
-record, the record list with its callback, and the method of one training phase."""
+record, and the method of one training phase (records and resumable stages: ``reference.stages``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,19 +24,6 @@ def test_metrics(engine, net, data, prefix: str = "test") -> dict:
 
 
 test_metrics.__test__ = False  # not a pytest test
-
-
-class Records(list):
-    """The records of a procedure; ``emit`` appends one and passes it to ``on_record``."""
-
-    def __init__(self, on_record=None):
-        super().__init__()
-        self.on_record = on_record
-
-    def emit(self, rec: dict) -> None:
-        self.append(rec)
-        if self.on_record is not None:
-            self.on_record(rec)
 
 
 def phase_method(pcfg, masks, n_train: int):

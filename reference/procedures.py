@@ -1,13 +1,17 @@
 """Multi-phase procedures by name, each written once over an engine (``reference.engine`` /
 ``accel.engine``): ``run_procedure(cfg, split, on_record)`` picks the backend's engine and runs
-``cfg.procedure``; one record per state / iteration goes to ``on_record``."""
+``cfg.procedure``; one record per state / iteration goes to ``on_record``. Every procedure takes a
+``reference.stages.Stages`` (records, update log, resumable stages), so each is checkpointed and
+resumed the same way."""
 from __future__ import annotations
 
 from .acdc_procedure import run_acdc
 from .cocktail import run_cocktail
 from .cram_train import run_cram
 from .d2sparse import run_d2
+from .config import run_to_dict
 from .imp import run_imp
+from .stages import Stages
 
 PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d2, "imp": run_imp, "acdc": run_acdc,
               "cocktail": run_cocktail, "cram": run_cram}
@@ -21,7 +25,23 @@ def make_engine(cfg, split):
     return AccelEngine(cfg, split)
 
 
-def run_procedure(cfg, split, on_record=None) -> dict:
+def checkpoint_io(cfg) -> tuple:
+    """(save, load) of the procedure checkpoint on the run's backend."""
+    if cfg.backend == "reference":
+        from .checkpoint import IO
+        return IO
+    from accel.checkpoint import io_for
+    return io_for(cfg.device)
+
+
+def run_procedure(cfg, split, on_record=None, checkpoint: str | None = None, resume: bool = False,
+                  writer: bool = True) -> dict:
+    """``checkpoint``: the procedure checkpoint, saved atomically after every stage (and each
+    training phase's epochs beside it, ``reference.stages``); ``resume``: continue from it when it
+    exists; ``writer``: False on DDP ranks > 0 (they read checkpoints, never write them)."""
     if cfg.procedure not in PROCEDURES:
         raise ValueError(f"procedure={cfg.procedure!r} is not a multi-phase procedure; choose one of {sorted(PROCEDURES)}")
-    return PROCEDURES[cfg.procedure](make_engine(cfg, split), cfg, on_record=on_record)
+    engine = make_engine(cfg, split)
+    stages = Stages(on_record, path=checkpoint, config=run_to_dict(cfg), resume=resume,
+                    io=checkpoint_io(cfg) if checkpoint else None, writer=writer)
+    return PROCEDURES[cfg.procedure](engine, cfg, stages=stages)

@@ -147,6 +147,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         (params, buffers, masks, state, explored, bufs, history, updates, t, skipped, start_epoch) = (
             ck[k] for k in ("params", "buffers", "masks", "state", "explored", "bufs", "history", "updates", "t",
                             "skipped", "epoch"))
+        snapshot = ck.get("snapshot")
     for epoch in range(start_epoch, cfg.epochs):
         t0, losses = time.perf_counter(), []
         for parts in batches(epoch):
@@ -223,7 +224,8 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             CK.save_reference(checkpoint, {"kind": "twinsparse-reference", "config": run_to_dict(cfg), "epoch": epoch + 1,
                                            "params": params, "buffers": buffers, "masks": masks, "state": state,
                                            "explored": explored, "bufs": bufs, "history": history,
-                                           "updates": updates, "t": t, "skipped": skipped})
+                                           "updates": updates, "t": t, "skipped": skipped,
+                                           "snapshot": snapshot})
         if on_epoch is not None:
             on_epoch(record)
     return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history,

@@ -219,6 +219,48 @@ def _cli_export_truncated(tmp, watch):
     export_checkpoint(watch(_truncate(_accel_ckpt(tmp), 0.3)), "slim", str(tmp / "out.pt"))
 
 
+PROC_CFG = dict(CKPT_CFG, procedure="imp", method="dense", density=1.0, imp_iterations=1, imp_rewind_epoch=0)
+
+
+def _proc_ckpt(tmp):
+    """A finished IMP procedure's stage checkpoint."""
+    from accel.runner import load_split
+    from reference.procedures import run_procedure
+    cfg = RunConfig(**PROC_CFG).validate()
+    path = str(tmp / "proc.ckpt")
+    run_procedure(cfg, load_split(cfg), checkpoint=path)
+    return path
+
+
+def _procedure_from_run_ckpt(tmp, watch):
+    from accel.runner import load_split
+    from reference.procedures import run_procedure
+    path = watch(_accel_ckpt(tmp))
+    cfg = RunConfig(**PROC_CFG).validate()
+    run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)
+
+
+def _run_from_procedure_ckpt(tmp, watch):
+    from accel.runner import load_split
+    from accel.train import train_accel
+    path = watch(_proc_ckpt(tmp))
+    cfg = RunConfig(**CKPT_CFG).validate()
+    train_accel(cfg, load_split(cfg), checkpoint=path, resume=True)
+
+
+def _procedure_other_config(tmp, watch):
+    from accel.runner import load_split
+    from reference.procedures import run_procedure
+    path = watch(_proc_ckpt(tmp))
+    cfg = RunConfig(**{**PROC_CFG, "imp_rate": 0.5}).validate()
+    run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)
+
+
+def _export_procedure_ckpt(tmp, watch):
+    from accel.export import export_checkpoint
+    export_checkpoint(watch(_proc_ckpt(tmp)), "dense", str(tmp / "out.pt"))
+
+
 def _bank_unknown_name(tmp, watch):
     model = watch(_mlp())
     load_mask_bank(_bank(tmp)).apply(model, "channel/0.1")
@@ -341,6 +383,14 @@ CASES = [
     ("checkpoint-accel-as-reference", _accel_ckpt_as_reference, rck.CheckpointError,
      r"not a twinsparse reference checkpoint \(it is a torch zip file"),
     ("export-truncated-checkpoint", _cli_export_truncated, rck.CheckpointError, r"unreadable or truncated"),
+    ("procedure-resume-from-training-checkpoint", _procedure_from_run_ckpt, rck.CheckpointError,
+     r"is the checkpoint of a single training run, not of a multi-phase procedure \(procedure='imp'\)"),
+    ("training-resume-from-procedure-checkpoint", _run_from_procedure_ckpt, rck.CheckpointError,
+     r"was written by procedure='imp', this run is procedure='train'"),
+    ("procedure-checkpoint-other-config", _procedure_other_config, rck.CheckpointError,
+     r"is from another run \(imp_rate: 0.2 in the checkpoint vs 0.5 now\)"),
+    ("export-procedure-checkpoint", _export_procedure_ckpt, rck.CheckpointError,
+     r"is the stage checkpoint of procedure 'imp'; export takes the checkpoint of a single training run"),
     # ---- mask bank
     ("maskbank-unknown-name", _bank_unknown_name, UnknownMaskSetError,
      r"no mask set 'channel/0.1'; available: \['unstructured/0.5', 'nm/2:4'\]"),

@@ -91,11 +91,3 @@ def test_prune_fraction_bad_input():
         prune_fraction_of_remaining(R, m, w, 1.5)
     with pytest.raises(ValueError, match="scope='rows'"):
         prune_fraction_of_remaining(R, m, w, 0.5, "rows")
-
-
-def test_procedures_refuse_checkpoint_and_resume_clearly(tmp_path):
-    from accel.runner import train_one
-    cfg = RunConfig(**TINY).validate()
-    for kw in (dict(checkpoint=True), dict(resume=True)):
-        with pytest.raises(ValueError, match="procedure='imp' runs many phases and is not resumable"):
-            train_one(cfg, str(tmp_path / "run_seed0.jsonl"), progress=False, **kw)
