@@ -17,6 +17,7 @@ from reference.cram_spec import parse_compressions
 from reference.schedules import lr_at
 from reference.train import default_batches
 from . import checkpoint as ckpt
+from . import distributed as ddp
 from . import cram as CR
 from .bn import bn_recalibrate
 from .cram_optim import CrAM
@@ -81,7 +82,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
                **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                "density": 1.0, "epoch_time": time.perf_counter() - t0}
         history.append(rec)
-        if checkpoint:
+        if checkpoint and ddp.rank() == 0:
             ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "step": step,
                                    "model": model.state_dict(), "cram": cram.state_dict(), "history": history})
         if on_epoch is not None:

@@ -36,8 +36,8 @@ class Progress:
     co-training): ``load()`` -> the saved payload or None, ``save(payload)`` atomically. A no-op
     when the procedure is not checkpointed."""
 
-    def __init__(self, path, io, config):
-        self.path, self.io, self.config = path, io, config
+    def __init__(self, path, io, config, writer: bool = True):
+        self.path, self.io, self.config, self.writer = path, io, config, writer
 
     def load(self):
         if self.path is None or not os.path.exists(self.path):
@@ -49,7 +49,7 @@ class Progress:
         return payload["progress"]
 
     def save(self, progress) -> None:
-        if self.path is not None:
+        if self.path is not None and self.writer:
             self.io[0](self.path, {"config": self.config, "progress": progress})
 
 
@@ -175,4 +175,4 @@ class Stages(list):
         if not self._open:
             raise RuntimeError("progress() is only available inside a stage")
         path = None if self.path is None else self._file(self._open[-1][0]) + "-progress"
-        return Progress(path, self.io, self.config)
+        return Progress(path, self.io, self.config, self.writer)

@@ -50,10 +50,32 @@ def _worker(rank, world, port, cfg_kw, out_dir, die_at, timeout_s):
         json.dump(result, f)
 
 
-def _launch(tmp_path, cfg_kw, die_at=None, timeout_s=30.0):
+def _procedure_worker(rank, world, port, cfg_kw, out_dir, stop_at_record, timeout_s):
+    """A procedure with its stage checkpoint in ``out_dir``: resumed when one is there; every rank
+    stops dead (a preempted job) when record ``stop_at_record`` is emitted."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from accel import distributed as ddp
+    from reference.procedures import run_procedure
+    ddp.init_from_env(timeout_s=timeout_s)
+    cfg = RunConfig(**cfg_kw).validate()
+    records = []
+
+    def on_record(rec):
+        records.append(rec)
+        if len(records) == stop_at_record:
+            os._exit(0)
+    path = os.path.join(out_dir, "proc.ckpt")
+    out = run_procedure(cfg, load_split(cfg), on_record=on_record, checkpoint=path, resume=True, writer=rank == 0)
+    torch.save({"masks": out["masks"], "net": out["net"], "records": [r["state"] for r in records]},
+               os.path.join(out_dir, f"proc_rank{rank}.pt"))
+
+
+def _launch(tmp_path, cfg_kw, die_at=None, timeout_s=30.0, target=None):
     ctx = mp.get_context("spawn")
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, cfg_kw, str(tmp_path), die_at, timeout_s)) for r in range(2)]
+    procs = [ctx.Process(target=target or _worker, args=(r, 2, port, cfg_kw, str(tmp_path), die_at, timeout_s))
+             for r in range(2)]
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -92,3 +114,23 @@ def test_a_dead_rank_fails_the_other_with_a_clear_error(tmp_path):
     assert "a peer process died or a collective timed out" in res["error"]
     assert not (tmp_path / "rank1.json").exists()
     assert elapsed < 80
+
+
+def test_a_preempted_procedure_resumes_on_every_rank(tmp_path):
+    """IMP under DDP, all ranks stopped after iteration 1's record, relaunched with resume: every
+    rank restores from rank 0's checkpoint and ends with the masks of a single-process run."""
+    from reference.procedures import run_procedure
+    cfg_kw = {**CFG, "procedure": "imp", "method": "dense", "density": 1.0, "epochs": 2, "imp_iterations": 2,
+              "imp_rate": 0.5, "imp_rewind_epoch": 1}
+    _launch(tmp_path, cfg_kw, die_at=2, target=_procedure_worker)
+    assert not (tmp_path / "proc_rank0.pt").exists() and (tmp_path / "proc.ckpt").exists()
+    _launch(tmp_path, cfg_kw, die_at=None, target=_procedure_worker)
+    r0, r1 = (torch.load(tmp_path / f"proc_rank{r}.pt", weights_only=False) for r in range(2))
+    assert r0["records"] == r1["records"] == [0, 1, 2]  # the replayed records and the new one
+    cfg = RunConfig(**cfg_kw).validate()
+    single = run_procedure(cfg, load_split(cfg))
+    for n, m in single["masks"].items():
+        assert torch.equal(r0["masks"][n], r1["masks"][n]) and torch.equal(r0["masks"][n], m), n
+    for n, p in single["net"].items():
+        assert torch.equal(r0["net"][n], r1["net"][n])
+        np.testing.assert_allclose(r0["net"][n].numpy(), p.numpy(), rtol=1e-9, atol=1e-11)
