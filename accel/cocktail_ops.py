@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from reference._checks import check_density, count_for_density
+from reference._checks import check_density, count_for_density, imp_keep_count
 from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS, NM_SCHEDULE,  # noqa: F401
                                     UMG_BETA, UNSTRUCTURED_RATE, channel_sparsity_at, check_beta, check_pool,
                                     check_rate, check_temperature, choose_alpha, greedy_interpolation,
@@ -118,7 +118,7 @@ def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | No
 
 
 def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = UNSTRUCTURED_RATE) -> dict:
-    """Nested global IMP step: keep floor((1 - rate) |m_{k-1}| + 0.5) largest |W| within m_{k-1}."""
+    """Nested global IMP step: keep |m_{k-1}| - floor(rate |m_{k-1}| + 0.5) largest |W| within m_{k-1}."""
     r = check_rate(rate)
     check_layer_dict(prev_masks, "prev_masks")
     check_layer_names(prev_masks, weights, "weights")
@@ -127,7 +127,7 @@ def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = 
             raise TypeError(f"prev_masks[{n!r}] must be a boolean mask, got {getattr(m, 'dtype', type(m).__name__)}")
     scores = {n: as_real_tensor(weights[n], f"weights[{n!r}]").abs() for n in prev_masks}
     n_prev = int(sum(int(m.sum()) for m in prev_masks.values()))
-    return prune_to_count(prev_masks, scores, count_for_density(1.0 - r, n_prev))
+    return prune_to_count(prev_masks, scores, imp_keep_count(r, n_prev))
 
 
 # ----------------------------------------------------------------------------- Eq. 1

@@ -73,6 +73,13 @@ def count_for_density(density: float, n: int) -> int:
     return int(math.floor(np.float64(d) * np.float64(n) + np.float64(0.5)))
 
 
+def imp_keep_count(rate: float, n: int) -> int:
+    """IMP's "prune ``rate`` of the remaining weights" ([TH] §2.2.2, [SC] §3.1) on ``n`` active weights:
+    floor(rate * n + 0.5) go (SPEC §0.3 rounding of the pruned count), the rest stay. The one rule for
+    the IMP procedure (``reference.imp``) and Sparse Cocktail's unstructured masks."""
+    return int(n) - count_for_density(rate, n)
+
+
 def as_real_array(a, what: str) -> np.ndarray:
     """``a`` as a NumPy array of a real numeric dtype with only finite values, else a clear error."""
     a = np.asarray(a)

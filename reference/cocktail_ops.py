@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import as_real_array, check_density, check_int, count_for_density
+from ._checks import as_real_array, check_density, check_int, count_for_density, imp_keep_count
 from .dst import prune_to_count
 from .masks import check_layer_dict, check_layer_names
 from .nn import softmax, softmax_cross_entropy
@@ -158,8 +158,9 @@ def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | No
 
 def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = UNSTRUCTURED_RATE) -> dict:
     """IMP step P_k of the unstructured pattern ([SC] §3.1, §4; SPEC §7.6): keep the
-    floor((1 - rate) * |m_{k-1}| + 0.5) largest |W| among the previously kept weights, globally over
-    all layers (dict order, tie rule). ``prev_masks`` all-True at k = 1."""
+    |m_{k-1}| - floor(rate |m_{k-1}| + 0.5) largest |W| among the previously kept weights
+    (``imp_keep_count``: "prune rate of the remaining", as the IMP procedure), globally over all
+    layers (dict order, tie rule). ``prev_masks`` all-True at k = 1."""
     r = check_rate(rate)
     check_layer_dict(prev_masks, "prev_masks")
     check_layer_names(prev_masks, weights, "weights")
@@ -168,7 +169,7 @@ def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = 
             raise TypeError(f"prev_masks[{n!r}] must be a boolean mask, got dtype {np.asarray(m).dtype}")
     scores = {n: np.abs(as_real_array(weights[n], f"weights[{n!r}]")) for n in prev_masks}
     n_prev = int(sum(np.count_nonzero(m) for m in prev_masks.values()))
-    return prune_to_count(prev_masks, scores, count_for_density(1.0 - r, n_prev))
+    return prune_to_count(prev_masks, scores, imp_keep_count(r, n_prev))
 
 
 # ----------------------------------------------------------------------------- Eq. 1 (§4.6)

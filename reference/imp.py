@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ._checks import count_for_density
+from ._checks import imp_keep_count
 from .procedure_tools import derive_seed, masked, test_metrics
 from .stages import Stages
 
@@ -35,11 +35,11 @@ def prune_fraction_of_remaining(ops, masks: dict, weights: dict, rate: float, sc
     active, scores = ops.count_active(masks), ops.abs_all(weights)
     if scope == "global":
         n = sum(active.values())
-        return ops.prune_to_count(masks, scores, n - count_for_density(rate, n))
+        return ops.prune_to_count(masks, scores, imp_keep_count(rate, n))
     out = {}
     for name in masks:
         n = active[name]
-        out.update(ops.prune_to_count({name: masks[name]}, {name: scores[name]}, n - count_for_density(rate, n)))
+        out.update(ops.prune_to_count({name: masks[name]}, {name: scores[name]}, imp_keep_count(rate, n)))
     return out
 
 
