@@ -50,12 +50,18 @@ def _setups(draw):
                 seed=draw(st.integers(0, 1000)))
 
 
-@given(_setups())
-def test_method_invariants(s):
+def model_and_optimizer(s):
+    """The drawn network (seeded) and its optimizer: SGD with momentum and weight decay, or AdamW."""
     torch.manual_seed(s["seed"])
     model = _Net(s["conv"], s["widths"])
     opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2) if s["opt"] == "sgd"
            else torch.optim.AdamW(model.parameters(), lr=0.01))
+    return model, opt
+
+
+@given(_setups())
+def test_method_invariants(s):
+    model, opt = model_and_optimizer(s)
     spec = densities.erk(s["density"]) if s["dist"] == "erk" else densities.uniform(s["density"])
     sp = Sparsifier(model, opt, density=spec, method=methods.build(s["name"], **s["kw"]), seed=s["seed"])
     init = {n: int(m.sum()) for n, m in sp.masks.items()}

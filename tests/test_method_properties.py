@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 from accel import Sparsifier, densities, methods
 from reference._checks import count_for_density
 from reference.acdc import phase_at
-from tests.test_dst_properties import _Net
+from tests.test_dst_properties import model_and_optimizer
 
 
 @st.composite
@@ -53,10 +53,7 @@ def _check_zeros_and_finite(sp, opt):
 
 @given(_setups())
 def test_static_gmp_acdc_invariants(s):
-    torch.manual_seed(s["seed"])
-    model = _Net(s["conv"], s["widths"])
-    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2) if s["opt"] == "sgd"
-           else torch.optim.AdamW(model.parameters(), lr=0.01))
+    model, opt = model_and_optimizer(s)
     dense_start = s["name"] in ("gmp", "acdc")
     spec = (densities.uniform(1.0) if dense_start else
             densities.erk(s["density"]) if s["dist"] == "erk" else densities.uniform(s["density"]))
