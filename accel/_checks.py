@@ -38,3 +38,9 @@ def as_real_tensor(t, what: str) -> torch.Tensor:
         raise TypeError(f"{what} must be a real tensor, got dtype {t.dtype}")
     check_finite(t, what)
     return t
+
+
+def scalar_as(x: float, dtype: torch.dtype) -> float:
+    """The Python scalar ``x`` rounded to ``dtype`` (the reference's ``dtype.type(x)``), so that
+    ``scalar * tensor`` rounds as the NumPy twin does."""
+    return torch.tensor(x, dtype=torch.float64).to(dtype).item()

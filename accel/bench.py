@@ -410,7 +410,7 @@ def run(args) -> int:
     for name in args.models:
         shapes = (resnet18_shapes(64 // scale) if name == "resnet18" else resnet50_shapes(64 // scale))
         case = Case(shapes, dev, args.density)
-        block = [f"", f"{name}{' (channels / 4)' if scale > 1 else ''}: {len(shapes)} prunable tensors, "
+        block = ["", f"{name}{' (channels / 4)' if scale > 1 else ''}: {len(shapes)} prunable tensors, "
                       f"{case.n} weights, density {args.density}, float32"]
         rows = [fn(case, repeats, use_kernel) for fn in HOT_PATHS]
         block += format_table(rows, bw, use_kernel)

@@ -21,7 +21,7 @@ from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS
                                     nm_generated_at, nm_pattern_at, pivot_step, unstructured_sparsity_at)
 from reference.masks import check_layer_dict, check_layer_names
 from . import kernels as _kernels
-from ._checks import as_real_tensor, check_finite
+from ._checks import as_real_tensor, check_finite, scalar_as
 from .dst import prune_to_count
 from .topk import topk_mask, topk_within
 
@@ -30,11 +30,6 @@ __all__ = ["umg_channel_scores", "umg_channel_mask", "umg_channel_masks", "imp_u
            "greedy_interpolation_table", "choose_alpha", "interpolation_coefficients", "pivot_step",
            "unstructured_sparsity_at", "channel_sparsity_at", "nm_pattern_at", "nm_generated_at", "imp_schedule",
            "check_beta", "check_rate", "check_temperature", "check_pool", "NM_SCHEDULE"]
-
-
-def _s(x: float, dtype: torch.dtype) -> float:
-    """The Python scalar ``x`` rounded to ``dtype`` (the reference's ``dtype.type(x)``)."""
-    return torch.tensor(x, dtype=torch.float64).to(dtype).item()
 
 
 def _check_umg_inputs(w, mask_u, mask_nm) -> torch.Tensor:
@@ -80,7 +75,7 @@ def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Ten
     zero = torch.zeros((), dtype=a.dtype, device=a.device)
     su = torch.where(mask_u.reshape(a.shape), a, zero).sum(dim=1)
     snm = a.sum(dim=1) if mask_nm is None else torch.where(mask_nm.reshape(a.shape), a, zero).sum(dim=1)
-    return _s(b, a.dtype) * su + _s(1.0 - b, a.dtype) * snm
+    return scalar_as(b, a.dtype) * su + scalar_as(1.0 - b, a.dtype) * snm
 
 
 def umg_channel_mask(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Tensor | None, channel_density: float,
@@ -163,9 +158,9 @@ def dense_pivot_criterion(sparse_logits: torch.Tensor, dense_logits: torch.Tenso
     with the dense logits detached (the stop-gradient operator)."""
     t = check_temperature(temperature)
     _check_logits(sparse_logits, dense_logits)
-    target = F.softmax(dense_logits.detach() / _s(t, dense_logits.dtype), dim=1)
+    target = F.softmax(dense_logits.detach() / scalar_as(t, dense_logits.dtype), dim=1)
     hard = F.cross_entropy(sparse_logits, _targets(y, sparse_logits))
-    soft = F.cross_entropy(sparse_logits / _s(t, sparse_logits.dtype), target)
+    soft = F.cross_entropy(sparse_logits / scalar_as(t, sparse_logits.dtype), target)
     return 0.5 * (hard + soft)
 
 

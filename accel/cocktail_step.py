@@ -18,10 +18,7 @@ from .cocktail_ops import dense_pivot_criterion, imp_unstructured_masks, umg_cha
 from .masks import nm_masks  # noqa: F401
 from .merge import interpolate  # noqa: F401
 from .train import _inputs, _targets, load_net
-
-
-def _s(x: float, dtype: torch.dtype) -> float:
-    return torch.tensor(x, dtype=torch.float64).to(dtype).item()
+from ._checks import scalar_as
 
 
 def cotrain_sgd_step(w, g, mask, buf, *, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
@@ -36,11 +33,11 @@ def cotrain_sgd_step(w, g, mask, buf, *, lr, momentum=0.0, weight_decay=0.0, nes
     if not bool(torch.isfinite(g).all()):
         raise ValueError("gradients contain non-finite values (NaN or inf); only finite values are allowed")
     dt = w.dtype
-    d = g + _s(weight_decay, dt) * w if weight_decay else g
-    nb = _s(momentum, dt) * buf + d if momentum else buf
+    d = g + scalar_as(weight_decay, dt) * w if weight_decay else g
+    nb = scalar_as(momentum, dt) * buf + d if momentum else buf
     if momentum:
-        d = d + _s(momentum, dt) * nb if nesterov else nb
-    new = w - _s(lr, dt) * d
+        d = d + scalar_as(momentum, dt) * nb if nesterov else nb
+    new = w - scalar_as(lr, dt) * d
     if mask is None:
         return new, nb
     return torch.where(mask, new, w), torch.where(mask, nb, buf)

@@ -42,6 +42,7 @@ from reference.cram import Compression, check_rho, sample_compression
 from reference.cram_spec import check_mode, parse_compressions, resolve_plus
 from . import cram as CR
 from .prunable import discover_prunable
+from ._checks import scalar_as
 
 __all__ = ["CrAM", "frozen_bn_stats"]
 
@@ -62,10 +63,6 @@ def frozen_bn_stats(modules: Iterable[nn.Module]):
     finally:
         for m, s in zip(mods, saved):
             m.track_running_stats = s
-
-
-def _s(x: float, dtype: torch.dtype) -> float:
-    return torch.tensor(x, dtype=torch.float64).to(dtype).item()
 
 
 def _by_dtype(tensors: Sequence[torch.Tensor]) -> dict:
@@ -205,7 +202,7 @@ class CrAM:
         float64 tensor scale is cast to the dtype)."""
         for (dt, _), idx in _by_dtype(self.params).items():
             ps, gs = [self.params[i].detach() for i in idx], [grads[i] for i in idx]
-            s = scale.to(dt) if isinstance(scale, torch.Tensor) else _s(scale, dt)
+            s = scale.to(dt) if isinstance(scale, torch.Tensor) else scalar_as(scale, dt)
             torch._foreach_add_(ps, torch._foreach_mul(gs, s))
 
     @staticmethod

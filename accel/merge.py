@@ -17,7 +17,7 @@ from reference._checks import check_density
 from reference.masks import check_layer_dict
 from reference.merge import BN_AVG_MODES, _check_t
 from . import kernels as _kernels
-from ._checks import as_real_tensor
+from ._checks import as_real_tensor, scalar_as
 from .masks import global_magnitude_masks, magnitude_masks
 
 __all__ = ["BN_AVG_MODES", "check_alike", "superpose_cia", "cia", "caa", "superpose_cima",
@@ -53,11 +53,6 @@ def _real(v, what: str) -> torch.Tensor:
     return v if v.is_floating_point() else v.to(torch.float64)
 
 
-def _s(x: float, dtype: torch.dtype) -> float:
-    """The Python scalar ``x`` rounded to ``dtype`` (the reference's ``dtype.type(x)``)."""
-    return torch.tensor(x, dtype=torch.float64).to(dtype).item()
-
-
 def _check_all(nets: Sequence[Mapping], what: str) -> None:
     for i, net in enumerate(nets):
         for n, v in net.items():
@@ -84,7 +79,7 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
     out = {}
     for n in avg:
         a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")
-        out[n] = (a * _s(t - 1, a.dtype) + x) / _s(t, a.dtype)
+        out[n] = (a * scalar_as(t - 1, a.dtype) + x) / scalar_as(t, a.dtype)
     return out
 
 
@@ -126,7 +121,7 @@ def caa(tickets: Sequence[Mapping], masks: Sequence[Mapping]) -> dict:
             out[n] = torch.where(active, total / torch.where(active, count, torch.ones_like(count)),
                                  torch.zeros_like(total))
         else:
-            out[n] = total / _s(len(tickets), total.dtype)
+            out[n] = total / scalar_as(len(tickets), total.dtype)
     return out
 
 
@@ -142,7 +137,7 @@ def superpose_cima(avg: Mapping | None, ticket: Mapping, beta: float) -> dict:
     out = {}
     for n in avg:
         a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")
-        out[n] = a * _s(beta, a.dtype) + x * _s(1.0 - beta, a.dtype)
+        out[n] = a * scalar_as(beta, a.dtype) + x * scalar_as(1.0 - beta, a.dtype)
     return out
 
 
@@ -161,7 +156,7 @@ def interpolate(a: Mapping, b: Mapping, alpha: float) -> dict:
             out[n] = torch.logical_or(x, y) if x.dtype == torch.bool else torch.maximum(x, y.to(x.dtype))
             continue
         x, y = _real(x, f"a[{n!r}]"), _real(y, f"b[{n!r}]")
-        out[n] = x * _s(alpha, x.dtype) + y * _s(1.0 - alpha, x.dtype)
+        out[n] = x * scalar_as(alpha, x.dtype) + y * scalar_as(1.0 - alpha, x.dtype)
     return out
 
 
@@ -206,8 +201,8 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
     if bool((avg_var < 0).any()):
         raise ValueError("averaged variance has negative entries")
     dt = mean.dtype
-    new_mean = (avg_mean * _s(t - 1, dt) + mean) / _s(t, dt)
+    new_mean = (avg_mean * scalar_as(t - 1, dt) + mean) / scalar_as(t, dt)
     if mode == "var":
-        return new_mean, (avg_var * _s(t - 1, dt) + var) / _s(t, dt)
-    std = (torch.sqrt(avg_var) * _s(t - 1, dt) + torch.sqrt(var)) / _s(t, dt)
+        return new_mean, (avg_var * scalar_as(t - 1, dt) + var) / scalar_as(t, dt)
+    std = (torch.sqrt(avg_var) * scalar_as(t - 1, dt) + torch.sqrt(var)) / scalar_as(t, dt)
     return new_mean, std * std

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -125,14 +126,15 @@ def check_rho(rho) -> float:
     return r
 
 
-def _pair(a: Mapping, b: Mapping, what_a: str, what_b: str) -> None:
+def _pair(a: Mapping, b: Mapping, what_a: str, what_b: str, backend=None) -> None:
+    b_ = backend or _NUMPY
     check_layer_dict(a, what_a)
     if list(a) != list(b):
         raise ValueError(f"{what_a} and {what_b} must name the same tensors in the same order: {list(a)} vs {list(b)}")
     for n in a:
+        b_.as_real(a[n], f"{what_a}[{n!r}]")
+        b_.as_real(b[n], f"{what_b}[{n!r}]")
         check_same_shape(a[n], b[n], f"{what_a}[{n!r}]", f"{what_b}[{n!r}]")
-        as_real_array(a[n], f"{what_a}[{n!r}]")
-        as_real_array(b[n], f"{what_b}[{n!r}]")
 
 
 def _prunable(params: Mapping, prunable) -> list[str]:
@@ -163,104 +165,122 @@ def _axpy(params: Mapping, grads: Mapping, scale: float) -> dict:
 
 
 # ----------------------------------------------------------------------------- operators
+# Written once: each takes ``backend``, the array primitives of a backend (NumPy by default;
+# ``accel.cram`` passes torch's), so the compositions below are not repeated in accel.
 
 def compress(params: Mapping[str, np.ndarray], compression: Compression,
-             prunable: Iterable[str] | None = None) -> tuple[dict, dict | None]:
+             prunable: Iterable[str] | None = None, backend=None) -> tuple[dict, dict | None]:
     """C(params): (compressed dict, masks of the prunable tensors, or None for quantization).
 
     Top-K (``reference.acdc.topk_compress`` on the prunable tensors, index-set masks), N:M
     (``reference.masks.nm_masks``; indivisible layers stay dense with a warning) or quantization
     (``reference.quantize``). Tensors outside ``prunable`` (default: all are prunable) are copied."""
+    b = backend or _NUMPY
     if not isinstance(compression, Compression):
         raise TypeError(f"compression must be a Compression (topk_compression / nm_compression / "
                         f"quant_compression), got {type(compression).__name__}")
     check_layer_dict(params, "params")
     for n, p in params.items():
-        as_real_array(p, f"params[{n!r}]")
+        b.as_real(p, f"params[{n!r}]")
     names = _prunable(params, prunable)
     sub = {n: params[n] for n in names}
-    out = {n: np.array(p, copy=True) for n, p in params.items()}
+    out = {n: b.copy(p) for n, p in params.items()}
     if compression.kind == "quant":
-        out.update({n: quantize_dequantize(w, compression.bits) for n, w in sub.items()})
+        out.update({n: b.quantize_dequantize(w, compression.bits) for n, w in sub.items()})
         return out, None
     if compression.kind == "topk":
-        comp, masks = topk_compress(sub, compression.sparsity, compression.distribution,
-                                    compression.keep_dense, compression.first_last_dense)
+        comp, masks = b.topk_compress(sub, compression.sparsity, compression.distribution,
+                                      compression.keep_dense, compression.first_last_dense)
     else:
-        masks, _ = nm_masks(sub, compression.n, compression.m)
-        comp = {n: np.where(masks[n], w, np.zeros((), np.asarray(w).dtype)) for n, w in sub.items()}
+        masks, _ = b.nm_masks(sub, compression.n, compression.m)
+        comp = {n: b.zero_outside(masks[n], w) for n, w in sub.items()}
     out.update(comp)
     return out, masks
 
 
-def perturb(params: Mapping, grads: Mapping, rho: float, normalize: bool = False) -> dict:
+def perturb(params: Mapping, grads: Mapping, rho: float, normalize: bool = False, backend=None) -> dict:
     """phi = theta + rho * g (CrAM, Eq. 5.2, unnormalized) or theta + rho * g / ||g|| (``normalize``,
     SAM Eq. C.2). A zero gradient with ``normalize`` leaves theta unchanged (direction undefined)."""
+    b = backend or _NUMPY
     rho = check_rho(rho)
-    _pair(params, grads, "params", "grads")
+    _pair(params, grads, "params", "grads", b)
     if normalize:
-        norm = grad_norm(grads)
-        return _axpy(params, grads, rho / norm if norm > 0 else 0.0)
-    return _axpy(params, grads, rho)
+        norm = b.grad_norm(grads)
+        return b.axpy(params, grads, rho / norm if norm > 0 else 0.0)
+    return b.axpy(params, grads, rho)
 
 
-def sam_point(params: Mapping, grads: Mapping, rho: float) -> dict:
+def sam_point(params: Mapping, grads: Mapping, rho: float, backend=None) -> dict:
     """SAM's perturbed point theta + rho * g / ||g|| ([TH] §5.2, App. C Eq. C.2; SPEC §4.3)."""
-    return perturb(params, grads, rho, normalize=True)
+    return perturb(params, grads, rho, normalize=True, backend=backend)
 
 
 def cram_point(params: Mapping, grads: Mapping, rho: float, compression: Compression,
-               prunable: Iterable[str] | None = None, normalize: bool = False) -> tuple[dict, dict | None]:
+               prunable: Iterable[str] | None = None, normalize: bool = False,
+               backend=None) -> tuple[dict, dict | None]:
     """CrAM's intermediate point theta~ = C(theta + rho * g) ([TH] Eq. 5.2/5.6, Alg. 2 l.6) and the
     mask M_t of C (Alg. 2 l.8; None for quantization). rho = 0 gives C(theta) (Top-K / Top-K⁺,
     Eq. 5.8/5.9). ``normalize=True`` perturbs by rho * g / ||g|| instead (not the thesis' CrAM)."""
-    return compress(perturb(params, grads, rho, normalize), compression, prunable)
+    return compress(perturb(params, grads, rho, normalize, backend), compression, prunable, backend)
 
 
 def csam_point(params: Mapping, grads_at_compressed: Mapping, rho: float, compression: Compression,
                masks_at_compressed: Mapping | None = None,
-               prunable: Iterable[str] | None = None) -> tuple[dict, dict | None]:
+               prunable: Iterable[str] | None = None, backend=None) -> tuple[dict, dict | None]:
     """C-SAM's point C(theta + rho * g^ / ||g^||), g^ = grad L(C(theta)) ([TH] Eq. 5.7), with the
     sparse-gradient approximation of §5.6.2 when ``masks_at_compressed`` (the mask of C(theta)) is
     given: g^ = M_theta * grad L(C(theta)). Returns (theta~, mask of theta~); the update then uses
     ``cram_update_grads(grad L(theta~), None, masks, plus=False)``."""
-    g = sparse_grads(grads_at_compressed, masks_at_compressed) if masks_at_compressed is not None else grads_at_compressed
-    return compress(perturb(params, g, rho, normalize=True), compression, prunable)
+    g = (sparse_grads(grads_at_compressed, masks_at_compressed, backend) if masks_at_compressed is not None
+         else grads_at_compressed)
+    return compress(perturb(params, g, rho, normalize=True, backend=backend), compression, prunable, backend)
 
 
-def sparse_grads(grads: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]) -> dict:
+def sparse_grads(grads: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray], backend=None) -> dict:
     """Sparse intermediate gradients M_t * grad L(theta~) (Alg. 2 l.9; CrAM-SG, [TH] §5.3.3):
     tensors with a mask are multiplied by it, the others (BN, biases) pass unchanged."""
+    b = backend or _NUMPY
     check_layer_dict(grads, "grads")
     unknown = [n for n in masks if n not in grads]
     if unknown:
         raise ValueError(f"masks name tensor(s) {unknown} that are not in grads {list(grads)}")
     out = {}
     for n, g in grads.items():
-        g = as_real_array(g, f"grads[{n!r}]")
+        g = b.as_real(g, f"grads[{n!r}]")
         if n in masks:
-            m = np.asarray(masks[n])
-            if m.dtype != bool:
-                raise TypeError(f"masks[{n!r}] must be a boolean mask, got dtype {m.dtype}")
+            m = masks[n]
+            if not b.is_bool(m):
+                raise TypeError(f"masks[{n!r}] must be a boolean mask, got {b.describe(m)}")
             check_same_shape(m, g, f"masks[{n!r}]", f"grads[{n!r}]")
-            out[n] = np.where(m, g, np.zeros((), g.dtype))
+            out[n] = b.zero_outside(m, g)
         else:
-            out[n] = g.copy()
+            out[n] = b.copy(g)
     return out
 
 
 def cram_update_grads(grad_tilde: Mapping, grad: Mapping | None = None, masks: Mapping | None = None,
-                      plus: bool = True) -> dict:
+                      plus: bool = True, backend=None) -> dict:
     """The gradient fed to the optimizer (Alg. 2 l.9-14): g~ = grad L(theta~), masked by M_t when
     ``masks`` is given (sparse intermediate gradients, SPEC §4.4 flag ``sparse_grad``), plus the
     dense gradient g = grad L(theta) for CrAM⁺ (Eq. 5.4; ``plus=True`` needs ``grad``)."""
+    b = backend or _NUMPY
     if not isinstance(plus, bool):
         raise TypeError(f"plus must be True (CrAM⁺) or False (CrAM), got {plus!r}")
-    gt = sparse_grads(grad_tilde, masks) if masks is not None else {
-        n: as_real_array(g, f"grad_tilde[{n!r}]").copy() for n, g in grad_tilde.items()}
+    gt = sparse_grads(grad_tilde, masks, b) if masks is not None else {
+        n: b.copy(b.as_real(g, f"grad_tilde[{n!r}]")) for n, g in grad_tilde.items()}
     if not plus:
         return gt
     if grad is None:
         raise ValueError("CrAM⁺ (plus=True) adds the gradient at theta: pass grad=, or plus=False for CrAM")
-    _pair(gt, grad, "grad_tilde", "grad")
-    return {n: gt[n] + np.asarray(grad[n], dtype=gt[n].dtype) for n in gt}
+    _pair(gt, grad, "grad_tilde", "grad", b)
+    return {n: gt[n] + b.cast_like(grad[n], gt[n]) for n in gt}
+
+
+# The NumPy primitives of the operators above (``accel.cram`` builds the torch ones).
+_NUMPY = SimpleNamespace(
+    as_real=as_real_array, copy=lambda a: np.array(a, copy=True),
+    zero_outside=lambda m, w: np.where(m, w, np.zeros((), np.asarray(w).dtype)),
+    is_bool=lambda m: np.asarray(m).dtype == bool, describe=lambda m: f"dtype {np.asarray(m).dtype}",
+    cast_like=lambda x, ref: np.asarray(x, dtype=ref.dtype),
+    topk_compress=topk_compress, nm_masks=nm_masks, quantize_dequantize=quantize_dequantize,
+    grad_norm=grad_norm, axpy=_axpy)

@@ -2,7 +2,6 @@
 density exact, pruned weights never revive; both scopes; bad input."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
