@@ -32,6 +32,7 @@ _LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float}
 CKPT_HELP = ("write <run>.ckpt atomically after every epoch (a multi-phase procedure: after every stage, with the "
              "running phase's epochs in <run>.ckpt.stage-*)")
 
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     defaults = C.RunConfig()
     for f in fields(C.RunConfig):

@@ -101,15 +101,17 @@ class AccelCramBackend:
         self.cfg, self.split = cfg, split
         self.model = None
 
+    def _adopt(self, model) -> None:
+        self.model = model
+        self.names = list(discover_prunable(model, self.cfg.include or None, self.cfg.exclude or None))
+
     def build(self) -> None:
         """The model (init only), for a run whose training was restored from a checkpoint."""
-        self.model = build_model_for(self.cfg, self.split.x_train.shape[1], int(self.split.y_train.max()) + 1)
-        self.names = list(discover_prunable(self.model, self.cfg.include or None, self.cfg.exclude or None))
+        self._adopt(build_model_for(self.cfg, self.split.x_train.shape[1], int(self.split.y_train.max()) + 1))
 
     def train(self, on_epoch=None, on_step=None, **kw):
         out = train_cram_accel(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch, **kw)
-        self.model = out["model"]
-        self.names = list(discover_prunable(self.model, self.cfg.include or None, self.cfg.exclude or None))
+        self._adopt(out["model"])
         return _clone(self.model.state_dict()), out["history"]
 
     def prunable(self):

@@ -34,9 +34,10 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
     (``reference.stages``); ``resume``: continue from it when present (the log is rewritten: from
     the checkpoint's history, or for a procedure by replaying its completed stages, then continued)."""
     split = load_split(cfg)
-    if ck_path is None and log_path and (checkpoint or resume):
+    if not (checkpoint or resume):
+        ck_path = None
+    elif ck_path is None and log_path:
         ck_path = log_path[: -len(".jsonl")] + ".ckpt"
-    ck_path = ck_path if (checkpoint or resume) else None
     log = open(log_path, "w", encoding="utf-8") if log_path else None
     header = {"config": run_to_dict(cfg)}
     if log:

@@ -48,9 +48,12 @@ def save_reference(path: str, payload: dict) -> None:
     write_atomic(path, pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+KIND = "twinsparse-reference"
+
+
 def save_tagged(path: str, payload: dict) -> None:
-    """``save_reference`` of a payload without its ``kind`` tag (procedure checkpoints, progress files)."""
-    save_reference(path, {"kind": "twinsparse-reference", **payload})
+    """``save_reference`` with the reference ``kind`` tag added (every reference checkpoint)."""
+    save_reference(path, {"kind": KIND, **payload})
 
 
 def load_reference(path: str) -> dict:
@@ -63,7 +66,7 @@ def load_reference(path: str) -> dict:
             payload = pickle.load(f)
     except (EOFError, pickle.UnpicklingError, ValueError, AttributeError, IndexError) as e:
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("kind") != "twinsparse-reference":
+    if not isinstance(payload, dict) or payload.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a twinsparse reference checkpoint")
     return payload
 

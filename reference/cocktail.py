@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import replace
 
 import numpy as np
 
 from .cocktail_ops import (CANDIDATE_POOL, NM_SCHEDULE, greedy_interpolation, imp_schedule, nm_generated_at,
                            nm_pattern_at, pivot_step)
-from .procedure_tools import derive_seed, masked
+from .procedure_tools import dense_with_rewind, derive_seed, masked
 from .data import Split, iterate_batches
 from .schedules import lr_at
 from .stages import Stages
@@ -231,13 +230,6 @@ def run_cocktail(engine, cfg, on_record=None, stages=None) -> dict:
     test = (eng.split.x_test, eng.split.y_test)
     stages = Stages.attach(stages, on_record)
 
-    def dense(net, t0, **kw):
-        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
-        out = eng.train(dense_cfg, net, None, snapshot_epoch=cfg.cocktail_rewind_epoch or None, **kw)
-        stages.emit({"state": 0, "phase": "dense", "density": 1.0,
-                     **{f"test_{k}": v for k, v in eng.evaluate(out["net"], *test).items()}, "time_s": eng.clock() - t0})
-        return {"net": out["net"], "rewind": out["snapshot"] if cfg.cocktail_rewind_epoch else net}
-
     def iteration(k, prev, last, rewind, ones, size):
         t0 = eng.clock()
         it = generate_masks(B, cfg, k, {n: last[n] for n in ones}, prev)
@@ -275,9 +267,7 @@ def run_cocktail(engine, cfg, on_record=None, stages=None) -> dict:
                      "time_s": eng.clock() - t0})
         return {"net": shared, "masks": bank, "bn": bn_bank, "alphas": alphas}
 
-    t0 = eng.clock()
-    net = eng.init_net(cfg, x.shape[1], int(split.y_train.max()) + 1)  # also on resume: the engine's model
-    first = stages.train("dense", lambda **kw: dense(net, t0, **kw))
+    first = dense_with_rewind(eng, cfg, stages, cfg.cocktail_rewind_epoch, x.shape[1], int(split.y_train.max()) + 1)
     pretrained, rewind = first["net"], first["rewind"]
     rng = pruning_range(eng.prunable(pretrained), cfg.cocktail_range)
     size = sum(int(np.size(B.to_numpy(pretrained[n]))) for n in rng)

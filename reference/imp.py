@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ._checks import imp_keep_count
-from .procedure_tools import derive_seed, masked, test_metrics
+from .procedure_tools import dense_with_rewind, derive_seed, masked, test_metrics
 from .stages import Stages
 
 SCOPES = ("global", "layer")
@@ -52,13 +52,6 @@ def run_imp(engine, cfg, on_record=None, stages=None) -> dict:
     spe = -(-len(split.y_train) // cfg.batch_size)
     stages = Stages.attach(stages, on_record)
 
-    def dense(net, t0, **kw):
-        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
-        out = engine.train(dense_cfg, net, None, snapshot_epoch=cfg.imp_rewind_epoch or None, **kw)
-        stages.emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, out["net"], test),
-                     "time_s": engine.clock() - t0})
-        return {"net": out["net"], "rewind": out["snapshot"] if cfg.imp_rewind_epoch else net}
-
     def iteration(k, masks, trained, rewind, **kw):
         t0 = engine.clock()
         masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in masks}, cfg.imp_rate, cfg.imp_scope)
@@ -70,9 +63,8 @@ def run_imp(engine, cfg, on_record=None, stages=None) -> dict:
                      **test_metrics(engine, out["net"], test), "time_s": engine.clock() - t0})
         return {"net": out["net"], "masks": out["masks"], "pruned": masks}
 
-    t0 = engine.clock()
-    net = engine.init_net(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)  # also on resume: the model
-    first = stages.train("dense", lambda **kw: dense(net, t0, **kw))
+    first = dense_with_rewind(engine, cfg, stages, cfg.imp_rewind_epoch, split.x_train.shape[1],
+                              int(split.y_train.max()) + 1)
     trained, rewind = first["net"], first["rewind"]
     names = engine.prunable(trained)
     masks, masks_per_iteration = ops.ones_like_masks({n: trained[n] for n in names}), []

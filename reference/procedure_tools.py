@@ -3,6 +3,8 @@ Cocktail) and by both engines: seeds per phase, masking a network dict, the test
 record, and the method of one training phase (records and resumable stages: ``reference.stages``)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from .methods import Preset, from_run_config
@@ -32,3 +34,20 @@ def phase_method(pcfg, masks, n_train: int):
         return None
     spe = -(-n_train // pcfg.batch_size)
     return Preset(from_run_config(pcfg, spe * pcfg.epochs, spe), masks)
+
+
+def dense_with_rewind(engine, cfg, stages, rewind_epoch: int, x_dim: int, n_classes: int) -> dict:
+    """The dense start of IMP and Sparse Cocktail, as the resumable stage 'dense': ``cfg.epochs``
+    of dense training from ``engine.init_net`` (called also on resume: it sets up the engine's
+    model), record 0 emitted. Returns {net: the trained network, rewind: the network after
+    ``rewind_epoch`` (0: the initialisation)}."""
+    t0 = engine.clock()
+    net = engine.init_net(cfg, x_dim, n_classes)
+
+    def dense(**kw):
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
+        out = engine.train(dense_cfg, net, None, snapshot_epoch=rewind_epoch or None, **kw)
+        stages.emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, out["net"], (
+            engine.split.x_test, engine.split.y_test)), "time_s": engine.clock() - t0})
+        return {"net": out["net"], "rewind": out["snapshot"] if rewind_epoch else net}
+    return stages.train("dense", dense)

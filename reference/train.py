@@ -221,7 +221,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         if snapshot_epoch == epoch + 1:
             snapshot = {n: np.array(v, copy=True) for n, v in {**params, **buffers}.items()}
         if checkpoint:
-            CK.save_reference(checkpoint, {"kind": "twinsparse-reference", "config": run_to_dict(cfg), "epoch": epoch + 1,
+            CK.save_tagged(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1,
                                            "params": params, "buffers": buffers, "masks": masks, "state": state,
                                            "explored": explored, "bufs": bufs, "history": history,
                                            "updates": updates, "t": t, "skipped": skipped,
