@@ -65,7 +65,7 @@ def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Ten
     """beta ||m^u ⊙ W_o||_1 + (1 - beta) ||m^nm ⊙ W_o||_1 per output channel ([SC] §3.4)."""
     b = check_beta(beta)
     w = _check_umg_inputs(w, mask_u, mask_nm)
-    if w.is_cuda:                            # CUDA + CuPy: one block per output channel (kernels/merge.cu)
+    if _kernels.on_device(w):                # CUDA + CuPy: one block per output channel (kernels/merge.cu)
         fused = _kernels.umg_channel_scores(w, mask_u, mask_nm, b) if _kernels.usable(w) else None
         if fused is not None:
             return fused

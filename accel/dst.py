@@ -109,7 +109,8 @@ def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
     keep = torch.zeros(n, dtype=torch.bool, device=dev)
     if n == 0 or not any(ks):
         return keep
-    if strategy == "kernel" or (strategy == "auto" and dev.type == "cuda" and _kernels.usable(flat_scores)):
+    if strategy == "kernel" or (strategy == "auto" and _kernels.on_device(flat_scores)
+                                and _kernels.usable(flat_scores)):
         with _kernels.require() if strategy == "kernel" else _nullcontext():
             return _kernels.topk_select(flat_scores, sizes, ks, candidates=flat_candidates)
     if strategy == "loop" or (strategy == "auto" and dev.type == "cpu"):
@@ -301,7 +302,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
         N = _real(counters[n], f"counters[{n!r}]")
         check_same_shape(g, N, f"gradient {n!r}", f"counter {n!r}")
     first = next(iter(grads.values()))
-    if first.is_cuda:                          # CUDA + CuPy: one launch for every layer (kernels/dst.cu)
+    if _kernels.on_device(first):              # CUDA + CuPy: one launch for every layer (kernels/dst.cu)
         fused = _kernels.dst_ee_scores(grads, counters, t, c, eps, form) if _kernels.usable(first) else None
         if fused is not None:
             return fused

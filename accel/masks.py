@@ -68,7 +68,7 @@ def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.T
     nm_group_length(tuple(w.shape), m, axis)
     check_nm_divisible(tuple(w.shape), m, axis)
     w = as_real_tensor(w, "weight")
-    if w.is_cuda and _kernels.usable(w):      # CUDA + CuPy: one thread per group (accel/kernels/nm_mask.cu)
+    if _kernels.on_device(w) and _kernels.usable(w):   # CUDA + CuPy: one thread per group (accel/kernels/nm_mask.cu)
         return _kernels.nm_mask(w, n, m, axis)
     if axis == "rows" or w.dim() == 2:
         return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)

@@ -72,7 +72,7 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
     check_alike([avg, ticket], "running average and ticket")
     _check_all([avg, ticket], "running average and ticket")
     first = next(iter(avg.values()))
-    if first.is_cuda:                        # CUDA + CuPy: one launch for the whole network (kernels/merge.cu)
+    if _kernels.on_device(first):            # CUDA + CuPy: one launch for the whole network (kernels/merge.cu)
         fused = _kernels.superpose_cia(avg, ticket, t) if _kernels.usable(first) else None
         if fused is not None:
             return fused

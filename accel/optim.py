@@ -25,7 +25,7 @@ def _check_step(w, g, mask, buf, lr, momentum=0.0, weight_decay=0.0, dampening=0
 
 def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
     _check_step(w, g, mask, buf, lr, momentum, weight_decay, dampening, nesterov)
-    if w.is_cuda:                            # CUDA + CuPy: the fused kernel (accel/kernels/masked_sgd.cu)
+    if _kernels.on_device(w):                # CUDA + CuPy: the fused kernel (accel/kernels/masked_sgd.cu)
         fused = _kernels.masked_sgd_step(w, g, mask, buf, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                          dampening=dampening, nesterov=nesterov) if _kernels.usable(w) else None
         if fused is not None:
@@ -45,7 +45,7 @@ def masked_sgd_step(w, g, mask, buf=None, *, lr, momentum=0.0, weight_decay=0.0,
 
 def masked_sgd_step_all(weights, grads, masks, bufs, **hp):
     first = next(iter(weights.values()), None)
-    if isinstance(first, torch.Tensor) and first.is_cuda and _kernels.usable(first):   # one launch, all layers
+    if isinstance(first, torch.Tensor) and _kernels.on_device(first) and _kernels.usable(first):   # one launch, all layers
         for name in weights:
             _check_step(weights[name], grads[name], masks[name], bufs.get(name), **hp)
         fused = _kernels.masked_sgd_step_all(weights, grads, masks, bufs, **hp)

@@ -237,7 +237,7 @@ class Sparsifier:
             self.optimizer.step()
             return
         live = [(g, m) for g, m in zip(grads, self._mask_f) if g is not None]
-        if live and live[0][0].is_cuda and _kernels.sgd_optimizer_step(
+        if live and _kernels.on_device(live[0][0]) and _kernels.sgd_optimizer_step(
                 self.optimizer, {id(p): self.masks[n] for n, p in self.params.items()}):
             return      # CUDA + CuPy, torch.optim.SGD: mask + step + re-mask in one launch (kernels/masked_sgd.cu)
         if live:

@@ -26,7 +26,7 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k == n:
         return torch.ones_like(scores, dtype=torch.bool)
-    if flat.is_cuda and _kernels.usable(flat):   # CUDA + CuPy: radix select (accel/kernels/topk.cu)
+    if _kernels.on_device(flat) and _kernels.usable(flat):   # CUDA + CuPy: radix select (accel/kernels/topk.cu)
         return _kernels.topk_mask(flat, k).reshape(scores.shape)
     # the k-th largest = the (n-k+1)-th smallest
     thr = torch.kthvalue(flat, n - k + 1).values
@@ -53,7 +53,7 @@ def topk_masks_per_layer(scores: Mapping[str, torch.Tensor], densities: Mapping[
     if missing:
         raise ValueError(f"no density given for layer(s) {missing}; densities name {list(densities)}")
     ts = list(scores.values())
-    if (all(isinstance(s, torch.Tensor) and s.is_cuda for s in ts) and len({s.dtype for s in ts}) == 1
+    if (all(isinstance(s, torch.Tensor) and _kernels.on_device(s) for s in ts) and len({s.dtype for s in ts}) == 1
             and _kernels.usable(*ts)):               # CUDA + CuPy: one segmented radix select for all layers
         ks = []
         for n, s in scores.items():                  # topk_mask's checks, in its order
@@ -92,7 +92,7 @@ def select_within(scores: torch.Tensor, candidates: torch.Tensor, k: int, n_cand
     if k == n_cand:
         return candidates.clone()
     flat, cand = scores.reshape(-1), candidates.reshape(-1)
-    if flat.is_cuda and _kernels.usable(flat):   # CUDA + CuPy: radix select among the candidates
+    if _kernels.on_device(flat) and _kernels.usable(flat):   # CUDA + CuPy: radix select among the candidates
         return _kernels.topk_select(flat, [flat.numel()], [k], candidates=cand).reshape(scores.shape)
     bottom = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
     pushed = flat.masked_fill(~cand, bottom)

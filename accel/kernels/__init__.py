@@ -13,8 +13,10 @@ kernels compute and why they are correct. They are compiled once per process and
 They are used automatically when the tensors are on CUDA, of a supported dtype (float32 /
 float64), and CuPy is importable; otherwise the accel operators keep their torch implementation,
 which is the CPU path and the fallback. ``TWINSPARSE_NO_CUDA_KERNELS=1`` switches them off.
-Every call site guards the kernel branch with ``tensor.is_cuda`` first, so on CPU nothing here
-runs and CuPy is never imported.
+Every call site guards the kernel branch with ``kernels.on_device(tensor)`` (``tensor.is_cuda``)
+first, so on CPU nothing here runs and CuPy is never imported. A test can swap the backend
+(``use_backend``): ``conformance.simt`` runs these same sources on the CPU under a SIMT emulator,
+through this same host code.
 
 The functions below take inputs that the accel operators have already validated (shapes, counts,
 finiteness); they are not a public API of their own. ``require()`` turns a silent fallback into an
@@ -69,7 +71,7 @@ MAX_BLOCKS = 1 << 20          # grid cap; every kernel walks its work with a gri
 RADIX_BITS = 11               # must match topk.cu
 KEY_BITS = {torch.float32: 32, torch.float64: 64}
 
-__all__ = ["available", "usable", "require", "unavailable_reason", "radix_passes", "chunk_plan",
+__all__ = ["available", "usable", "on_device", "backend", "use_backend", "CupyBackend", "require", "unavailable_reason", "radix_passes", "chunk_plan",
            "topk_select", "topk_mask", "nm_mask", "masked_sgd", "masked_sgd_step", "masked_sgd_step_all",
            "sgd_optimizer_step", "dst_ee_scores", "superpose_cia", "umg_channel_scores", "launches"]
 
@@ -82,6 +84,64 @@ _streams: dict = {}
 _tables: dict = {}
 _plans: dict = {}
 launches = {"count": 0}       # kernel launches issued by this process (tests and the bench read it)
+
+
+# ----------------------------------------------------------------------------- backends
+
+class CupyBackend:
+    """Launches on a CUDA device: NVRTC-compiled ``cupy.RawModule`` per source and device, on
+    PyTorch's current stream, tensors handed over through DLPack. The default backend."""
+
+    name = "cupy"
+    device_desc = "a CUDA device"
+
+    def unavailable_reason(self) -> Optional[str]:
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        if _import_cupy() is None:
+            return f"CuPy is not importable ({_cupy_error}); install twinsparse[cuda12] or twinsparse[cuda13]"
+        return None
+
+    def on_device(self, t: torch.Tensor) -> bool:
+        return t.is_cuda
+
+    def stream_key(self, device: torch.device):
+        return torch.cuda.current_stream(device).cuda_stream
+
+    def arg(self, t: torch.Tensor):
+        cp = _import_cupy()
+        with cp.cuda.Device(t.device.index), _stream(t.device):   # DLPack hand-over on the same stream
+            return cp.from_dlpack(t)
+
+    def launch(self, file: str, kernel: str, device: torch.device, grid: int, block: int, args: tuple) -> None:
+        cp = _import_cupy()
+        fn = _function(file, kernel, device)
+        with cp.cuda.Device(device.index), _stream(device):
+            fn((grid,), (block,), args)
+
+
+_backend = CupyBackend()
+
+
+def backend():
+    """The backend that launches the kernels (CuPy on CUDA unless a test swapped it)."""
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(b):
+    """Launch the kernels through ``b`` inside this block (conformance.simt.SimtBackend runs the
+    same sources on the CPU under a SIMT emulator; call sites then dispatch CPU tensors to them)."""
+    global _backend
+    prev, _backend = _backend, b
+    _plans.clear()
+    _tables.clear()
+    try:
+        yield b
+    finally:
+        _backend = prev
+        _plans.clear()
+        _tables.clear()
 
 
 # ----------------------------------------------------------------------------- availability
@@ -101,15 +161,17 @@ def unavailable_reason() -> Optional[str]:
     """None when the kernels can run in this process, else why not (for messages and skips)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return f"switched off by {DISABLE_ENV}"
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if _import_cupy() is None:
-        return f"CuPy is not importable ({_cupy_error}); install twinsparse[cuda12] or twinsparse[cuda13]"
-    return None
+    return _backend.unavailable_reason()
 
 
 def available() -> bool:
     return unavailable_reason() is None
+
+
+def on_device(t: torch.Tensor) -> bool:
+    """Whether ``t`` lives where the kernels run (a CUDA tensor, for the default backend): the
+    call sites' cheap first test before ``usable``."""
+    return _backend.on_device(t)
 
 
 @contextlib.contextmanager
@@ -124,15 +186,15 @@ def require():
 
 
 def usable(*tensors: torch.Tensor, dtypes=DTYPES) -> bool:
-    """True when every tensor is a CUDA tensor of ``dtypes`` (float32 / float64) or a bool mask,
-    and the kernels are available. Call sites test ``t.is_cuda`` before calling this. (The
-    wrappers below make their inputs contiguous, or refuse non-contiguous in-place operands.)"""
+    """True when every tensor is on the kernels' device (CUDA) and of ``dtypes`` (float32 /
+    float64) or a bool mask, and the kernels are available. Call sites test ``on_device`` first.
+    (The wrappers below make their inputs contiguous, or refuse non-contiguous in-place operands.)"""
     reason = None
     for t in tensors:
         if t is None:
             continue
-        if not t.is_cuda:
-            reason = "a tensor is not on a CUDA device"
+        if not _backend.on_device(t):
+            reason = f"a tensor is not on {_backend.device_desc}"
         elif t.dtype not in dtypes and t.dtype != torch.bool:
             reason = f"dtype {t.dtype} has no kernel (only {[str(d) for d in dtypes]} and bool masks)"
         if reason:
@@ -182,26 +244,22 @@ def _stream(device: torch.device):
 
 
 def _launch(file: str, kernel: str, device: torch.device, grid: int, args: tuple) -> None:
-    """Launch ``kernel`` on torch's current stream of ``device`` (grid-stride kernels: any grid)."""
-    cp = _import_cupy()
-    fn = _function(file, kernel, device)
+    """Launch ``kernel`` on the backend (CuPy: torch's current stream of ``device``); grid-stride
+    kernels take any grid."""
     grid = int(max(1, min(grid, MAX_BLOCKS)))
-    with cp.cuda.Device(device.index), _stream(device):
-        fn((grid,), (THREADS,), args)
+    _backend.launch(file, kernel, device, grid, THREADS, args)
     launches["count"] += 1
 
 
 def _arg(t: Optional[torch.Tensor]):
-    """A kernel argument for a tensor: a zero-copy CuPy view through DLPack (bool as uint8), or a
-    null pointer for None."""
+    """A kernel argument for a tensor: a zero-copy view for the backend (CuPy: through DLPack;
+    bool as uint8), or a null pointer for None."""
     if t is None:
         return np.uint64(0)
-    cp = _import_cupy()
     t = t.detach()                           # DLPack refuses tensors that require grad
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    with cp.cuda.Device(t.device.index), _stream(t.device):   # DLPack hand-over on the same stream
-        return cp.from_dlpack(t)
+    return _backend.arg(t)
 
 
 def _pointer_table(tensors: Sequence[Optional[torch.Tensor]], device: torch.device) -> torch.Tensor:
@@ -209,7 +267,7 @@ def _pointer_table(tensors: Sequence[Optional[torch.Tensor]], device: torch.devi
     ptrs = tuple(0 if t is None else (t.view(torch.uint8) if t.dtype == torch.bool else t).data_ptr()
                  for t in tensors)
     # keyed by the stream too: a table uploaded on one stream is not yet visible to another
-    key = (device.index, torch.cuda.current_stream(device).cuda_stream, ptrs)
+    key = (device.index, _backend.stream_key(device), ptrs)
     tab = _tables.get(key)
     if tab is None:
         if len(_tables) > 256:
@@ -219,10 +277,11 @@ def _pointer_table(tensors: Sequence[Optional[torch.Tensor]], device: torch.devi
     return tab
 
 
-def chunk_plan_host(sizes: Sequence[int], chunk: int = CHUNK) -> dict:
+def chunk_plan_host(sizes: Sequence[int], chunk: Optional[int] = None) -> dict:
     """The chunk table (NumPy): chunk c covers elements [start[c], end[c]) of segment seg[c], in
     segment order then index order; ``first[c]`` is the index of the first chunk of seg[c].
     Every element of every segment lies in exactly one chunk; empty segments have none."""
+    chunk = CHUNK if chunk is None else chunk
     seg, start, end, first = [], [], [], []
     for s, n in enumerate(sizes):
         n = int(n)
@@ -241,7 +300,7 @@ def chunk_plan_host(sizes: Sequence[int], chunk: int = CHUNK) -> dict:
 def chunk_plan(sizes: Sequence[int], device: torch.device, flat: bool) -> dict:
     """Device chunk table for ``sizes``. ``flat=True``: start/end are offsets into one flat buffer
     (segmented kernels); ``flat=False``: offsets within each tensor (multi-tensor kernels)."""
-    key = (tuple(int(s) for s in sizes), device.index, torch.cuda.current_stream(device).cuda_stream, flat)
+    key = (tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), flat, CHUNK)
     plan = _plans.get(key)
     if plan is None:
         h = chunk_plan_host(sizes)
@@ -302,7 +361,7 @@ def topk_select(flat_scores: torch.Tensor, sizes: Sequence[int], ks: Sequence[in
     inv = np.int32(1 if invert else 0)
     for shift, width in radix_passes(dtype):
         _launch("topk.cu", f"topk_hist_{sfx}", dev, nch, (s, c, inv, *tab, P, K, H, np.int32(shift), np.int32(width)))
-        _launch("topk.cu", "topk_scan", dev, nseg, (H, P, K, np.int32(shift)))
+        _launch("topk.cu", "topk_scan", dev, nseg, (H, P, K, np.int32(nseg), np.int32(shift)))
     ties = torch.empty(nch, dtype=torch.int64, device=dev)
     _launch("topk.cu", f"topk_tie_count_{sfx}", dev, nch, (s, c, inv, *tab, P, K, _arg(ties)))
     excl = torch.cumsum(ties, 0) - ties                      # ties in earlier chunks (all segments)

@@ -21,7 +21,7 @@
 //                  candidate whose higher key bits equal prefix; warp-aggregated shared atomics
 //                  (__match_any_sync: one atomic per distinct digit per warp, so heavy ties do not
 //                  serialize), then one global atomicAdd per non-empty bin into hist[s][digit].
-//   topk_scan    : one block per segment walks the 2^11 bins from the highest digit down
+//   topk_scan    : one block per segment (grid-stride) walks the 2^11 bins from the highest digit down
 //                  (block-wide exclusive scan) and finds the digit d with
 //                      above(d) < krem <= above(d) + hist[d],   above(d) = sum_{d' > d} hist[d'];
 //                  every candidate with a larger digit is certainly among the top k_s, so
@@ -164,35 +164,37 @@ __device__ __forceinline__ u64 block_exclusive_scan(u64 v, u64* warp_tot)
     return before + x - v;
 }
 
-// one block of SCAN_THREADS threads per segment
-extern "C" __global__ void topk_scan(u64* hist, u64* prefix, i64* krem, int shift)
+// blocks of SCAN_THREADS threads, grid-stride over the segments (the loop is block-uniform, so
+// every thread of a block meets the same barriers)
+extern "C" __global__ void topk_scan(u64* hist, u64* prefix, i64* krem, int n_seg, int shift)
 {
     __shared__ u64 warp_tot[SCAN_THREADS / 32];
-    const int s = blockIdx.x;
-    const i64 k = krem[s];                          // every thread reads krem before the barriers below
-    u64* h = hist + (i64)s * RADIX;
-    // thread j owns the bins of rank r = j*BINS_PER_THREAD + q in descending digit order
-    u64 v[BINS_PER_THREAD];
-    u64 tot = 0;
+    for (int s = blockIdx.x; s < n_seg; s += gridDim.x) {
+        const i64 k = krem[s];                      // every thread reads krem before the barriers below
+        u64* h = hist + (i64)s * RADIX;
+        // thread j owns the bins of rank r = j*BINS_PER_THREAD + q in descending digit order
+        u64 v[BINS_PER_THREAD];
+        u64 tot = 0;
 #pragma unroll
-    for (int q = 0; q < BINS_PER_THREAD; ++q) {
-        const int digit = RADIX - 1 - (threadIdx.x * BINS_PER_THREAD + q);
-        v[q] = h[digit];
-        h[digit] = 0ull;                            // cleared for the next pass (owner thread only)
-        tot += v[q];
-    }
-    u64 run = block_exclusive_scan(tot, warp_tot);  // candidates in higher-digit bins of other threads
-    if (k <= 0) return;
-    const u64 need = (u64)k;
-#pragma unroll
-    for (int q = 0; q < BINS_PER_THREAD; ++q) {
-        // the intervals (run, run + v[q]] are disjoint over all bins: at most one thread matches
-        if (run < need && need <= run + v[q]) {
-            const u64 digit = (u64)(RADIX - 1 - (threadIdx.x * BINS_PER_THREAD + q));
-            prefix[s] |= digit << shift;
-            krem[s] = (i64)(need - run);
+        for (int q = 0; q < BINS_PER_THREAD; ++q) {
+            const int digit = RADIX - 1 - (threadIdx.x * BINS_PER_THREAD + q);
+            v[q] = h[digit];
+            h[digit] = 0ull;                        // cleared for the next pass (owner thread only)
+            tot += v[q];
         }
-        run += v[q];
+        u64 run = block_exclusive_scan(tot, warp_tot);  // candidates in higher-digit bins of other threads
+        if (k <= 0) continue;                       // block-uniform
+        const u64 need = (u64)k;
+#pragma unroll
+        for (int q = 0; q < BINS_PER_THREAD; ++q) {
+            // the intervals (run, run + v[q]] are disjoint over all bins: at most one thread matches
+            if (run < need && need <= run + v[q]) {
+                const u64 digit = (u64)(RADIX - 1 - (threadIdx.x * BINS_PER_THREAD + q));
+                prefix[s] |= digit << shift;
+                krem[s] = (i64)(need - run);
+            }
+            run += v[q];
+        }
     }
 }
 

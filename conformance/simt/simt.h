@@ -1,0 +1,114 @@
+// simt.h -- the CUDA device-side vocabulary that accel/kernels/*.cu use, for running those exact
+// sources on a CPU (conformance/simt: the SIMT emulator; runtime.cpp holds the scheduler).
+//
+// Execution model. A launch runs its blocks one after another (in a seeded random order when the
+// seed is non-zero). Within a block every CUDA thread is a coroutine with its own stack; a thread
+// runs until it reaches __syncthreads() or a warp collective (__shfl_*_sync, __ballot_sync,
+// __match_any_sync), where it waits until every thread of the block (of the warp) has arrived at
+// the same call site. Between such points threads run one at a time, in a seeded random order
+// when the seed is non-zero, so a result that depends on an unsynchronised interleaving changes
+// with the seed. Checked, and reported as a launch error naming the kernel, block, thread and
+// source line: threads of one block (warp) waiting at different barriers (collectives), a thread
+// that exits while others wait for it (both hang or are undefined on a GPU), and a collective with
+// a partial lane mask (the kernels here use full warps only). __shared__ memory is filled with a
+// poison byte before every block, as a GPU leaves it uninitialised.
+//
+// Arithmetic: the *_rn intrinsics are single IEEE operations (compiled with -ffp-contract=off, so
+// no fused multiply-add), equal to the GPU's. Not modelled: timing, the memory model beyond
+// barrier ordering (no data-race detector), bounds of global memory, half precision.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+namespace simt {
+struct Dim3 { unsigned x, y, z; };
+extern Dim3 thread_idx, block_idx, block_dim, grid_dim;
+
+void sync_block(int line);
+// every lane of the calling thread's warp contributes `mine`; returns all 32 contributions
+void warp_gather(int line, unsigned mask, uint64_t mine, uint64_t* all);
+
+inline unsigned lane() { return thread_idx.x & 31u; }
+
+template <class T> inline uint64_t to_bits(T v) { uint64_t b = 0; memcpy(&b, &v, sizeof(T)); return b; }
+template <class T> inline T from_bits(uint64_t b) { T v; memcpy(&v, &b, sizeof(T)); return v; }
+
+template <class T> inline T shfl_up(int line, unsigned mask, T v, unsigned delta)
+{
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    uint64_t all[32];
+    warp_gather(line, mask, to_bits(v), all);
+    const unsigned l = lane();
+    return l >= delta ? from_bits<T>(all[l - delta]) : v;
+}
+
+template <class T> inline T shfl_down(int line, unsigned mask, T v, unsigned delta)
+{
+    static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
+    uint64_t all[32];
+    warp_gather(line, mask, to_bits(v), all);
+    const unsigned l = lane();
+    return l + delta < 32 ? from_bits<T>(all[l + delta]) : v;
+}
+
+inline unsigned ballot(int line, unsigned mask, int pred)
+{
+    uint64_t all[32];
+    warp_gather(line, mask, pred != 0, all);
+    unsigned out = 0;
+    for (unsigned l = 0; l < 32; ++l) out |= (all[l] ? 1u : 0u) << l;
+    return out;
+}
+
+template <class T> inline unsigned match_any(int line, unsigned mask, T v)
+{
+    uint64_t all[32];
+    const uint64_t mine = to_bits(v);
+    warp_gather(line, mask, mine, all);
+    unsigned out = 0;
+    for (unsigned l = 0; l < 32; ++l) out |= (all[l] == mine ? 1u : 0u) << l;
+    return out;
+}
+}  // namespace simt
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// every __shared__ variable lives in one section, which the runtime poisons before each block
+#define __shared__ static __attribute__((section("simt_shared")))
+
+#define threadIdx (::simt::thread_idx)
+#define blockIdx (::simt::block_idx)
+#define blockDim (::simt::block_dim)
+#define gridDim (::simt::grid_dim)
+
+#define __syncthreads() ::simt::sync_block(__LINE__)
+#define __shfl_up_sync(mask, v, d) ::simt::shfl_up(__LINE__, (mask), (v), (d))
+#define __shfl_down_sync(mask, v, d) ::simt::shfl_down(__LINE__, (mask), (v), (d))
+#define __ballot_sync(mask, p) ::simt::ballot(__LINE__, (mask), (p))
+#define __match_any_sync(mask, v) ::simt::match_any(__LINE__, (mask), (v))
+
+// atomics: threads of the emulator never run at the same time, so a read-modify-write is atomic
+template <class T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
+
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline unsigned __float_as_uint(float x) { unsigned u; memcpy(&u, &x, 4); return u; }
+inline float __uint_as_float(unsigned u) { float x; memcpy(&x, &u, 4); return x; }
+inline long long __double_as_longlong(double x) { long long u; memcpy(&u, &x, 8); return u; }
+inline double __longlong_as_double(long long u) { double x; memcpy(&x, &u, 8); return x; }
+
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __ll2float_rn(long long v) { return (float)v; }
+inline double __ll2double_rn(long long v) { return (double)v; }

@@ -1,0 +1,371 @@
+"""The CUDA kernels (accel/kernels/*.cu) executed on the CPU by the SIMT emulator (conformance/simt).
+
+No GPU is needed: the unchanged sources run with real barriers and warp collectives, driven by the
+loader's own host code, so these tests check the kernels' logic, their tie rule, their block and
+warp cooperation under shuffled schedules, grid-stride loops and the host/kernel argument ABI,
+against the NumPy reference and the torch path. The emulator itself is tested first (its
+intrinsics, and that it reports missing barriers, divergent barriers and early exits), and then
+shown to catch seeded defects in mutated copies of the kernels. Skipped with the reason when no
+C++ compiler can build the emulator. The same kernels on a real GPU: tests/test_kernels_gpu.py.
+"""
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from accel import kernels
+from conformance import simt
+import reference.cocktail_ops as RCO
+import reference.dst as RD
+import reference.merge as RMG
+import reference.optim as RO
+import reference.topk as RT
+
+pytestmark = pytest.mark.skipif(simt.unavailable_reason() is not None,
+                                reason=f"SIMT emulator: {simt.unavailable_reason()}")
+
+PROBES = {"probes.cu": ["probe_indices", "probe_collectives", "probe_uninit_shared", "probe_flag",
+                        "probe_divergent_barrier", "probe_early_exit", "probe_partial_mask"]}
+PROBE_DIR = __import__("pathlib").Path(__file__).parent / "simt_probes"
+POISON32 = 0xA5A5A5A5
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return simt.Emulator(PROBE_DIR, PROBES)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """Run the body with the kernels on the emulator, a small CHUNK (multi-chunk segments at test
+    sizes, chunks that are no multiple of the block size) and a seeded schedule."""
+    def enter(seed=0, max_blocks=None, chunk=1000):
+        monkeypatch.setattr(kernels, "CHUNK", chunk)
+        return kernels.use_backend(simt.SimtBackend(seed=seed, max_blocks=max_blocks))
+    return enter
+
+
+# ----------------------------------------------------------------------------- the emulator itself
+
+def test_emulator_registers_every_kernel_the_loader_launches():
+    names = set(simt.emulator().kernel_names())
+    assert names == {k for ks in kernels.KERNELS.values() for k in ks}
+    assert simt.emulator().signature("topk_scan") == ["p", "p", "p", "i4", "i4"]
+
+
+def test_thread_and_block_indices_with_a_grid_stride_loop(probes):
+    n_blocks, block = 5, 64
+    out = torch.full((n_blocks * block * 4,), -1, dtype=torch.int32)
+    probes.launch("probe_indices", 2, block, (out, np.int32(n_blocks)), seed=3)   # 2 blocks walk 5
+    o = out.view(n_blocks, block, 4).numpy()
+    assert np.array_equal(o[..., 0], np.tile(np.arange(block), (n_blocks, 1)))
+    assert np.array_equal(o[..., 1], np.repeat(np.arange(n_blocks)[:, None], block, 1))
+    assert np.all(o[..., 2] == block) and np.all(o[..., 3] == 2)
+
+
+@pytest.mark.parametrize("delta", [1, 5, 31])
+def test_warp_collectives_follow_their_cuda_definitions(probes, delta):
+    rng = np.random.default_rng(delta)
+    n = 128
+    x = torch.from_numpy(rng.integers(-2, 3, n).astype(np.int64))
+    up, down = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=torch.int64)
+    ballot, match = torch.empty(n, dtype=torch.int32), torch.empty(n, dtype=torch.int32)
+    probes.launch("probe_collectives", 2, 64, (x, up, down, ballot, match, np.int32(delta)), seed=delta)
+    xv = x.numpy()
+    for i in range(n):
+        w0, lane = i - i % 32, i % 32
+        assert up[i] == (xv[i - delta] if lane >= delta else xv[i])
+        assert down[i] == (xv[i + delta] if lane + delta < 32 else xv[i])
+        want_ballot = sum(1 << l for l in range(32) if xv[w0 + l] > 0)
+        want_match = sum(1 << l for l in range(32) if xv[w0 + l] == xv[i])
+        assert ballot[i].item() & 0xFFFFFFFF == want_ballot
+        assert match[i].item() & 0xFFFFFFFF == want_match
+
+
+def test_shared_memory_starts_poisoned_like_uninitialised_memory(probes):
+    out32, out64 = torch.zeros(64, dtype=torch.int32), torch.zeros(64, dtype=torch.int64)
+    probes.launch("probe_uninit_shared", 1, 64, (out32, out64))
+    assert np.all(out32.numpy().view(np.uint32) == POISON32)
+    assert np.all(out64.numpy().view(np.uint64) == 0xA5A5A5A5A5A5A5A5)   # template static too
+
+
+def test_a_missing_barrier_shows_under_shuffled_schedules(probes):
+    def run(with_barrier, seed):
+        out = torch.zeros(256, dtype=torch.int32)
+        probes.launch("probe_flag", 2, 128, (out, np.int32(with_barrier)), seed=seed)
+        return out.numpy()
+    for seed in range(6):
+        assert np.all(run(1, seed) == 7)
+    racy = [run(0, seed) for seed in range(1, 7)]
+    assert any(np.any(r.view(np.uint32) == POISON32) for r in racy), "read before write never observed"
+
+
+@pytest.mark.parametrize("kernel,message", [("probe_divergent_barrier", r"divergent __syncthreads\(\)"),
+                                            ("probe_early_exit", "deadlock"),
+                                            ("probe_partial_mask", "lane mask 0x0000ffff")])
+def test_gpu_undefined_behaviour_is_a_launch_error(probes, kernel, message):
+    with pytest.raises(simt.LaunchError, match=message) as e:
+        probes.launch(kernel, 1, 128, (torch.zeros(128, dtype=torch.int32),))
+    assert kernel in str(e.value) and "block 0" in str(e.value)
+
+
+def test_arguments_are_checked_against_the_kernel_signature(probes):
+    out = torch.zeros(64, dtype=torch.int32)
+    with pytest.raises(simt.LaunchError, match=r"parameter 1 is i4 \(int32\); the loader passed int64"):
+        probes.launch("probe_flag", 1, 64, (out, np.int64(1)))
+    with pytest.raises(simt.LaunchError, match="takes 2 parameters"):
+        probes.launch("probe_flag", 1, 64, (out,))
+    with pytest.raises(simt.LaunchError, match="parameter 0 is a pointer"):
+        probes.launch("probe_flag", 1, 64, (np.int64(5), np.int32(1)))
+    with pytest.raises(simt.LaunchError, match="contiguous"):
+        probes.launch("probe_flag", 1, 64, (torch.zeros(64, 2, dtype=torch.int32)[:, 0], np.int32(1)))
+    with pytest.raises(simt.LaunchError, match="block of 32..1024"):
+        probes.launch("probe_flag", 1, 48, (out, np.int32(1)))
+
+
+# ----------------------------------------------------------------------------- top-k (topk.cu)
+
+def _ref_topk_within(scores, cand, k):
+    s = scores.double().numpy()
+    c = np.ones(s.size, bool) if cand is None else cand.numpy()
+    idx = np.flatnonzero(c)
+    order = idx[np.lexsort((idx, -s[idx]))][:k]
+    out = np.zeros(s.size, bool)
+    out[order] = True
+    return out
+
+
+@pytest.mark.parametrize("seed,max_blocks", [(0, None), (1, 2), (2, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", ["none", "few", "all"])
+def test_segmented_topk_matches_a_stable_sort(emulated, dtype, ties, seed, max_blocks):
+    g = torch.Generator().manual_seed(seed)
+    sizes = [0, 1, 7, 2500, 0, 4097, 3 * 1000 + 1, 64, 1]
+    n = sum(sizes)
+    if ties == "none":
+        s = torch.randn(n, generator=g, dtype=dtype)
+    elif ties == "few":
+        s = torch.randint(-3, 4, (n,), generator=g).to(dtype) * 0.5
+        s[::7] = -0.0                                   # -0.0 and +0.0 tie
+    else:
+        s = torch.zeros(n, dtype=dtype)
+    cand = torch.rand(n, generator=g) < 0.6
+    ks, start = [], 0
+    for size in sizes:
+        c = int(cand[start:start + size].sum())
+        ks.append(int(torch.randint(0, c + 1, (1,), generator=g)) if c else 0)
+        start += size
+    ks[5] = int(cand[sum(sizes[:5]):sum(sizes[:6])].sum())          # k = every candidate
+    ks[6] = 0                                                        # k = 0
+    with emulated(seed=seed, max_blocks=max_blocks) as b:
+        out = kernels.topk_select(s, sizes, ks, candidates=cand).numpy()
+    assert [k for k, _ in b.log].count(f"topk_hist_{kernels._SUFFIX[dtype]}") == len(kernels.radix_passes(dtype))
+    start = 0
+    for size, k in zip(sizes, ks):
+        assert np.array_equal(out[start:start + size], _ref_topk_within(s[start:start + size],
+                                                                          cand[start:start + size], k))
+        start += size
+
+
+@pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (255, 255), (257, 128), (1000, 0), (1000, 1000)])
+def test_topk_mask_edge_counts_without_candidates(emulated, n, k):
+    s = torch.randn(n, dtype=torch.float64)
+    s[n // 2:] = s[0]                                  # a tie block that straddles the threshold
+    with emulated(seed=n):
+        out = kernels.topk_mask(s, k)
+    assert np.array_equal(out.numpy(), RT.topk_mask(s.numpy(), k))
+
+
+def test_topk_extreme_values_order_like_floats(emulated):
+    f = np.finfo(np.float32)
+    vals = [f.max, -f.max, f.tiny, -f.tiny, 1e-45, -1e-45, 0.0, -0.0, 1.0, -1.0]   # incl. subnormals
+    s = torch.tensor(vals * 30, dtype=torch.float32)
+    for k in (0, 1, 5, 37, 120, 299, 300):
+        with emulated(seed=k):
+            out = kernels.topk_mask(s, k)
+        assert np.array_equal(out.numpy(), RT.topk_mask(s.numpy(), k)), k
+
+
+def test_inverted_candidates_with_or_with_is_the_grow_step(emulated):
+    g = torch.Generator().manual_seed(1)
+    n = 20003
+    s = torch.randint(0, 5, (n,), generator=g).float()
+    kept = torch.rand(n, generator=g) < 0.1
+    k = int((~kept).sum()) // 3
+    with emulated(seed=4, max_blocks=4):
+        out = kernels.topk_select(s, [n], [k], candidates=kept, invert=True, or_with=kept)
+    assert np.array_equal(out.numpy(), _ref_topk_within(s, ~kept, k) | kept.numpy())
+
+
+def test_a_whole_buffer_with_the_default_chunk(emulated):
+    """The production CHUNK (16384): segments of several chunks, one of 300k elements."""
+    g = torch.Generator().manual_seed(5)
+    sizes = [300_000, 16384, 16385, 3]
+    s = torch.randint(-50, 50, (sum(sizes),), generator=g).float()
+    ks = [123_457, 16384, 1, 2]
+    with emulated(chunk=kernels.CHUNK):
+        out = kernels.topk_select(s, sizes, ks).numpy()
+    start = 0
+    for size, k in zip(sizes, ks):
+        assert np.array_equal(out[start:start + size], RT.topk_mask(s[start:start + size].numpy(), k))
+        start += size
+
+
+# ----------------------------------------------------------------------------- the other kernels
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (2, 6), (16, 32), (0, 4), (4, 4)])
+@pytest.mark.parametrize("axis", ["reduction", "rows"])
+def test_nm_mask_matches_the_torch_path(emulated, dtype, n, m, axis):
+    from accel.masks import nm_mask
+    g = torch.Generator().manual_seed(2)
+    for shape in [(8, 4 * m), (4, 2 * m, 3, 3), (3, m, 1, 1)]:
+        w = torch.randint(-2, 3, shape, generator=g).to(dtype) * 0.25       # many ties
+        want = nm_mask(w, n, m, axis)                                       # torch, default backend
+        with emulated(seed=n + m) as b:
+            got = nm_mask(w, n, m, axis)                                    # dispatches to nm_mask.cu
+        assert b.log and b.log[0][0].startswith("nm_mask_")
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum,nesterov,dampening,wd", [(0.0, False, 0.0, 0.0), (0.9, False, 0.0, 5e-4),
+                                                            (0.9, True, 0.0, 5e-4), (0.5, False, 0.1, 0.1)])
+def test_masked_sgd_step_all_equals_the_reference_bit_for_bit(emulated, dtype, momentum, nesterov, dampening, wd):
+    from accel.optim import masked_sgd_step_all
+    g = torch.Generator().manual_seed(3)
+    shapes = {"a": (16, 3, 3, 3), "b": (40, 30), "c": (10, 51), "d": (7,)}
+    ws, gs, ms, bs = {}, {}, {}, {}
+    for name, shp in shapes.items():
+        ms[name] = torch.rand(shp, generator=g) < 0.3
+        ws[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name]
+        gs[name] = torch.randn(shp, generator=g, dtype=dtype)
+        bs[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name] if momentum else None
+    hp = dict(lr=0.1, momentum=momentum, weight_decay=wd, dampening=dampening, nesterov=nesterov)
+    with emulated(seed=1, max_blocks=2, chunk=300) as b:
+        out_w, out_b = masked_sgd_step_all(ws, gs, ms, bs, **hp)
+    assert [k for k, _ in b.log] == [f"masked_sgd_{kernels._SUFFIX[dtype]}"], "one launch for every layer"
+    np_ = lambda d: {k: None if v is None else v.numpy() for k, v in d.items()}  # noqa: E731
+    ref_w, ref_b = RO.masked_sgd_step_all(np_(ws), np_(gs), np_(ms), np_(bs), **hp)
+    for name in shapes:
+        assert np.array_equal(out_w[name].numpy(), ref_w[name])
+        if momentum:
+            assert np.array_equal(out_b[name].numpy(), ref_b[name])
+
+
+def test_sparsifier_fused_optimizer_step_matches_the_torch_path(emulated):
+    """Sparsifier.step on a model: torch.optim.SGD's step replaced by one masked_sgd launch per
+    dtype (momentum buffers created on the first step, gradients masked in place)."""
+    from accel import Sparsifier, densities, methods
+    from accel.models import build_model
+
+    def run(emulate):
+        torch.manual_seed(0)
+        model = build_model("mlp", sizes=(20, 32, 16, 5), batchnorm=True)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        sp = Sparsifier(model, opt, density=densities.erk(0.3), method=methods.Static())
+        x, y = torch.randn(8, 20), torch.randint(0, 5, (8,))
+        log = []
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if emulate:
+                with emulated(seed=2) as b:
+                    sp.step()
+                log += b.log
+            else:
+                sp.step()
+        return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+                [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()],
+                [(p.grad.clone(), sp.masks[n].clone()) for n, p in sp.params.items()], log)
+
+    w_k, b_k, g_k, log = run(True)
+    assert [k for k, _ in log] == ["masked_sgd_f32"] * 3
+    w_t, b_t, g_t, _ = run(False)
+    for k in w_t:
+        torch.testing.assert_close(w_k[k], w_t[k], rtol=1e-5, atol=1e-6)   # torch's add(alpha=) may fuse an FMA
+    for bk, bt in zip(b_k, b_t):
+        torch.testing.assert_close(bk, bt, rtol=1e-5, atol=1e-6)
+    for (gk, mk), (gt, mt) in zip(g_k, g_t):
+        assert torch.equal(mk, mt)
+        assert not gk[~mk].any() and not gt[~mt].any()      # gradients masked in place on both paths
+        torch.testing.assert_close(gk, gt, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", ["eq1", "text"])
+def test_dst_ee_scores_and_cia_equal_the_reference_and_umg_is_close(emulated, form):
+    from accel.cocktail_ops import umg_channel_scores
+    from accel.dst import dst_ee_scores
+    from accel.merge import superpose_cia
+    rng = np.random.default_rng(4)
+    grads = {f"l{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate([(16, 27), (32, 76), (10,)])}
+    counters = {k: rng.integers(0, 9, v.shape) for k, v in grads.items()}
+    avg = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in grads.items()}
+    w = rng.standard_normal((12, 40, 3, 3)).astype(np.float32)
+    mu, mnm = rng.random(w.shape) < 0.2, rng.random(w.shape) < 0.5
+    T = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}  # noqa: E731
+    with emulated(seed=3, chunk=500) as b:
+        scores = dst_ee_scores(T(grads), T(counters), 1000, 1e-2, 1e-3, form=form)
+        cia = superpose_cia(T(avg), T(grads), 7)
+        umg = umg_channel_scores(*(torch.from_numpy(a) for a in (w, mu, mnm)), beta=0.7)
+    assert [k for k, _ in b.log] == ["dst_ee_scores_f32", "superpose_cia_f32", "umg_channel_scores_f32"]
+    want = RD.dst_ee_scores(grads, counters, 1000, 1e-2, 1e-3, form=form)
+    want_cia = RMG.superpose_cia(avg, grads, 7)
+    for k in grads:
+        assert np.array_equal(scores[k].numpy(), want[k])
+        assert np.array_equal(cia[k].numpy(), want_cia[k])
+    np.testing.assert_allclose(umg.numpy(), RCO.umg_channel_scores(w, mu, mnm, beta=0.7), rtol=2e-6, atol=1e-6)
+
+
+def test_the_loader_passes_scalars_of_the_kernels_widths(emulated, monkeypatch):
+    """A loader that rounds a float32 kernel's lr to a float64 scalar is refused (CuPy would pass
+    8 bytes where the kernel reads 4)."""
+    monkeypatch.setattr(kernels, "_scalar", lambda x, dtype: np.float64(x))
+    w = torch.randn(10)
+    with emulated(), pytest.raises(simt.LaunchError, match=r"parameter 11 is f4 \(float32\)"):
+        kernels.masked_sgd_step(w, torch.randn(10), torch.ones(10, dtype=torch.bool), lr=0.1)
+
+
+# ----------------------------------------------------------------------------- seeded defects
+
+def _mutant(tmp_path, file, old, new):
+    src = (kernels.KERNEL_DIR / file).read_text()
+    assert src.count(old) == 1, f"mutation anchor not found once in {file}: {old!r}"
+    (tmp_path / file).write_text(src.replace(old, new))
+    return simt.Emulator(tmp_path, {file: list(kernels.KERNELS[file])})
+
+
+def test_the_emulator_catches_a_missing_barrier_in_topk_select(tmp_path, emulated):
+    barrier = re.search(r"\n *__syncthreads\(\); *// warp_cnt is rewritten by the next tile\n",
+                        (kernels.KERNEL_DIR / "topk.cu").read_text()).group(0)
+    emu = _mutant(tmp_path, "topk.cu", barrier, "\n")
+    s = torch.randint(-3, 4, (5000,), generator=torch.Generator().manual_seed(0)).float()
+    wrong = 0
+    for seed in range(4):
+        with emulated(seed=seed):
+            with kernels.use_backend(simt.SimtBackend(seed=seed, emu=emu)):
+                wrong += not np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))
+            assert np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))  # original
+    assert wrong > 0
+
+
+def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):
+    emu = _mutant(tmp_path, "topk.cu", "(tie && rank < k)", "(tie && rank <= k)")
+    s = torch.zeros(300)
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        out = kernels.topk_mask(s, 100)
+    assert int(out.sum()) == 101                            # the mutant keeps one tie too many
+
+
+def test_the_emulator_catches_a_reused_reduction_slot_in_umg(tmp_path, emulated):
+    emu = _mutant(tmp_path, "merge.cu", "    __syncthreads();                                // warp_part is reused",
+                  "    // (barrier removed)                              warp_part is reused")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 600)).astype(np.float32)
+    mu, mnm = rng.random(w.shape) < 0.2, rng.random(w.shape) < 0.5
+    args = [torch.from_numpy(a) for a in (w, mu, mnm)]
+    want = RCO.umg_channel_scores(w, mu, mnm, beta=0.7)
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        got = kernels.umg_channel_scores(*args, beta=0.7).numpy()
+    assert not np.allclose(got, want, rtol=1e-4)
