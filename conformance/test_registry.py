@@ -1,10 +1,19 @@
-"""The generic twin test: every registry entry, every available accel device, every dtype."""
+"""The generic twin test: every registry entry, every available accel device, every dtype.
+
+The forced CUDA-kernel entries (tag ``cuda_kernel``) run on the CUDA device (marked ``gpu``) and,
+on every machine, on ``simt``: CPU tensors with the kernels executed by the SIMT emulator
+(conformance/simt), reached through the accel operators' own dispatch. Same strategies, same
+comparison rules; skipped with the reason when no C++ compiler can build the emulator.
+"""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
 from accel import kernels
+from conformance import simt
 from conformance.convert import to_numpy, to_torch
 from conformance.registry import compare_default, load_all
 
@@ -14,7 +23,8 @@ KERNEL_TAG = "cuda_kernel"   # conformance/entries/kernels.py: forced CUDA kerne
 CASES = [pytest.param(name, np.dtype(dt).name, dev, id=f"{name}-{np.dtype(dt).name}-{dev}",
                       marks=[pytest.mark.gpu] if KERNEL_TAG in e.tags else [])
          for name, e in REG.items() for dt in e.dtypes
-         for dev in (["cuda"] if KERNEL_TAG in e.tags else DEVICES)]
+         for dev in (["cuda", "simt"] if KERNEL_TAG in e.tags else DEVICES)]
+CASES = [pytest.param(*c.values, id=c.id, marks=[] if c.values[2] == "simt" else c.marks) for c in CASES]
 
 
 def test_registry_is_populated():
@@ -24,14 +34,23 @@ def test_registry_is_populated():
 @pytest.mark.parametrize("name,dtype,device", CASES)
 def test_twin_agrees(name, dtype, device):
     entry = REG[name]
-    if KERNEL_TAG in entry.tags and not kernels.available():
+    backend, emulated = contextlib.nullcontext, None
+    if device == "simt":
+        if simt.unavailable_reason() is not None:
+            pytest.skip(f"SIMT emulator: {simt.unavailable_reason()}")
+        emulated = simt.SimtBackend(seed=1)
+        backend, device = (lambda: kernels.use_backend(emulated)), "cpu"
+    elif KERNEL_TAG in entry.tags and not kernels.available():
         pytest.skip(f"CUDA kernel entry: {kernels.unavailable_reason()}")
 
     @given(st.data())
     def check(data):
         args, kwargs = data.draw(entry.strategy(np.dtype(dtype)))
         ref_out = entry.ref(*args, **kwargs)
-        acc_out = to_numpy(entry.acc(*to_torch(args, device), **to_torch(kwargs, device)))
+        with backend():
+            acc_out = to_numpy(entry.acc(*to_torch(args, device), **to_torch(kwargs, device)))
         (entry.compare or compare_default)(ref_out, acc_out, np.dtype(dtype))
 
     check()
+    if emulated is not None:
+        assert emulated.log, f"{name}: no kernel was launched on the emulator"

@@ -33,7 +33,7 @@ class Recording(ACDC):
 
     def update(self, ops, t, weights, grads, masks, state, seed):
         up = super().update(ops, t, weights, grads, masks, state, seed)
-        self.log.append((t, {n: np.array(w.detach().cpu() if isinstance(w, torch.Tensor) else w)
+        self.log.append((t, {n: (w.detach().cpu().numpy().copy() if isinstance(w, torch.Tensor) else np.array(w))
                              for n, w in weights.items()}, up))
         return up
 

@@ -47,6 +47,8 @@ from accel import kernels
 HERE = Path(__file__).resolve().parent
 CXXFLAGS = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wno-unknown-pragmas",
             "-Wno-unused-function"]
+ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer"]
+SANITIZE_ENV = "TWINSPARSE_SIMT_SANITIZE"     # =address: kernels built with AddressSanitizer (see asan_command)
 _lock = threading.Lock()
 _lib = None
 _error: Optional[str] = None
@@ -75,13 +77,19 @@ def _units(kernel_dir: Path, by_file: dict) -> dict[str, str]:
     return units
 
 
-def _build(kernel_dir: Path, by_file: dict) -> Path:
+def _flags(unit: str, sanitize: bool) -> list[str]:
+    # AddressSanitizer instruments the kernels only; the runtime's coroutine switching stays plain
+    return CXXFLAGS + (ASAN_FLAGS if sanitize and unit != "runtime.cpp" else [])
+
+
+def _build(kernel_dir: Path, by_file: dict, sanitize: bool = False) -> Path:
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++): the SIMT emulator cannot be built")
     units = _units(kernel_dir, by_file)
     h = hashlib.sha256()
-    for part in [cxx, *CXXFLAGS, *((HERE / f).read_text() for f in ("simt.h", "registry.h", "shared.ld"))]:
+    for part in [cxx, *CXXFLAGS, *(ASAN_FLAGS if sanitize else []),
+                 *((HERE / f).read_text() for f in ("simt.h", "registry.h", "shared.ld"))]:
         h.update(part.encode())
     for name in sorted(units):
         h.update(name.encode() + units[name].encode())
@@ -99,7 +107,7 @@ def _build(kernel_dir: Path, by_file: dict) -> Path:
             src.write_text(text)
             obj = src.with_suffix(".o")
             objs.append(str(obj))
-            procs.append((name, subprocess.Popen([cxx, *CXXFLAGS, "-I", str(HERE), "-c", str(src), "-o", str(obj)],
+            procs.append((name, subprocess.Popen([cxx, *_flags(name, sanitize), "-I", str(HERE), "-c", str(src), "-o", str(obj)],
                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
         for name, p in procs:
             log, _ = p.communicate()
@@ -120,8 +128,11 @@ class Emulator:
     """The emulator built for the kernel sources ``by_file`` ({file name: kernel names}) found in
     ``kernel_dir``, loaded (each instance is its own shared library, with its own runtime state)."""
 
-    def __init__(self, kernel_dir: Path, by_file: dict):
-        lib = ctypes.CDLL(str(_build(Path(kernel_dir), by_file)))
+    def __init__(self, kernel_dir: Path, by_file: dict, sanitize: Optional[bool] = None):
+        if sanitize is None:
+            sanitize = os.environ.get(SANITIZE_ENV, "") == "address"
+        self.sanitize = sanitize
+        lib = ctypes.CDLL(str(_build(Path(kernel_dir).resolve(), by_file, sanitize)))
         lib.simt_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
                                     ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint64]
         lib.simt_launch.restype = ctypes.c_int
@@ -189,6 +200,32 @@ def unavailable_reason() -> Optional[str]:
         return None
     except RuntimeError as e:
         return str(e)
+
+
+def asan_environment() -> dict:
+    """Environment variables that make a fresh Python process run the emulated kernels under
+    AddressSanitizer (the CPU stand-in for compute-sanitizer's memcheck): every load and store of
+    kernel code is checked against torch's CPU allocations, the shared-memory arrays and the
+    threads' stacks, and the process aborts with a report at the first out-of-bounds access::
+
+        env $(python -c "from conformance import simt; print(simt.asan_command())") \\
+            python -m pytest tests/test_kernels_simt.py conformance/test_registry.py -k simt
+
+    Raises RuntimeError when the compiler has no AddressSanitizer runtime."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found: no AddressSanitizer runtime to preload")
+    r = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True)
+    lib = r.stdout.strip()
+    if r.returncode != 0 or not Path(lib).is_file():
+        raise RuntimeError(f"{cxx} has no AddressSanitizer runtime (libasan.so not found)")
+    return {"LD_PRELOAD": str(Path(lib).resolve()), "ASAN_OPTIONS": "detect_leaks=0",
+            SANITIZE_ENV: "address"}
+
+
+def asan_command() -> str:
+    """``asan_environment()`` as ``NAME=value`` words for ``env``."""
+    return " ".join(f"{k}={v}" for k, v in asan_environment().items())
 
 
 class LaunchError(RuntimeError):

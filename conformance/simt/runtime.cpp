@@ -22,6 +22,7 @@
 #include <vector>
 
 extern "C" char __start_simt_shared[] __attribute__((weak));
+extern "C" void __asan_set_death_callback(void (*)(void)) __attribute__((weak));   // AddressSanitizer builds
 extern "C" char __stop_simt_shared[] __attribute__((weak));
 
 namespace simt {
@@ -114,11 +115,19 @@ void thread_main()
     cur->done = true;                // returning switches to uc_link, the scheduler
 }
 
+// Byte by byte through a volatile pointer: under AddressSanitizer the section holds the redzones
+// between the kernels' globals, which a (intercepted, checked) memset would report.
+void poison_shared()
+{
+    if (__start_simt_shared == nullptr || __stop_simt_shared == nullptr) return;
+    volatile char* p = __start_simt_shared;
+    for (size_t i = 0, n = (size_t)(__stop_simt_shared - __start_simt_shared); i < n; ++i) p[i] = (char)0xA5;
+}
+
 bool run_block()
 {
     const unsigned n = block_dim.x;
-    if (__start_simt_shared != nullptr && __stop_simt_shared != nullptr)
-        memset(__start_simt_shared, 0xA5, (size_t)(__stop_simt_shared - __start_simt_shared));
+    poison_shared();
     while (stacks.size() < n) stacks.push_back(static_cast<char*>(malloc(STACK)));
     threads.assign(n, Thread());
     warps.assign(n / 32, Warp());
@@ -217,8 +226,16 @@ extern "C" const char* simt_kernel_names()
     return names.c_str();
 }
 
+// AddressSanitizer prints where in the kernel source; this adds which thread of which launch
+static void asan_death_note()
+{
+    fprintf(stderr, "SIMT emulator: the error above happened in kernel %s, block %u, thread %u\n", cur_name,
+            block_idx.x, thread_idx.x);
+}
+
 extern "C" int simt_launch(const char* name, unsigned grid, unsigned block, void** params, uint64_t seed)
 {
+    if (__asan_set_death_callback != nullptr) __asan_set_death_callback(asan_death_note);
     error.clear();
     aborted = false;
     auto it = kernels().find(name);

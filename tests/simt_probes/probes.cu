@@ -76,3 +76,10 @@ extern "C" __global__ void probe_partial_mask(int* out)
 {
     out[threadIdx.x] = __shfl_down_sync(0x0000ffffu, (int)threadIdx.x, 1);
 }
+
+// reads one element past the end of x (AddressSanitizer builds of the emulator report it)
+extern "C" __global__ void probe_out_of_bounds(const float* x, float* out, int n)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i + 1];
+}
