@@ -49,8 +49,13 @@ def test_every_source_is_known_to_the_loader():
 
 @pytest.mark.parametrize("src", SOURCES, ids=[p.name for p in SOURCES])
 def test_source_is_nvrtc_compatible_and_defines_the_launched_kernels(src):
-    text = src.read_text()
-    # NVRTC (CuPy's RawModule) has no host or CUDA runtime headers: sources must include nothing
+    raw = src.read_text()
+    # a source may include only headers next to it ("x.cuh"), which the loader inlines
+    for inc in re.findall(r'^\s*#\s*include\s*(.*)$', raw, re.M):
+        assert re.fullmatch(r'"[\w.]+\.cuh"', inc.strip()) and (kernels.KERNEL_DIR / inc.strip('" ')).is_file(), \
+            f"{src.name} includes {inc}: only local .cuh headers are allowed (NVRTC gets no include path)"
+    text = kernels.source(src.name)
+    # NVRTC (CuPy's RawModule) has no host or CUDA runtime headers: what it compiles includes nothing
     assert not re.search(r"^\s*#\s*include", text, re.M), f"{src.name} includes a header; NVRTC has none"
     defined = set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', text))
     defined |= {m for m in re.findall(r"NM_FIXED\((\w+),", text)}
@@ -66,8 +71,10 @@ def test_compiles_with_nvcc(src, arch, tmp_path):
         pytest.skip("nvcc not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin): the CUDA kernels cannot be "
                     "compile-checked on this machine; install the CUDA toolkit to run this check")
     out = tmp_path / f"{src.stem}_{arch}.cubin"
+    expanded = tmp_path / src.name                 # the text NVRTC gets: local headers inlined
+    expanded.write_text(kernels.source(src.name))
     cmd = [NVCC, f"-arch={arch}", "-cubin", "-std=c++17", "-Werror", "all-warnings", "-Xptxas", "-warn-spills",
-           "-o", str(out), str(src)]
+           "-o", str(out), str(expanded)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}\n{r.stderr}"
     assert out.stat().st_size > 0
@@ -178,3 +185,14 @@ def test_radix_select_model_matches_the_reference_tie_rule(case):
     tdt = torch.float32 if s.dtype == np.float32 else torch.float64
     got = _radix_select_model(s, cand, k, tdt)
     assert np.array_equal(got, RT.topk_within(s, cand, k))
+
+
+def test_source_inlines_each_local_header_once(tmp_path, monkeypatch):
+    (tmp_path / "h.cuh").write_text("#define FROM_HEADER 1\n")
+    (tmp_path / "k.cu").write_text('// k\n#include "h.cuh"\n  # include "h.cuh"\nint x = FROM_HEADER;\n')
+    (tmp_path / "bad.cu").write_text('#include "missing.cuh"\n')
+    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
+    text = kernels.source("k.cu")
+    assert text.count("#define FROM_HEADER 1") == 1 and "#include" not in text
+    with pytest.raises(FileNotFoundError, match="missing.cuh"):
+        kernels.source("bad.cu")

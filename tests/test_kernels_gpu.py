@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from accel import kernels
+from conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not kernels.available(), reason=f"CUDA kernels: {kernels.unavailable_reason()}")]
@@ -33,43 +34,13 @@ def test_every_kernel_compiles_with_nvrtc():
             kernels._function(file, name, DEV)
 
 
-def _ref_topk_within(scores, cand, k):
-    """Stable sort by (-score, index) on the CPU in float64 (exact for float32/64 inputs)."""
-    s = scores.double().cpu().numpy()
-    c = np.ones(s.size, bool) if cand is None else cand.cpu().numpy()
-    idx = np.flatnonzero(c)
-    order = idx[np.lexsort((idx, -s[idx]))][:k]
-    out = np.zeros(s.size, bool)
-    out[order] = True
-    return out
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", ["none", "few", "all"])
 def test_segmented_topk_matches_sort(dtype, ties):
-    g = torch.Generator(device="cpu").manual_seed(0)
     sizes = [0, 1, 7, 40000, 0, 123457, 3 * kernels.CHUNK + 1, 64]
-    n = sum(sizes)
-    if ties == "none":
-        s = torch.randn(n, generator=g, dtype=dtype)
-    elif ties == "few":
-        s = torch.randint(-3, 4, (n,), generator=g).to(dtype) * 0.5
-        s[::7] = -0.0
-    else:
-        s = torch.zeros(n, dtype=dtype)
-    cand = torch.rand(n, generator=g) < 0.6
-    ks, start = [], 0
-    for size in sizes:
-        c = int(cand[start:start + size].sum())
-        ks.append(int(torch.randint(0, c + 1, (1,), generator=g)) if c else 0)
-        start += size
-    ks[5] = int(cand[sum(sizes[:5]):sum(sizes[:6])].sum())          # keep every candidate
+    s, cand, ks = segmented_case(sizes, dtype, ties, 0)
     out = kernels.topk_select(s.to(DEV), sizes, ks, candidates=cand.to(DEV)).cpu().numpy()
-    start = 0
-    for size, k in zip(sizes, ks):
-        want = _ref_topk_within(s[start:start + size], cand[start:start + size], k)
-        assert np.array_equal(out[start:start + size], want)
-        start += size
+    check_segmented(out, s, cand, sizes, ks)
 
 
 def test_topk_inverted_candidates_and_or_with_is_the_grow_step():
@@ -79,7 +50,7 @@ def test_topk_inverted_candidates_and_or_with_is_the_grow_step():
     kept = torch.rand(n, generator=g) < 0.1
     k = int((~kept).sum()) // 3
     out = kernels.topk_select(s.to(DEV), [n], [k], candidates=kept.to(DEV), invert=True, or_with=kept.to(DEV))
-    want = _ref_topk_within(s, ~kept, k) | kept.numpy()
+    want = ref_topk_within(s, ~kept, k) | kept.numpy()
     assert np.array_equal(out.cpu().numpy(), want)
 
 
@@ -90,7 +61,7 @@ def test_topk_on_a_side_stream_and_with_grad_inputs():
     with torch.cuda.stream(side):
         out = kernels.topk_mask(w.abs(), 1234)
     torch.cuda.current_stream().wait_stream(side)
-    assert np.array_equal(out.cpu().numpy(), _ref_topk_within(w.detach().abs(), None, 1234))
+    assert np.array_equal(out.cpu().numpy(), ref_topk_within(w.detach().abs(), None, 1234))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -21,6 +21,7 @@ import torch
 
 from accel import kernels
 from conformance import simt
+from conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
 import reference.cocktail_ops as RCO
 import reference.dst as RD
 import reference.merge as RMG
@@ -132,46 +133,16 @@ def test_arguments_are_checked_against_the_kernel_signature(probes):
 
 # ----------------------------------------------------------------------------- top-k (topk.cu)
 
-def _ref_topk_within(scores, cand, k):
-    s = scores.double().numpy()
-    c = np.ones(s.size, bool) if cand is None else cand.numpy()
-    idx = np.flatnonzero(c)
-    order = idx[np.lexsort((idx, -s[idx]))][:k]
-    out = np.zeros(s.size, bool)
-    out[order] = True
-    return out
-
-
 @pytest.mark.parametrize("seed,max_blocks", [(0, None), (1, 2), (2, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", ["none", "few", "all"])
 def test_segmented_topk_matches_a_stable_sort(emulated, dtype, ties, seed, max_blocks):
-    g = torch.Generator().manual_seed(seed)
     sizes = [0, 1, 7, 2500, 0, 4097, 3 * 1000 + 1, 64, 1]
-    n = sum(sizes)
-    if ties == "none":
-        s = torch.randn(n, generator=g, dtype=dtype)
-    elif ties == "few":
-        s = torch.randint(-3, 4, (n,), generator=g).to(dtype) * 0.5
-        s[::7] = -0.0                                   # -0.0 and +0.0 tie
-    else:
-        s = torch.zeros(n, dtype=dtype)
-    cand = torch.rand(n, generator=g) < 0.6
-    ks, start = [], 0
-    for size in sizes:
-        c = int(cand[start:start + size].sum())
-        ks.append(int(torch.randint(0, c + 1, (1,), generator=g)) if c else 0)
-        start += size
-    ks[5] = int(cand[sum(sizes[:5]):sum(sizes[:6])].sum())          # k = every candidate
-    ks[6] = 0                                                        # k = 0
+    s, cand, ks = segmented_case(sizes, dtype, ties, seed)
     with emulated(seed=seed, max_blocks=max_blocks) as b:
         out = kernels.topk_select(s, sizes, ks, candidates=cand).numpy()
     assert [k for k, _ in b.log].count(f"topk_hist_{kernels._SUFFIX[dtype]}") == len(kernels.radix_passes(dtype))
-    start = 0
-    for size, k in zip(sizes, ks):
-        assert np.array_equal(out[start:start + size], _ref_topk_within(s[start:start + size],
-                                                                          cand[start:start + size], k))
-        start += size
+    check_segmented(out, s, cand, sizes, ks)
 
 
 @pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (255, 255), (257, 128), (1000, 0), (1000, 1000)])
@@ -201,7 +172,7 @@ def test_inverted_candidates_with_or_with_is_the_grow_step(emulated):
     k = int((~kept).sum()) // 3
     with emulated(seed=4, max_blocks=4):
         out = kernels.topk_select(s, [n], [k], candidates=kept, invert=True, or_with=kept)
-    assert np.array_equal(out.numpy(), _ref_topk_within(s, ~kept, k) | kept.numpy())
+    assert np.array_equal(out.numpy(), ref_topk_within(s, ~kept, k) | kept.numpy())
 
 
 def test_a_whole_buffer_with_the_default_chunk(emulated):
@@ -339,6 +310,8 @@ def _mutant(tmp_path, file, old, new):
     src = (kernels.KERNEL_DIR / file).read_text()
     assert src.count(old) == 1, f"mutation anchor not found once in {file}: {old!r}"
     (tmp_path / file).write_text(src.replace(old, new))
+    for header in kernels.KERNEL_DIR.glob("*.cuh"):
+        (tmp_path / header.name).write_text(header.read_text())
     return simt.Emulator(tmp_path, {file: list(kernels.KERNELS[file])})
 
 

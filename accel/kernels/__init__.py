@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
@@ -210,8 +211,26 @@ def usable(*tensors: torch.Tensor, dtypes=DTYPES) -> bool:
 
 # ----------------------------------------------------------------------------- loading and launching
 
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"/\\]+\.cuh)"[ \t]*$', re.M)
+
+
 def source(name: str) -> str:
-    return (KERNEL_DIR / name).read_text()
+    """The text NVRTC compiles for ``name``: the .cu file with each ``#include "x.cuh"`` of a
+    header next to it replaced by that header's text (once per header). NVRTC then needs no
+    include path, and CuPy's kernel cache, keyed by this text, sees an edit of a header."""
+    seen: set = set()
+
+    def inline(m):
+        header = m.group(1)
+        if header in seen:
+            return f"// {header}: inlined above"
+        seen.add(header)
+        path = KERNEL_DIR / header
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} includes {header!r}, which is not in {KERNEL_DIR}")
+        return f"// ---- {header} (inlined by accel.kernels.source)\n{path.read_text()}\n// ---- end of {header}"
+
+    return _LOCAL_INCLUDE.sub(inline, (KERNEL_DIR / name).read_text())
 
 
 def _function(file: str, kernel: str, device: torch.device):

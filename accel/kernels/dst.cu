@@ -16,18 +16,7 @@
 // layer chunk_tensor[c], elements [chunk_start[c], min(+chunk_len, sizes[t]))). One thread per
 // element, no communication, no race; 64-bit indices.
 
-typedef long long i64;
-
-__device__ __forceinline__ float  abs_t(float x)  { return fabsf(x); }
-__device__ __forceinline__ double abs_t(double x) { return fabs(x); }
-__device__ __forceinline__ float  mul_rn(float a, float b)   { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float  add_rn(float a, float b)   { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float  div_rn(float a, float b)   { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
-__device__ __forceinline__ float  to_t(i64 v, float)  { return __ll2float_rn(v); }
-__device__ __forceinline__ double to_t(i64 v, double) { return __ll2double_rn(v); }
+#include "common.cuh"
 
 template <typename T>
 __device__ __forceinline__ void dst_ee_impl(

@@ -35,15 +35,7 @@
 // Bytes per element (float32, momentum on, mask_grad off): read w, g, buf (12) + mask (1), write
 // w, buf (8) = 21 B; a dense fused SGD-momentum step moves 20 B. The kernel is bandwidth-bound.
 
-typedef long long i64;
-typedef unsigned char u8;
-
-__device__ __forceinline__ float  mul_rn(float a, float b)   { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float  add_rn(float a, float b)   { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float  sub_rn(float a, float b)   { return __fsub_rn(a, b); }
-__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+#include "common.cuh"
 
 #define SGD_UNROLL 4
 

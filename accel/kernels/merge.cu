@@ -19,17 +19,7 @@
 // tolerance, not bit for bit (float64: within a few ulps). Each block writes only score[o] of its
 // own channel: no race. 64-bit indices.
 
-typedef long long i64;
-typedef unsigned char u8;
-
-__device__ __forceinline__ float  abs_t(float x)  { return fabsf(x); }
-__device__ __forceinline__ double abs_t(double x) { return fabs(x); }
-__device__ __forceinline__ float  mul_rn(float a, float b)   { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float  add_rn(float a, float b)   { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
-__device__ __forceinline__ float  div_rn(float a, float b)   { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+#include "common.cuh"
 
 template <typename T>
 __device__ __forceinline__ void cia_impl(

@@ -18,11 +18,7 @@
 // compile-time indices; other m (any m >= 1) re-read the group (m^2 loads, served by L1).
 // |w| for finite w is exact; the host rejects NaN/inf (as_real_tensor) before launching.
 
-typedef long long i64;
-typedef unsigned char u8;
-
-__device__ __forceinline__ float  abs_t(float x)  { return fabsf(x); }
-__device__ __forceinline__ double abs_t(double x) { return fabs(x); }
+#include "common.cuh"
 
 __device__ __forceinline__ void group_base(i64 g, i64 groups_per_row, i64 stride, int m, i64* base)
 {

@@ -46,10 +46,7 @@
 // Cost: (passes + 2) reads of the scores (+ candidates), one write of the mask; launches:
 // 2 * passes + 2 kernels + 3 small torch ops, independent of the number of segments.
 
-typedef long long i64;
-typedef unsigned int u32;
-typedef unsigned long long u64;
-typedef unsigned char u8;
+#include "common.cuh"
 
 #define RADIX_BITS 11
 #define RADIX (1 << RADIX_BITS)

@@ -93,7 +93,7 @@ def _build(kernel_dir: Path, by_file: dict, sanitize: bool = False) -> Path:
         h.update(part.encode())
     for name in sorted(units):
         h.update(name.encode() + units[name].encode())
-    for file in sorted(by_file):
+    for file in sorted(by_file) + sorted(p.name for p in Path(kernel_dir).glob("*.cuh")):   # + included headers
         h.update(Path(kernel_dir, file).read_bytes())
     out_dir = Path(tempfile.gettempdir()) / f"twinsparse-simt-{os.getuid()}"
     lib = out_dir / f"libsimt-{h.hexdigest()[:16]}.so"
