@@ -387,3 +387,30 @@ def test_every_emulated_kernel_test_is_memory_clean_under_addresssanitizer():
     r = subprocess.run(cmd, env=_asan_env(), capture_output=True, text=True, timeout=1800, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     assert "AddressSanitizer" not in r.stderr.replace("ASan doesn't fully support", "")
+
+
+def test_mixed_dtypes_take_one_launch_each_and_one_block_walks_every_chunk(emulated):
+    """A float32 + float64 network: one launch per dtype; with the grid capped at one block, that
+    block's grid-stride loop covers every chunk of every tensor."""
+    from accel.merge import superpose_cia
+    from accel.optim import masked_sgd_step_all
+    g = torch.Generator().manual_seed(7)
+    dtypes = {"a": torch.float32, "b": torch.float64, "c": torch.float32, "d": torch.float64}
+    shapes = {"a": (33, 17), "b": (5, 3, 3, 3), "c": (700,), "d": (1,)}
+    ws = {n: torch.randn(shapes[n], generator=g, dtype=dt) for n, dt in dtypes.items()}
+    gs = {n: torch.randn(shapes[n], generator=g, dtype=dt) for n, dt in dtypes.items()}
+    ms = {n: torch.rand(shapes[n], generator=g) < 0.5 for n in dtypes}
+    bs = {n: torch.randn(shapes[n], generator=g, dtype=dt) for n, dt in dtypes.items()}
+    hp = dict(lr=0.05, momentum=0.9, weight_decay=1e-4, dampening=0.0, nesterov=False)
+    with emulated(seed=5, max_blocks=1, chunk=128) as b:
+        out_w, out_b = masked_sgd_step_all(ws, gs, ms, bs, **hp)
+        cia = superpose_cia(ws, gs, 3)
+    assert sorted(k for k, _ in b.log) == ["masked_sgd_f32", "masked_sgd_f64", "superpose_cia_f32", "superpose_cia_f64"]
+    assert all(grid == 1 for _, grid in b.log)
+    np_ = lambda d: {k: v.numpy() for k, v in d.items()}  # noqa: E731
+    ref_w, ref_b = RO.masked_sgd_step_all(np_(ws), np_(gs), np_(ms), np_(bs), **hp)
+    ref_cia = RMG.superpose_cia(np_(ws), np_(gs), 3)
+    for n in dtypes:
+        assert out_w[n].dtype == dtypes[n] and np.array_equal(out_w[n].numpy(), ref_w[n])
+        assert np.array_equal(out_b[n].numpy(), ref_b[n])
+        assert np.array_equal(cia[n].numpy(), ref_cia[n])
