@@ -5,18 +5,25 @@ identical and every parameter within the float64 tolerance after every single st
 cases (SET with injected random scores, RigL, DST-EE, SNFS, GraNet) update the masks every 8
 iterations, so each run makes >= 5 mask updates, and the update records must match too. The AC/DC
 cases run 12 epochs of 5 iterations (phase changes at epoch starts, momentum reset at decompressions).
+Device "simt" runs the accel side on CPU tensors with the CUDA kernels executed by the SIMT emulator
+(conformance/simt): the fused masked SGD step every iteration, the top-k / N:M / DST-EE / CIA kernels
+at every mask update, compared with the reference exactly as the torch path is.
 """
+import contextlib
+
 import numpy as np
 import pytest
 import torch
 
+from accel import kernels
 from accel.runner import load_split
 from accel.train import train_accel
+from conformance import simt
 from conformance.tolerances import tolerance
 from reference.config import RunConfig
 from reference.train import train_reference
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", "simt"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = {
     "static-erk-random": dict(method="static", density=0.1, distribution="erk", mask_init="random"),
     "static-uniform-magnitude-bn": dict(method="static", density=0.2, distribution="uniform",
@@ -71,9 +78,15 @@ def _injected_set(cfg, total):
     return type(base)(**{**{k: getattr(base, k) for k in base.__dataclass_fields__}, "random_source": source})
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case,device", [(c, d) for c in CASES for d in DEVICES
+                                         if not (d == "simt" and CASES[c]["method"] == "dense")])   # no kernel in dense
 def test_static_training_trajectory_matches(case, device):
+    backend, emulated = contextlib.nullcontext(), None
+    if device == "simt":
+        if simt.unavailable_reason() is not None:
+            pytest.skip(f"SIMT emulator: {simt.unavailable_reason()}")
+        emulated = simt.SimtBackend(seed=2)
+        backend, device = kernels.use_backend(emulated), "cpu"
     base = dict(label=case, dtype="float64", hidden=[48, 24], epochs=3, batch_size=32, train_budget=640,
                 lr=0.05, momentum=0.9, weight_decay=5e-4, lr_schedule="cosine", device=device, seed=3)
     cfg = RunConfig(**{**base, **CASES[case]}).validate()  # a case may change epochs x batch (60 iterations)
@@ -83,10 +96,14 @@ def test_static_training_trajectory_matches(case, device):
     ref = train_reference(cfg, split, method=make(), on_step=lambda s, params, masks: ref_steps.append(
         ({k: v.copy() for k, v in params.items()}, {k: v.copy() for k, v in masks.items()})))
     acc_steps = []
-    acc = train_accel(cfg, split, method=make(), on_step=lambda s, model, sp: acc_steps.append(
-        ({k: v.detach().cpu().numpy().copy() for k, v in model.named_parameters()},
-         {k: v.cpu().numpy().copy() for k, v in sp.masks.items()})))
+    with backend:
+        acc = train_accel(cfg, split, method=make(), on_step=lambda s, model, sp: acc_steps.append(
+            ({k: v.detach().cpu().numpy().copy() for k, v in model.named_parameters()},
+             {k: v.cpu().numpy().copy() for k, v in sp.masks.items()})))
     assert len(ref_steps) == len(acc_steps) == 60
+    if emulated is not None:  # the fused optimizer step ran on the emulated kernel (not on skipped update steps)
+        assert sum(k.startswith("masked_sgd") for k, _ in emulated.log) >= 60 - len(acc["updates"]), \
+            sorted({k for k, _ in emulated.log})
     tol = tolerance(np.float64)
     for step, ((rp, rm), (ap, am)) in enumerate(zip(ref_steps, acc_steps), start=1):
         assert list(rm) == list(am)
