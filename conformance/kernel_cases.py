@@ -51,3 +51,20 @@ def check_segmented(out: np.ndarray, s: torch.Tensor, cand, sizes, ks) -> None:
         want = ref_topk_within(s[start:start + size], c, k)
         assert np.array_equal(out[start:start + size], want), f"segment {i} (size {size}, k {k})"
         start += size
+
+
+# (momentum, nesterov, dampening, weight_decay) of the masked SGD kernel cases
+SGD_SETTINGS = [(0.0, False, 0.0, 0.0), (0.9, False, 0.0, 5e-4), (0.9, True, 0.0, 5e-4), (0.5, False, 0.1, 0.1)]
+
+
+def sgd_case(shapes: dict, dtype, momentum: float, seed: int = 3):
+    """Weights, gradients, masks (30% kept) and momentum buffers (None when ``momentum`` is 0) for
+    the tensors ``shapes``; weights and buffers are zero off the mask, gradients are dense."""
+    g = torch.Generator().manual_seed(seed)
+    ws, gs, ms, bs = {}, {}, {}, {}
+    for name, shp in shapes.items():
+        ms[name] = torch.rand(shp, generator=g) < 0.3
+        ws[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name]
+        gs[name] = torch.randn(shp, generator=g, dtype=dtype)
+        bs[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name] if momentum else None
+    return ws, gs, ms, bs

@@ -19,12 +19,11 @@ from conformance.registry import compare_default, load_all
 
 REG = load_all()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-KERNEL_TAG = "cuda_kernel"   # conformance/entries/kernels.py: forced CUDA kernels, CUDA only, marked gpu
+KERNEL_TAG = "cuda_kernel"   # conformance/entries/kernels.py: forced CUDA kernels, on cuda (marked gpu) and simt
 CASES = [pytest.param(name, np.dtype(dt).name, dev, id=f"{name}-{np.dtype(dt).name}-{dev}",
-                      marks=[pytest.mark.gpu] if KERNEL_TAG in e.tags else [])
+                      marks=[pytest.mark.gpu] if KERNEL_TAG in e.tags and dev == "cuda" else [])
          for name, e in REG.items() for dt in e.dtypes
          for dev in (["cuda", "simt"] if KERNEL_TAG in e.tags else DEVICES)]
-CASES = [pytest.param(*c.values, id=c.id, marks=[] if c.values[2] == "simt" else c.marks) for c in CASES]
 
 
 def test_registry_is_populated():

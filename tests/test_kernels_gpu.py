@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from accel import kernels
-from conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
+from conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not kernels.available(), reason=f"CUDA kernels: {kernels.unavailable_reason()}")]
@@ -76,19 +76,12 @@ def test_nm_mask_matches_torch(dtype, n, m, axis, torch_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("momentum,nesterov,dampening,wd", [(0.0, False, 0.0, 0.0), (0.9, False, 0.0, 5e-4),
-                                                            (0.9, True, 0.0, 5e-4), (0.5, False, 0.1, 0.1)])
+@pytest.mark.parametrize("momentum,nesterov,dampening,wd", SGD_SETTINGS)
 def test_masked_sgd_step_all_matches_reference(dtype, momentum, nesterov, dampening, wd):
     import reference.optim as RO
     from accel.optim import masked_sgd_step_all
-    g = torch.Generator(device="cpu").manual_seed(3)
     shapes = {"a": (64, 3, 3, 3), "b": (512, 4608 // 9, 3, 3), "c": (10, 512), "d": (7,)}
-    ws, gs, ms, bs = {}, {}, {}, {}
-    for name, shp in shapes.items():
-        ms[name] = torch.rand(shp, generator=g) < 0.3
-        ws[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name]
-        gs[name] = torch.randn(shp, generator=g, dtype=dtype)
-        bs[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name] if momentum else None
+    ws, gs, ms, bs = sgd_case(shapes, dtype, momentum)
     hp = dict(lr=0.1, momentum=momentum, weight_decay=wd, dampening=dampening, nesterov=nesterov)
     to = lambda d: {k: None if v is None else v.to(DEV) for k, v in d.items()}  # noqa: E731
     launches = kernels.launches["count"]

@@ -21,7 +21,7 @@ import torch
 
 from accel import kernels
 from conformance import simt
-from conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
+from conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
 import reference.cocktail_ops as RCO
 import reference.dst as RD
 import reference.merge as RMG
@@ -207,18 +207,11 @@ def test_nm_mask_matches_the_torch_path(emulated, dtype, n, m, axis):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("momentum,nesterov,dampening,wd", [(0.0, False, 0.0, 0.0), (0.9, False, 0.0, 5e-4),
-                                                            (0.9, True, 0.0, 5e-4), (0.5, False, 0.1, 0.1)])
+@pytest.mark.parametrize("momentum,nesterov,dampening,wd", SGD_SETTINGS)
 def test_masked_sgd_step_all_equals_the_reference_bit_for_bit(emulated, dtype, momentum, nesterov, dampening, wd):
     from accel.optim import masked_sgd_step_all
-    g = torch.Generator().manual_seed(3)
     shapes = {"a": (16, 3, 3, 3), "b": (40, 30), "c": (10, 51), "d": (7,)}
-    ws, gs, ms, bs = {}, {}, {}, {}
-    for name, shp in shapes.items():
-        ms[name] = torch.rand(shp, generator=g) < 0.3
-        ws[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name]
-        gs[name] = torch.randn(shp, generator=g, dtype=dtype)
-        bs[name] = torch.randn(shp, generator=g, dtype=dtype) * ms[name] if momentum else None
+    ws, gs, ms, bs = sgd_case(shapes, dtype, momentum)
     hp = dict(lr=0.1, momentum=momentum, weight_decay=wd, dampening=dampening, nesterov=nesterov)
     with emulated(seed=1, max_blocks=2, chunk=300) as b:
         out_w, out_b = masked_sgd_step_all(ws, gs, ms, bs, **hp)

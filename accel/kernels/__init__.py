@@ -72,7 +72,8 @@ MAX_BLOCKS = 1 << 20          # grid cap; every kernel walks its work with a gri
 RADIX_BITS = 11               # must match topk.cu
 KEY_BITS = {torch.float32: 32, torch.float64: 64}
 
-__all__ = ["available", "usable", "on_device", "backend", "use_backend", "CupyBackend", "require", "unavailable_reason", "radix_passes", "chunk_plan",
+__all__ = ["available", "usable", "on_device", "use_backend", "CupyBackend", "require", "unavailable_reason",
+           "radix_passes", "chunk_plan",
            "topk_select", "topk_mask", "nm_mask", "masked_sgd", "masked_sgd_step", "masked_sgd_step_all",
            "sgd_optimizer_step", "dst_ee_scores", "superpose_cia", "umg_channel_scores", "launches"]
 
@@ -93,7 +94,6 @@ class CupyBackend:
     """Launches on a CUDA device: NVRTC-compiled ``cupy.RawModule`` per source and device, on
     PyTorch's current stream, tensors handed over through DLPack. The default backend."""
 
-    name = "cupy"
     device_desc = "a CUDA device"
 
     def unavailable_reason(self) -> Optional[str]:
@@ -122,11 +122,6 @@ class CupyBackend:
 
 
 _backend = CupyBackend()
-
-
-def backend():
-    """The backend that launches the kernels (CuPy on CUDA unless a test swapped it)."""
-    return _backend
 
 
 @contextlib.contextmanager
@@ -339,6 +334,18 @@ def _scalar(x: float, dtype: torch.dtype):
     return np.float32(x) if dtype == torch.float32 else np.float64(x)
 
 
+def _multi_tensor_launch(file: str, kernel: str, tensor_lists: Sequence[Sequence], scalars: tuple) -> None:
+    """One launch of a multi-tensor kernel (masked_sgd.cu, dst.cu, merge.cu's CIA): one pointer
+    table per list in ``tensor_lists`` (aligned lists; the first gives the sizes and the device),
+    then the chunk table (chunk_tensor, chunk_start, sizes, n_chunks, chunk_len), then ``scalars``."""
+    dev = tensor_lists[0][0].device
+    plan = chunk_plan([t.numel() for t in tensor_lists[0]], dev, flat=False)
+    tabs = [_arg(_pointer_table(ts, dev)) for ts in tensor_lists]
+    args = (*tabs, _arg(plan["seg"]), _arg(plan["start"]), _arg(plan["sizes"]), np.int64(plan["n_chunks"]),
+            np.int64(CHUNK), *scalars)
+    _launch(file, kernel, dev, plan["n_chunks"], args)
+
+
 # ----------------------------------------------------------------------------- top-k (topk.cu)
 
 def radix_passes(dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -430,13 +437,10 @@ def masked_sgd(w_in, w_out, g, masks, buf_in, buf_out, *, lr, momentum, weight_d
     entries are None exactly when momentum == 0). See masked_sgd.cu for the arithmetic."""
     if not w_in:
         return
-    dev, dtype = w_in[0].device, w_in[0].dtype
-    plan = chunk_plan([t.numel() for t in w_in], dev, flat=False)
-    tabs = [_arg(_pointer_table(ts, dev)) for ts in (w_in, w_out, g, masks, buf_in, buf_out)]
+    dtype = w_in[0].dtype
     hp = (_scalar(lr, dtype), _scalar(momentum, dtype), _scalar(weight_decay, dtype), _scalar(1 - dampening, dtype))
-    args = (*tabs, _arg(plan["seg"]), _arg(plan["start"]), _arg(plan["sizes"]), np.int64(plan["n_chunks"]),
-            np.int64(CHUNK), *hp, np.int32(bool(nesterov)), np.int32(bool(mask_grad)))
-    _launch("masked_sgd.cu", f"masked_sgd_{_SUFFIX[dtype]}", dev, plan["n_chunks"], args)
+    _multi_tensor_launch("masked_sgd.cu", f"masked_sgd_{_SUFFIX[dtype]}", (w_in, w_out, g, masks, buf_in, buf_out),
+                         (*hp, np.int32(bool(nesterov)), np.int32(bool(mask_grad))))
 
 
 def _sgd_inputs_ok(w, g, mask, buf) -> bool:
@@ -544,13 +548,10 @@ def dst_ee_scores(grads: dict, counters: dict, t: int, c: float, eps: float, for
     out = {n: torch.empty(grads[n].shape, dtype=grads[n].dtype, device=grads[n].device) for n in names}
     for dtype in {grads[n].dtype for n in names}:
         sel = [n for n in names if grads[n].dtype == dtype]
-        dev = grads[sel[0]].device
-        plan = chunk_plan([grads[n].numel() for n in sel], dev, flat=False)
-        tabs = [_arg(_pointer_table([d[n] for n in sel], dev)) for d in (grads, counters, out)]
-        args = (*tabs, _arg(plan["seg"]), _arg(plan["start"]), _arg(plan["sizes"]), np.int64(plan["n_chunks"]),
-                np.int64(CHUNK), _scalar(c, dtype), _scalar(math.log(t), dtype), _scalar(eps, dtype),
-                np.int32(0 if form == "eq1" else 1))
-        _launch("dst.cu", f"dst_ee_scores_{_SUFFIX[dtype]}", dev, plan["n_chunks"], args)
+        _multi_tensor_launch("dst.cu", f"dst_ee_scores_{_SUFFIX[dtype]}",
+                             [[d[n] for n in sel] for d in (grads, counters, out)],
+                             (_scalar(c, dtype), _scalar(math.log(t), dtype), _scalar(eps, dtype),
+                              np.int32(0 if form == "eq1" else 1)))
     return out
 
 
@@ -567,12 +568,9 @@ def superpose_cia(avg: dict, ticket: dict, t: int):
     out = {n: torch.empty(avg[n].shape, dtype=avg[n].dtype, device=avg[n].device) for n in names}
     for dtype in {avg[n].dtype for n in names}:
         sel = [n for n in names if avg[n].dtype == dtype]
-        dev = avg[sel[0]].device
-        plan = chunk_plan([avg[n].numel() for n in sel], dev, flat=False)
-        tabs = [_arg(_pointer_table([d[n] for n in sel], dev)) for d in (avg, ticket, out)]
-        args = (*tabs, _arg(plan["seg"]), _arg(plan["start"]), _arg(plan["sizes"]), np.int64(plan["n_chunks"]),
-                np.int64(CHUNK), _scalar(t - 1, dtype), _scalar(t, dtype))
-        _launch("merge.cu", f"superpose_cia_{_SUFFIX[dtype]}", dev, plan["n_chunks"], args)
+        _multi_tensor_launch("merge.cu", f"superpose_cia_{_SUFFIX[dtype]}",
+                             [[d[n] for n in sel] for d in (avg, ticket, out)],
+                             (_scalar(t - 1, dtype), _scalar(t, dtype)))
     return out
 
 

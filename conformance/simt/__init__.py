@@ -126,7 +126,8 @@ def _build(kernel_dir: Path, by_file: dict, sanitize: bool = False) -> Path:
 
 class Emulator:
     """The emulator built for the kernel sources ``by_file`` ({file name: kernel names}) found in
-    ``kernel_dir``, loaded (each instance is its own shared library, with its own runtime state)."""
+    ``kernel_dir``, loaded. Each distinct set of sources is its own shared library with its own
+    runtime state (instances built from identical sources share one, as dlopen does)."""
 
     def __init__(self, kernel_dir: Path, by_file: dict, sanitize: Optional[bool] = None):
         if sanitize is None:
@@ -239,7 +240,6 @@ class SimtBackend:
     between synchronisation points; ``max_blocks`` caps the grid (the kernels are grid-stride
     loops: a small grid makes each block walk many chunks)."""
 
-    name = "simt"
     device_desc = "the CPU (SIMT emulator)"
 
     def __init__(self, seed: int = 0, max_blocks: Optional[int] = None, emu: Optional[Emulator] = None):

@@ -95,12 +95,9 @@ template <class T> inline unsigned match_any(int line, unsigned mask, T v)
 template <class T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
 
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
-inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline unsigned __float_as_uint(float x) { unsigned u; memcpy(&u, &x, 4); return u; }
-inline float __uint_as_float(unsigned u) { float x; memcpy(&x, &u, 4); return x; }
 inline long long __double_as_longlong(double x) { long long u; memcpy(&u, &x, 8); return u; }
-inline double __longlong_as_double(long long u) { double x; memcpy(&x, &u, 8); return x; }
 
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
