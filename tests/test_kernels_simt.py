@@ -129,6 +129,17 @@ def test_arguments_are_checked_against_the_kernel_signature(probes):
         probes.launch("probe_flag", 1, 64, (torch.zeros(64, 2, dtype=torch.int32)[:, 0], np.int32(1)))
     with pytest.raises(simt.LaunchError, match="block of 32..1024"):
         probes.launch("probe_flag", 1, 48, (out, np.int32(1)))
+    with pytest.raises(KeyError, match="no kernel 'probe_missing'"):
+        probes.launch("probe_missing", 1, 64, (out,))
+
+
+def test_a_missing_compiler_or_a_compile_error_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "broken.cu").write_text('extern "C" __global__ void broken(int* out) { out[0] = undeclared; }\n')
+    with pytest.raises(RuntimeError, match=r"failed to compile wrap_broken.cpp:(.|\n)*undeclared"):
+        simt.Emulator(tmp_path, {"broken.cu": ["broken"]})
+    monkeypatch.setattr(simt, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler found"):
+        simt.Emulator(PROBE_DIR, PROBES)
 
 
 # ----------------------------------------------------------------------------- top-k (topk.cu)
