@@ -1,6 +1,9 @@
 """Symmetric per-output-channel quantization on torch tensors; twin of ``reference.quantize``
 (SPEC §2.9, [TH] §5.4.1). ``torch.round`` rounds half to even, like the reference's ``np.rint``;
-every step is one IEEE operation in the weight's dtype, so codes and values are bit-identical."""
+every step is one IEEE operation in the weight's dtype, so codes and values are bit-identical.
+Both divisions go through ``true_div``: CUDA would compute ``max|W_c| / q_max`` (a Python scalar
+divisor) as ``max|W_c| * fl(1 / q_max)``, one ulp off, and a weight exactly half-way between two
+levels would then round to the other level."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -9,6 +12,7 @@ import torch
 
 from reference.quantize import check_bits, qmax
 from ._checks import as_real_tensor
+from ._exact import true_div
 
 __all__ = ["check_bits", "qmax", "quantize_codes", "quantize_dequantize", "quantize_all"]
 
@@ -27,9 +31,9 @@ def quantize_codes(w: torch.Tensor, bits: int = 4) -> tuple[torch.Tensor, torch.
     q = qmax(bits)
     w = _check_weight(w)
     flat = w.reshape(w.shape[0], -1)
-    scales = flat.abs().amax(dim=1) / q
+    scales = true_div(flat.abs().amax(dim=1), q)
     s = scales.unsqueeze(1)
-    ratio = torch.where(s > 0, flat / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(flat))
+    ratio = torch.where(s > 0, true_div(flat, torch.where(s > 0, s, torch.ones_like(s))), torch.zeros_like(flat))
     codes = torch.round(ratio).clamp_(-q, q).to(torch.int32)
     return codes.reshape(w.shape), scales
 

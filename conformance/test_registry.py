@@ -4,6 +4,11 @@ The forced CUDA-kernel entries (tag ``cuda_kernel``) run on the CUDA device (mar
 on every machine, on ``simt``: CPU tensors with the kernels executed by the SIMT emulator
 (conformance/simt), reached through the accel operators' own dispatch. Same strategies, same
 comparison rules; skipped with the reason when no C++ compiler can build the emulator.
+
+Device ``cuda-arith`` runs the other entries on CPU tensors with CUDA's rewritten arithmetic in force
+(conformance/cuda_arith.py: division by a scalar as a reciprocal multiplication, mean as sum * 1/n),
+so a twin that only agrees with the reference because the CPU divides exactly fails on every machine,
+not only on a GPU.
 """
 import contextlib
 
@@ -15,10 +20,11 @@ from hypothesis import given, strategies as st
 from accel import kernels
 from conformance import simt
 from conformance.convert import to_numpy, to_torch
+from conformance.cuda_arith import cuda_arithmetic
 from conformance.registry import compare_default, load_all
 
 REG = load_all()
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", "cuda-arith"] + (["cuda"] if torch.cuda.is_available() else [])
 KERNEL_TAG = "cuda_kernel"   # conformance/entries/kernels.py: forced CUDA kernels, on cuda (marked gpu) and simt
 CASES = [pytest.param(name, np.dtype(dt).name, dev, id=f"{name}-{np.dtype(dt).name}-{dev}",
                       marks=[pytest.mark.gpu] if KERNEL_TAG in e.tags and dev == "cuda" else [])
@@ -39,6 +45,8 @@ def test_twin_agrees(name, dtype, device):
             pytest.skip(f"SIMT emulator: {simt.unavailable_reason()}")
         emulated = simt.SimtBackend(seed=1)
         backend, device = (lambda: kernels.use_backend(emulated)), "cpu"
+    elif device == "cuda-arith":
+        backend, device = cuda_arithmetic, "cpu"
     elif KERNEL_TAG in entry.tags and not kernels.available():
         pytest.skip(f"CUDA kernel entry: {kernels.unavailable_reason()}")
 
