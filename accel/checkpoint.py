@@ -1,21 +1,42 @@
 """Checkpoints of an accel run: model, optimizer, Sparsifier (masks, method state, counters,
-ITOP bookkeeping), history and the resolved config; written atomically."""
+ITOP bookkeeping), history and the resolved config; written atomically and verified on load
+(a SHA-256 digest per tensor, ``reference.checkpoint``)."""
 from __future__ import annotations
 
 import io
-import pickle
-import zipfile
 
 import torch
 
-from reference.checkpoint import CheckpointError, check_config, write_atomic  # noqa: F401 (re-export)
+from reference.checkpoint import (ArrayCodec, CheckpointError, check_config, seal, verify,  # noqa: F401 (re-export)
+                                  write_atomic)
 
 KIND = "twinsparse-accel"
 
 
+class TorchCodec(ArrayCodec):
+    """The checksum's view of torch tensors (and NumPy arrays, which stage results may hold)."""
+
+    def raw(self, obj):
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            return "tensor", str(t.dtype), tuple(t.shape), data
+        return super().raw(obj)
+
+    def nonfinite(self, obj) -> int:
+        if isinstance(obj, torch.Tensor):
+            if not (obj.is_floating_point() or obj.is_complex()):
+                return 0
+            return int(obj.numel() - int(torch.isfinite(obj).sum()))
+        return super().nonfinite(obj)
+
+
+CODEC = TorchCodec()
+
+
 def save(path: str, payload: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"kind": KIND, **payload}, buf)
+    torch.save(seal({"kind": KIND, **payload}, CODEC), buf)
     write_atomic(path, buf.getvalue())
 
 
@@ -27,11 +48,13 @@ def load(path: str, map_location="cpu") -> dict:
                               f"checkpoint: use --backend reference)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged bytes make the zip reader or unpickler fail in many ways
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a twinsparse accel checkpoint")
-    return payload
+    return verify(payload, path, CODEC)
 
 
 def io_for(device) -> tuple:
