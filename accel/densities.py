@@ -16,8 +16,8 @@ from typing import Iterable, Mapping, Optional
 import torch
 
 from reference._checks import check_density
-from reference.densities import (DISTRIBUTIONS, er_densities, erk_densities, layer_densities_for,  # noqa: F401
-                                 uniform_densities)
+from reference.densities import (DISTRIBUTIONS, check_keeps_weights, er_densities, erk_densities,  # noqa: F401
+                                 layer_densities_for, uniform_densities)
 from reference.masks import check_layer_dict
 from .masks import global_magnitude_masks
 
@@ -35,24 +35,39 @@ def global_magnitude_densities(weights: Mapping[str, torch.Tensor], density: flo
 
 @dataclass(frozen=True)
 class DensitySpec:
-    """How densities are allocated: ``kind`` in KINDS, overall ``density``, distribution ``options``."""
+    """How densities are allocated: ``kind`` in KINDS, overall ``density``, distribution ``options``.
+
+    ``allow_empty``: a layer may end up with 0 kept weights (a density that rounds to no weight, an
+    override of 0, or density 0 itself); without it that is an error, the rule of every door
+    (``reference.densities.check_keeps_weights``)."""
     kind: str
     density: float
     options: dict = field(default_factory=dict)
+    allow_empty: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown density kind {self.kind!r}; allowed: {sorted(KINDS)}")
-        object.__setattr__(self, "density", check_density(self.density))
+        if not isinstance(self.allow_empty, bool):
+            raise TypeError(f"allow_empty must be True or False, got {self.allow_empty!r}")
+        d = check_density(self.density)
+        if d == 0.0 and not self.allow_empty:
+            raise ValueError(f"density={self.density!r} keeps no weight in any layer; the allowed range is (0, 1], "
+                             f"or pass allow_empty=True to prune every layer entirely on purpose")
+        object.__setattr__(self, "density", d)
         object.__setattr__(self, "options", dict(self.options))
 
     def resolve(self, weights: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Per-layer densities for these prunable weights (shape-based, or by magnitude for global)."""
+        """Per-layer densities for these prunable weights (shape-based, or by magnitude for global);
+        a layer left with 0 weights is an error unless ``allow_empty``."""
         check_layer_dict(weights, "weights")
         if self.kind == "global_magnitude":
-            return global_magnitude_densities(weights, self.density)
-        shapes = {n: tuple(w.shape) for n, w in weights.items()}
-        return layer_densities_for(self.kind, shapes, self.density, **self.options)
+            dens = global_magnitude_densities(weights, self.density)
+        else:
+            shapes = {n: tuple(w.shape) for n, w in weights.items()}
+            dens = layer_densities_for(self.kind, shapes, self.density, **self.options)
+        return check_keeps_weights(dens, {n: w.numel() for n, w in weights.items()}, self.allow_empty,
+                                   f"density {self.kind}({self.density:.3g})")
 
 
 def _names(names: Iterable[str], what: str) -> tuple:
@@ -73,19 +88,21 @@ def _overrides(overrides: Optional[Mapping[str, float]]) -> dict:
     return {n: check_density(v, f"override for layer {n!r}") for n, v in overrides.items()}
 
 
-def uniform(density: float, exclude: Iterable[str] = ()) -> DensitySpec:
+def uniform(density: float, exclude: Iterable[str] = (), allow_empty: bool = False) -> DensitySpec:
     """The same density in every pruned layer (SPEC §2.2 uniform)."""
-    return DensitySpec("uniform", density, {"exclude": _names(exclude, "exclude")})
+    return DensitySpec("uniform", density, {"exclude": _names(exclude, "exclude")}, allow_empty)
 
 
-def er(density: float, overrides: Optional[Mapping[str, float]] = None, exclude: Iterable[str] = ()) -> DensitySpec:
+def er(density: float, overrides: Optional[Mapping[str, float]] = None, exclude: Iterable[str] = (),
+       allow_empty: bool = False) -> DensitySpec:
     """Erdős-Rényi densities (SPEC §2.3)."""
-    return DensitySpec("er", density, {"overrides": _overrides(overrides), "exclude": _names(exclude, "exclude")})
+    return DensitySpec("er", density, {"overrides": _overrides(overrides), "exclude": _names(exclude, "exclude")},
+                       allow_empty)
 
 
 def erk(density: float, power_scale: float = 1.0, overrides: Optional[Mapping[str, float]] = None,
-        exclude: Iterable[str] = ()) -> DensitySpec:
-    """Erdős-Rényi-Kernel densities (SPEC §2.3)."""
+        exclude: Iterable[str] = (), allow_empty: bool = False) -> DensitySpec:
+    """Erdős-Rényi-Kernel densities (SPEC §2.3). ``allow_empty``: see ``DensitySpec``."""
     try:
         p = float(power_scale)
     except (TypeError, ValueError):
@@ -93,12 +110,12 @@ def erk(density: float, power_scale: float = 1.0, overrides: Optional[Mapping[st
     if not (p >= 0 and p != float("inf")):
         raise ValueError(f"power_scale={power_scale!r} is not allowed; it must be a finite number >= 0")
     return DensitySpec("erk", density, {"power_scale": p, "overrides": _overrides(overrides),
-                                        "exclude": _names(exclude, "exclude")})
+                                        "exclude": _names(exclude, "exclude")}, allow_empty)
 
 
-def global_magnitude(density: float) -> DensitySpec:
+def global_magnitude(density: float, allow_empty: bool = False) -> DensitySpec:
     """One global magnitude top-k over all prunable weights (SPEC §2.1/2.2 global)."""
-    return DensitySpec("global_magnitude", density, {})
+    return DensitySpec("global_magnitude", density, {}, allow_empty)
 
 
 KINDS = {"uniform": uniform, "er": er, "erk": erk, "global_magnitude": global_magnitude}

@@ -12,7 +12,10 @@ import numpy as np
 
 
 def check_density(density: float, name: str = "density", allow_zero: bool = True) -> float:
-    """A density d is the kept fraction, allowed in [0, 1] ((0, 1] when allow_zero is False)."""
+    """A density d is the kept fraction, allowed in [0, 1] ((0, 1] when allow_zero is False). A
+    string (even "0.5") or a bool is a type error, not a number to convert."""
+    if isinstance(density, (str, bytes, bool)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(density).__name__} {density!r}")
     try:
         d = float(density)
     except (TypeError, ValueError):

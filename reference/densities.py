@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ._checks import check_density, check_nonempty
+from ._checks import check_density, check_nonempty, count_for_density
 from .masks import check_layer_dict, global_magnitude_masks
 
 # relative slack for the budget arithmetic (float64 sums of layer sizes)
@@ -157,6 +157,24 @@ def layer_densities_for(name: str, shapes: Mapping[str, tuple], density: float, 
     if name not in DISTRIBUTIONS:
         raise ValueError(f"unknown density distribution {name!r}; allowed: {sorted(DISTRIBUTIONS)}")
     return DISTRIBUTIONS[name](shapes, density, **kw)
+
+
+# ----------------------------------------------------------------------------- the empty-layer rule
+
+def check_keeps_weights(densities: Mapping[str, float], sizes: Mapping[str, int], allow_empty: bool = False,
+                        source: str = "the densities") -> dict[str, float]:
+    """The one rule of every door that turns densities into masks: a layer that would keep 0
+    weights (``floor(d * n + 0.5) == 0``, SPEC §0.3 rounding) is an error, unless the caller asks
+    for empty layers explicitly with ``allow_empty=True``. Returns ``densities`` unchanged."""
+    empty = [n for n, d in densities.items() if count_for_density(d, int(sizes[n])) == 0]
+    if empty and not allow_empty:
+        shown = ", ".join(f"{n!r} (density {densities[n]:.3g} of {int(sizes[n])} weights; it needs >= "
+                          f"{0.5 / int(sizes[n]):.3g} to keep one)" for n in empty[:4])
+        more = f" and {len(empty) - 4} more" if len(empty) > 4 else ""
+        raise ValueError(f"{source} would keep 0 weights in {len(empty)} of {len(densities)} layer(s): {shown}{more}. "
+                         f"Raise the density, exclude the layer, or pass allow_empty=True to prune it entirely "
+                         f"on purpose")
+    return dict(densities)
 
 
 # ----------------------------------------------------------------------------- array function
