@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -39,6 +40,19 @@ D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
 D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
 MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
+
+
+def check_name(key: str, value, where: str = "") -> str:
+    """A run label or an experiment name becomes part of a file name: 1 to 100 characters, letters,
+    digits and ``. _ + = -``, starting with a letter or digit (no path separator, no '..', never
+    empty), so every run writes inside its output folder."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r}{where} must be a string")
+    if not NAME_PATTERN.fullmatch(value):
+        raise ConfigError(f"{key}={value!r}{where} is not allowed: it names files, so use 1 to 100 letters, digits "
+                          f"and '._+=-', starting with a letter or digit (no '/', no leading '.', not empty)")
+    return value
 
 
 class ConfigError(ValueError):
@@ -167,6 +181,7 @@ class RunConfig:
     ddp_verify_masks: bool = False
 
     def validate(self) -> "RunConfig":
+        check_name("label", self.label)
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("device", self.device, DEVICES)
         _check_choice("dtype", self.dtype, DTYPES)
@@ -237,6 +252,10 @@ class RunConfig:
         if self.train_budget is not None and self.train_budget > n_train:
             raise ConfigError(f"train_budget={self.train_budget} is larger than the training set ({n_train} samples "
                               f"= {MNIST5K_CLASSES} classes x {n_train // MNIST5K_CLASSES})")
+        if self.batch_size > self.n_train():
+            raise ConfigError(f"batch_size={self.batch_size} is larger than the training set ({self.n_train()} samples"
+                              f"{' = train_budget' if self.train_budget is not None else ''}): every epoch would be one "
+                              f"partial batch; use batch_size <= {self.n_train()}")
         self._validate_d2()
         return self
 
@@ -352,6 +371,12 @@ class RunConfig:
             raise ConfigError(f"train_budget={n} is not divisible across the {MNIST5K_CLASSES} classes; D²-Sparse "
                               f"subsets uniformly across classes ([D2] §4.1): use a multiple of {MNIST5K_CLASSES}")
 
+    def n_train(self) -> int:
+        """The number of training samples: ``train_budget``, or the whole MNIST-5k training split."""
+        if self.train_budget is not None:
+            return self.train_budget
+        return MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+
     def initial_density(self) -> float:
         """The density of the initial masks: GraNet starts at ``init_density``, GMP and AC/DC dense, others
         at ``density``."""
@@ -359,6 +384,31 @@ class RunConfig:
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes).validate()
+
+
+def check_mask_updates(cfg: RunConfig) -> int:
+    """A training run (procedure 'train') of a method that updates its masks every ``delta_t``
+    iterations must get at least one update; returns the number of updates. A ``delta_t`` larger
+    than the update window (or the run) is an error rather than a silent static run."""
+    if cfg.procedure != "train" or cfg.method not in (*DYNAMIC_METHODS, "gmp"):
+        return 0
+    from .methods import from_run_config
+    spe = -(-cfg.n_train() // cfg.batch_size)
+    total = spe * cfg.epochs
+    base = dataclasses.replace(cfg, suptickets=False)
+    try:
+        method = from_run_config(base, total, spe)
+    except ValueError as e:
+        raise ConfigError(f"method={cfg.method!r} cannot run {total} iterations ({cfg.epochs} epochs x {spe}): {e}") \
+            from None
+    n = sum(1 for t in range(1, total + 1) if method.due(t))
+    if n == 0:
+        window = (f"t_end = t_end_fraction x {total} = {int(cfg.t_end_fraction * total)}" if cfg.method != "gmp"
+                  else f"prune_end = {int(cfg.prune_end_fraction * total)}")
+        raise ConfigError(f"delta_t={cfg.delta_t} leaves no mask update in this run: method {cfg.method!r} updates every "
+                          f"delta_t iterations from t_start={cfg.t_start} until {window}, and the run has {total} "
+                          f"iterations ({cfg.epochs} epochs x {spe}); lower delta_t or t_start, or train longer")
+    return n
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
@@ -446,7 +496,7 @@ def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
     bad = set(exp) - EXPERIMENT_KEYS
     if bad:
         raise ConfigError(f"unknown key(s) {sorted(bad)} in [experiment] of {source}; allowed: {sorted(EXPERIMENT_KEYS)}")
-    name = exp.get("name", "experiment")
+    name = check_name("name", exp.get("name", "experiment"), f" in [experiment] of {source}")
     seeds = exp.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise ConfigError(f"seeds={seeds!r} in [experiment] of {source} must be a non-empty list of integers >= 0")
@@ -476,8 +526,16 @@ def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
 
 
 def load_experiment(path: str) -> ExperimentConfig:
-    with open(path, "r", encoding="utf-8") as f:
-        return parse_experiment(f.read(), source=str(path))
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a TOML text file: byte {e.start} ({data[e.start:e.start + 1]!r}) is not "
+                          f"UTF-8") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} is not a TOML text file: it contains NUL bytes (a binary file?)")
+    return parse_experiment(text, source=str(path))
 
 
 def run_to_dict(rc: RunConfig) -> dict[str, Any]:
