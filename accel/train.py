@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from reference.config import RunConfig, run_to_dict
 from reference.data import as_images
 from reference.nn import init_mlp
-from reference.train import default_batches
+from reference.train import check_diverged, default_batches
 from reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -87,6 +87,16 @@ def scores_of(logits: torch.Tensor, y: np.ndarray) -> dict:
 
 def evaluate(cfg: RunConfig, model, x: np.ndarray, y: np.ndarray) -> dict:
     return scores_of(predict(cfg, model, x), y)
+
+
+def epoch_test_scores(cfg: RunConfig, model, split, epoch: int, step: int, skipped: int) -> dict:
+    """The test metrics after an epoch; a network or test logits holding NaN/inf is ``Diverged``
+    (with the count of skipped iterations), not a bare metrics error."""
+    check_diverged(cfg, epoch, step, skipped, [n for n, v in model.state_dict().items()
+                                               if v.is_floating_point() and not bool(v.isfinite().all())])
+    logits = predict(cfg, model, split.x_test)
+    check_diverged(cfg, epoch, step, skipped, [] if bool(logits.isfinite().all()) else ["the test logits"])
+    return scores_of(logits, split.y_test)
 
 
 def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarray) -> dict:
@@ -192,7 +202,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 loss_sum /= ddp.world()
             record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
                       "lr": lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
-                      **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
+                      **{f"test_{k}": v for k, v in epoch_test_scores(cfg, model, split, epoch + 1, step, sp.skipped_steps).items()},
                       "density": sp.total_density(), "layer_density": sp.layer_densities(),
                       "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
             if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:

@@ -39,15 +39,38 @@ from .schedules import lr_at
 
 
 def resolve_densities(cfg: RunConfig, weights: dict) -> dict:
-    """Per-layer densities of the initial masks (SPEC §2.3; 'global' = global magnitude)."""
+    """Per-layer densities of the initial masks (SPEC §2.3; 'global' = global magnitude); a layer
+    left with 0 weights is an error (``densities.check_keeps_weights``)."""
     if cfg.method == "dense":
         return {n: 1.0 for n in weights}
     d = cfg.initial_density()
     if cfg.distribution == "global":
-        return D.global_magnitude_densities(weights, d)
-    shapes = {n: tuple(w.shape) for n, w in weights.items()}
-    kw = {"power_scale": cfg.erk_power_scale} if cfg.distribution == "erk" else {}
-    return D.layer_densities_for(cfg.distribution, shapes, d, **kw)
+        dens = D.global_magnitude_densities(weights, d)
+    else:
+        shapes = {n: tuple(w.shape) for n, w in weights.items()}
+        kw = {"power_scale": cfg.erk_power_scale} if cfg.distribution == "erk" else {}
+        dens = D.layer_densities_for(cfg.distribution, shapes, d, **kw)
+    return D.check_keeps_weights(dens, {n: np.size(w) for n, w in weights.items()},
+                                 source=f"density={d:.3g} ({cfg.distribution})")
+
+
+class Diverged(RuntimeError):
+    """The network holds NaN or inf after an epoch: the run cannot be evaluated or continued.
+    ``info`` (epoch, step, skipped_steps, the first non-finite tensors) goes to the run's log."""
+
+    def __init__(self, cfg: RunConfig, epoch: int, step: int, skipped: int, bad: list):
+        self.info = {"epoch": epoch, "step": step, "skipped_steps": int(skipped), "nonfinite": list(bad[:5])}
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        skip = (f"{skipped} iteration(s) had been skipped for non-finite gradients (nonfinite='skip')"
+                if cfg.nonfinite == "skip" else "no iteration was skipped (nonfinite='raise')")
+        super().__init__(f"run {cfg.label!r} (seed {cfg.seed}) diverged in epoch {epoch}: {bad[0]!r}{more} hold NaN "
+                         f"or inf after iteration {step}; {skip}. Lower the learning rate or check the data")
+
+
+def check_diverged(cfg: RunConfig, epoch: int, step: int, skipped: int, bad: list) -> None:
+    """Raise ``Diverged`` when ``bad`` (the names of non-finite tensors) is not empty."""
+    if bad:
+        raise Diverged(cfg, epoch, step, skipped, bad)
 
 
 def predict(params, buffers, x, batch: int = 1000) -> np.ndarray:
@@ -72,6 +95,15 @@ def ticket_report(predict_net, state: dict, y) -> dict:
     return {"ultimate": scores_of(ult, y), "tickets": [scores_of(z, y) for z in logits], "n_tickets": state["t"],
             "disagreement": float(np.mean([MET.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
+
+
+def epoch_test_scores(cfg: RunConfig, params, buffers, split, epoch: int, step: int, skipped: int) -> dict:
+    """The test metrics after an epoch; a network or test logits holding NaN/inf is ``Diverged``
+    (with the count of skipped iterations), not a bare metrics error."""
+    check_diverged(cfg, epoch, step, skipped, [n for n, v in {**params, **buffers}.items() if not np.all(np.isfinite(v))])
+    logits = predict(params, buffers, split.x_test.astype(np.dtype(cfg.dtype)))
+    check_diverged(cfg, epoch, step, skipped, [] if np.all(np.isfinite(logits)) else ["the test logits"])
+    return scores_of(logits, split.y_test)
 
 
 def load_net(net, params: dict, buffers: dict) -> tuple[dict, dict]:
@@ -207,7 +239,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 on_step(t, params, masks)
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
                   "lr": lr_at(lr_offset + t, lr_offset + total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
-                  **{f"test_{k}": v for k, v in evaluate(params, buffers, split.x_test.astype(dtype), split.y_test).items()},
+                  **{f"test_{k}": v for k, v in epoch_test_scores(cfg, params, buffers, split, epoch + 1, t, skipped).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
                   "exploration_degree": MET.exploration_degree(explored), "skipped_steps": skipped, "epoch_time": time.perf_counter() - t0}
         if epoch == cfg.epochs - 1 and isinstance(state, dict) and state.get("ultimate") is not None:
