@@ -1,6 +1,7 @@
 """``twinsparse`` command line.
 
     twinsparse run CONFIG.toml [--backend reference|accel] [--device cpu|cuda] [--seed N] [--output DIR]
+                               [--checkpoint] [--resume | --overwrite]
     twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
     twinsparse export CHECKPOINT --format {dense,slim,2:4} --out PATH [--dtype float16|bfloat16]
     twinsparse bench [--quick] [--device auto|cpu|cuda] [--models resnet18 resnet50] [--out FILE]
@@ -29,8 +30,11 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
 _LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float}
 
 
+DEFAULT_TRAIN_OUTPUT = "runs/train"
 CKPT_HELP = ("write <run>.ckpt atomically after every epoch (a multi-phase procedure: after every stage, with the "
              "running phase's epochs in <run>.ckpt.stage-*)")
+
+OVERWRITE_HELP = "replace the files of an earlier run in the output folder (without it, that is an error)"
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -57,18 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=C.BACKENDS)
     r.add_argument("--device", choices=C.DEVICES)
     r.add_argument("--seed", type=int, help="run this single seed instead of the config's seed list")
-    r.add_argument("--output", help="output folder (default: the config's [experiment] output)")
+    r.add_argument("--output", help="output folder, used as given (default: the config's [experiment] output, or a "
+                                    "fresh numbered sibling of it when it holds an earlier run)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--dry-run", action="store_true", help="print the resolved runs and per-layer densities, train nothing")
     r.add_argument("--checkpoint", action="store_true", help=CKPT_HELP)
-    r.add_argument("--resume", action="store_true", help="continue every run from its checkpoint when present")
+    r.add_argument("--resume", action="store_true", help="continue every run from its checkpoint when present "
+                                                          "(without --output: the most recent output folder)")
+    r.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     t = sub.add_parser("train", help="train one run given by flags")
     _add_run_flags(t)
-    t.add_argument("--output", default="runs/train")
+    t.add_argument("--output", help="output folder, used as given (default: runs/train, or a fresh numbered sibling "
+                                    "of it when it holds an earlier run)")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--dry-run", action="store_true", help="print the resolved run and per-layer densities, train nothing")
     t.add_argument("--checkpoint", action="store_true", help=CKPT_HELP)
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint when present")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint when present "
+                                                          "(without --output: the most recent output folder)")
+    t.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     e = sub.add_parser("export", help="export a training checkpoint: dense (masks applied), slim (dead channels "
                                       "removed) or 2:4 (semi-structured sparse, NVIDIA GPU with sm >= 8.0)")
     e.add_argument("checkpoint", help="an accel checkpoint written by --checkpoint (<run>.ckpt)")
@@ -104,7 +114,7 @@ def main(argv=None) -> int:
                 print("\n\n".join(describe_run(r.replace(**overrides)) for r in exp.runs))
                 return 0
             run_experiment(exp, output=args.output, progress=not args.no_progress, checkpoint=args.checkpoint,
-                           resume=args.resume, **overrides)
+                           resume=args.resume, overwrite=args.overwrite, **overrides)
         else:
             given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
             seed = given.pop("seed", 0)
@@ -112,8 +122,9 @@ def main(argv=None) -> int:
             if args.dry_run:
                 print(describe_run(run.replace(seed=seed)))
                 return 0
-            exp = C.ExperimentConfig(name=run.label, output=args.output, seeds=[seed], runs=[run])
-            run_experiment(exp, progress=not args.no_progress, checkpoint=args.checkpoint, resume=args.resume)
+            exp = C.ExperimentConfig(name=run.label, output=DEFAULT_TRAIN_OUTPUT, seeds=[seed], runs=[run])
+            run_experiment(exp, output=args.output, progress=not args.no_progress, checkpoint=args.checkpoint,
+                           resume=args.resume, overwrite=args.overwrite)
     except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:
         print(f"twinsparse: error: {e}", file=sys.stderr)
         return 2

@@ -7,12 +7,17 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 
 from tqdm import tqdm
 
-from reference.config import ExperimentConfig, RunConfig, run_to_dict
+from reference import safeio
+from reference.checkpoint import CheckpointError, check_config
+from reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
 from reference.data import class_balanced_subset, split_mnist5k
+from reference.train import Diverged
+from .rundir import RunDirectoryError, RunLock, RunLog, default_output, read_log, stage_files
 
 
 def load_split(cfg: RunConfig):
@@ -25,35 +30,130 @@ def load_split(cfg: RunConfig):
     return split
 
 
+def preflight(cfg: RunConfig) -> None:
+    """Everything about one run that can fail before it trains, checked without touching a file:
+    the device, the model and its prunable set (include / exclude), the layer densities (no layer
+    left with 0 weights), the method and its mask-update schedule (at least one update)."""
+    check_mask_updates(cfg)
+    n_in, n_classes = 784, 10                              # MNIST-5k
+    spe = -(-cfg.n_train() // cfg.batch_size)
+    if cfg.backend == "reference":
+        import numpy as np
+
+        from reference.methods import from_run_config
+        from reference.nn import init_mlp
+        from reference.prunable import select_prunable
+        from reference.train import resolve_densities
+        params, _ = init_mlp((n_in, *cfg.hidden, n_classes), batchnorm=cfg.batchnorm, seed=cfg.seed,
+                             dtype=np.dtype(cfg.dtype))
+        names = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
+                                cfg.include, cfg.exclude)
+        resolve_densities(cfg, {n: params[n] for n in names})
+        from_run_config(cfg, spe * cfg.epochs, spe)
+        return
+    import torch
+
+    from .train import build_model_for, build_optimizer, build_sparsifier
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
+    model = build_model_for(cfg.replace(device="cpu"), n_in, n_classes)
+    build_sparsifier(cfg, model, build_optimizer(cfg, model), spe * cfg.epochs, None, spe)
+
+
+def _log_header(cfg: RunConfig) -> dict:
+    return {"config": run_to_dict(cfg)}
+
+
+def check_run_files(cfg: RunConfig, log_path: str | None, ck_path: str | None, resume: bool = False,
+                    overwrite: bool = False) -> dict:
+    """The files of one run, checked before anything is written (nothing is changed here).
+
+    A fresh run must not find an earlier run's log or checkpoints unless ``overwrite`` (then they
+    are listed in ``remove``). A resumed run must find a checkpoint (when there is one) that is
+    intact, verified and written by this very config, and a log whose header is this config.
+    Returns {"remove": [...], "history": the checkpoint's records (a training run), or None}."""
+    existing = [p for p in (log_path, ck_path) if p and os.path.exists(p)] + (stage_files(ck_path) if ck_path else [])
+    if not resume:
+        if existing and not overwrite:
+            raise RunDirectoryError(
+                f"{existing[0]} already exists{f' (and {len(existing) - 1} more file(s) of that run)' if len(existing) > 1 else ''}: "
+                f"it belongs to an earlier run. Use --resume to continue that run, --overwrite to replace it, or "
+                f"another --output")
+        return {"remove": existing, "history": None}
+    history = None
+    if ck_path and os.path.exists(ck_path):
+        ck = ck_load_reference(ck_path) if cfg.backend == "reference" else ck_load_accel(ck_path)
+        check_config(ck.get("config", {}), run_to_dict(cfg), ck_path)
+        if cfg.procedure == "train":
+            if "history" not in ck:
+                raise CheckpointError(f"checkpoint {ck_path} is not the checkpoint of a training run")
+            history = ck["history"]
+        elif "stages" not in ck:
+            raise CheckpointError(f"{ck_path} is the checkpoint of a single training run, not of a multi-phase "
+                                  f"procedure (procedure={cfg.procedure!r})")
+    if ck_path:
+        for f in stage_files(ck_path):
+            ck = ck_load_reference(f) if cfg.backend == "reference" else ck_load_accel(f)
+            check_config(ck.get("config", {}), run_to_dict(cfg) if "progress" in ck else ck.get("config", {}), f)
+    if log_path and os.path.exists(log_path):
+        records, _, _ = read_log(log_path)
+        if records:
+            head = records[0].get("config") if isinstance(records[0], dict) else None
+            if not isinstance(head, dict):
+                raise RunDirectoryError(f"log {log_path} does not start with a config header; it is not the log of a "
+                                        f"twinsparse run: move it away or start afresh with --overwrite")
+            now = json.loads(json.dumps(run_to_dict(cfg)))
+            diff = sorted(k for k in set(head) | set(now) if head.get(k) != now.get(k))
+            if diff:
+                details = ", ".join(f"{k}: {head.get(k)!r} in the log vs {now.get(k)!r} now" for k in diff[:5])
+                raise RunDirectoryError(f"log {log_path} is from another run ({details}); resume only continues the "
+                                        f"run that wrote it")
+    return {"remove": [], "history": history}
+
+
 def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True, checkpoint: bool = False,
-              resume: bool = False, ck_path: str | None = None) -> list:
+              resume: bool = False, ck_path: str | None = None, overwrite: bool = False, checked: dict | None = None) -> list:
     """Train one run on its backend; returns the per-epoch history (written to ``log_path``).
 
     ``checkpoint``: write ``ck_path`` (default ``<log>.ckpt``) atomically after every epoch -- for a
     multi-phase procedure after every stage, with the running phase's epochs beside it
-    (``reference.stages``); ``resume``: continue from it when present (the log is rewritten: from
-    the checkpoint's history, or for a procedure by replaying its completed stages, then continued)."""
-    split = load_split(cfg)
+    (``reference.stages``); ``resume``: continue from it when present. Everything is checked before
+    a file is opened for writing (``preflight``, ``check_run_files``; ``checked``: their result when
+    the caller ran them). A fresh run refuses to replace an earlier run's files unless ``overwrite``;
+    a resumed run appends to its log (records the log already holds are not written again)."""
+    if ck_path is None and log_path:
+        ck_path = log_path[: -len(".jsonl")] + ".ckpt"
+    if checked is None:
+        preflight(cfg)
+        checked = check_run_files(cfg, log_path, ck_path, resume, overwrite)
+        for f in checked["remove"]:
+            _remove(f)
     if not (checkpoint or resume):
         ck_path = None
-    elif ck_path is None and log_path:
-        ck_path = log_path[: -len(".jsonl")] + ".ckpt"
-    log = open(log_path, "w", encoding="utf-8") if log_path else None
-    header = {"config": run_to_dict(cfg)}
-    if log:
-        log.write(json.dumps(header) + "\n")
-        if resume and ck_path and os.path.exists(ck_path) and cfg.procedure == "train":
-            load = ck_load_reference if cfg.backend == "reference" else ck_load_accel
-            for rec in load(ck_path)["history"]:
-                log.write(json.dumps(rec) + "\n")
-
-    def on_epoch(rec):
+    split = load_split(cfg)
+    log = RunLog(log_path, resume=resume) if log_path else None
+    on_epoch = log.write if log else (lambda rec: None)
+    try:
+        on_epoch(_log_header(cfg))
+        for rec in checked["history"] or []:
+            on_epoch(rec)
+        if cfg.procedure != "train":
+            history = _procedure_one(cfg, split, log, on_epoch, ck_path, resume)
+        else:
+            history = _train_run(cfg, split, log, on_epoch, ck_path, resume, progress)
         if log:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            log.finish()
+    except Diverged as e:
+        if log:
+            log.write({"diverged": e.info, "error": str(e)})
+        raise
+    finally:
+        if log:
+            log.close()
+    return history
 
-    if cfg.procedure != "train":
-        return _procedure_one(cfg, split, log, on_epoch, ck_path, resume)
+
+def _train_run(cfg, split, log, on_epoch, ck_path, resume, progress) -> list:
     steps = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
     bar = tqdm(total=steps, desc=f"{cfg.label} seed={cfg.seed} [{cfg.backend}]", leave=False,
                disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -67,13 +167,14 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
         else:
             from .train import train_accel
             out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar, checkpoint=ck_path, resume=resume)
-        if log:  # one line per mask update: t, drop fraction, counts, density, R, mask change
-            for u in out.get("updates", []):
-                log.write(json.dumps({"mask_update": u}) + "\n")
     finally:
         bar.close()
-        if log:
-            log.close()
+    if log:  # one line per mask update: t, drop fraction, counts, density, R, mask change
+        log.write(*({"mask_update": u} for u in out.get("updates", [])))
+    skipped = out["history"][-1].get("skipped_steps", 0) if out["history"] else 0
+    if skipped:
+        warnings.warn(f"run {cfg.label!r} (seed {cfg.seed}): {skipped} iteration(s) were skipped for non-finite "
+                      f"gradients (nonfinite='skip'); the log's skipped_steps counts them per epoch", RuntimeWarning)
     return out["history"]
 
 
@@ -87,16 +188,20 @@ def _procedure_one(cfg: RunConfig, split, log, on_epoch, ck_path=None, resume=Fa
     def on_record(rec):
         history.append({"epoch": rec["state"], "epoch_time": rec["time_s"], **rec})
         on_epoch(history[-1])
-    try:
-        out = run_procedure(cfg, split, on_record=on_record, checkpoint=ck_path, resume=resume,
-                            writer=ddp.rank() == 0)
-        if log:
-            for u in out["updates"]:
-                log.write(json.dumps({"mask_update": u}) + "\n")
-    finally:
-        if log:
-            log.close()
+    out = run_procedure(cfg, split, on_record=on_record, checkpoint=ck_path, resume=resume,
+                        writer=ddp.rank() == 0)
+    if log:
+        log.write(*({"mask_update": u} for u in out["updates"]))
     return history
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise safeio.io_error(e, "removing", path) from e
 
 
 def describe_run(cfg: RunConfig) -> str:
@@ -107,6 +212,7 @@ def describe_run(cfg: RunConfig) -> str:
     from .prunable import discover_prunable
     from .train import build_model_for, density_spec
 
+    check_mask_updates(cfg)
     split_in, n_classes = 784, 10
     model = build_model_for(cfg, split_in, n_classes)
     params = discover_prunable(model, cfg.include or None, cfg.exclude or None)
@@ -175,6 +281,9 @@ def format_table(rows: list) -> str:
 
 
 def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
+    """The accuracy and density curves as a PNG, written atomically to ``path``."""
+    import io
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,8 +303,10 @@ def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
     ax1.legend(fontsize=8)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
+    safeio.write_atomic(path, buf.getvalue())
 
 
 def ck_load_reference(path):
@@ -208,23 +319,88 @@ def ck_load_accel(path):
     return load(path)
 
 
+RESULT_FILES = ("results.md", "results.json", "curves.png")
+
+
+def _shared(value):
+    """``value`` of rank 0 on every rank (DDP), e.g. the output folder rank 0 chose."""
+    from . import distributed as ddp
+    if not ddp.active():
+        return value
+    import torch.distributed as dist
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: bool = True, checkpoint: bool = False,
-                   resume: bool = False, **overrides) -> list:
-    """Run every (run, seed) of ``exp``; writes logs, ``results.md``, ``results.json``, ``curves.png``."""
+                   resume: bool = False, overwrite: bool = False, **overrides) -> list:
+    """Run every (run, seed) of ``exp``; writes logs, ``results.md``, ``results.json``, ``curves.png``.
+
+    The output folder is a transaction: every config, checkpoint and log is checked before any file
+    is written; the folder is locked for the whole experiment (a second writer fails at once); a
+    fresh experiment refuses to replace an earlier run's files unless ``overwrite``; ``resume``
+    continues every run and appends to its log; result files are replaced atomically. Without
+    ``output`` the runs go to a fresh folder (``rundir.default_output`` of the config's output)."""
     from . import distributed as ddp
 
-    out_dir = output or exp.output
-    writer = ddp.rank() == 0  # under DDP only rank 0 writes logs, tables and plots
+    if resume and overwrite:
+        raise ValueError("--resume continues the runs in the output folder and --overwrite replaces them: choose one")
+    cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
+    for cfg in cfgs:               # configs, models, densities, schedules: before any file is touched
+        preflight(cfg)
+    writer = ddp.rank() == 0  # under DDP only rank 0 writes logs, tables, plots and checkpoints
+    out_dir = output if output is not None else _shared(default_output(exp.output, resume) if writer else None)
+    if output is None and writer and os.path.normpath(out_dir) != os.path.normpath(exp.output):
+        print(f"{exp.output} holds an earlier run; this one writes to {out_dir}", file=sys.stderr)
+    stems = [os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}") for cfg in cfgs]
+    created = not os.path.exists(out_dir)
+    lock = None
     if writer:
-        os.makedirs(out_dir, exist_ok=True)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise safeio.io_error(e, "creating the output folder", out_dir) from e
+        lock = RunLock(out_dir).acquire()
+    try:
+        checks = [check_run_files(cfg, stem + ".jsonl", stem + ".ckpt", resume, overwrite)
+                  for cfg, stem in zip(cfgs, stems)]
+        results_there = [os.path.join(out_dir, n) for n in RESULT_FILES if os.path.exists(os.path.join(out_dir, n))]
+        if results_there and not (resume or overwrite):
+            raise RunDirectoryError(f"{results_there[0]} already exists: {out_dir} holds the results of an earlier "
+                                    f"experiment. Use --resume to continue it, --overwrite to replace it, or another "
+                                    f"--output")
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            if created:
+                try:
+                    os.rmdir(out_dir)
+                except OSError:
+                    pass
+        raise
+    try:
+        if writer:
+            for f in (results_there if overwrite else []) + [f for c in checks for f in c["remove"]]:
+                _remove(f)
+            stale = safeio.remove_stale_temps(out_dir)
+            if stale:
+                warnings.warn(f"removed {len(stale)} temporary file(s) left in {out_dir} by an interrupted write: "
+                              f"{', '.join(os.path.basename(p) for p in stale[:3])}", RuntimeWarning)
+        return _run_all(exp, cfgs, stems, checks, out_dir, writer, progress, checkpoint, resume)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_all(exp, cfgs, stems, checks, out_dir, writer, progress, checkpoint, resume) -> list:
     results: "OrderedDict[str, list]" = OrderedDict()
     t0 = time.perf_counter()
-    cfgs = [c.replace(**overrides) if overrides else c for c in exp.expand()]
-    for cfg in tqdm(cfgs, desc=exp.name, disable=not progress, file=sys.stderr):
-        stem = os.path.join(out_dir, f"{cfg.label}_seed{cfg.seed}")
+    for cfg, stem, chk in tqdm(list(zip(cfgs, stems, checks)), desc=exp.name, disable=not progress, file=sys.stderr):
         # every rank resumes from the checkpoint (only rank 0 writes it and the log)
         results.setdefault(cfg.label, []).append(train_one(cfg, stem + ".jsonl" if writer else None, progress=progress,
-                                                           checkpoint=checkpoint, resume=resume, ck_path=stem + ".ckpt"))
+                                                           checkpoint=checkpoint, resume=resume, ck_path=stem + ".ckpt",
+                                                           checked=chk))
     rows = summarize(results)
     if not writer:
         return rows
@@ -232,10 +408,9 @@ def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: b
     backend = cfgs[0].backend
     header = (f"# {exp.name}\n\nbackend: {backend}, device: {cfgs[0].device}, seeds: {exp.seeds}, "
               f"wall time: {time.perf_counter() - t0:.1f} s\n\n")
-    with open(os.path.join(out_dir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(header + table + "\n")
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"experiment": exp.name, "seeds": exp.seeds, "rows": rows}, f, indent=1)
+    safeio.write_atomic(os.path.join(out_dir, "results.md"), (header + table + "\n").encode("utf-8"))
+    safeio.write_atomic(os.path.join(out_dir, "results.json"),
+                        json.dumps({"experiment": exp.name, "seeds": exp.seeds, "rows": rows}, indent=1).encode("utf-8"))
     plot(results, os.path.join(out_dir, "curves.png"), exp.name)
     print(f"\n{exp.name} ({backend}, {len(exp.seeds)} seeds), final-epoch test metrics:\n{table}\n"
           f"results, logs and plot in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")

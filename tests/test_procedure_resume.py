@@ -155,7 +155,7 @@ def test_runner_log_after_resume_equals_uninterrupted_log(tmp_path, crash_after)
 def test_bad_procedure_checkpoints_give_clear_errors(tmp_path):
     cfg = RunConfig(**TINY, **CASES["imp"], backend="reference").validate()
     split = load_split(cfg)
-    train_cfg = RunConfig(**TINY, method="rigl", density=0.3, epochs=1, backend="reference").validate()
+    train_cfg = RunConfig(**TINY, method="rigl", density=0.3, epochs=1, delta_t=2, backend="reference").validate()
     run_ck = str(tmp_path / "train.ckpt")
     train_one(train_cfg, str(tmp_path / "train.jsonl"), progress=False, checkpoint=True)
     with pytest.raises(CheckpointError, match="single training run"):
