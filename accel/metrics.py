@@ -5,9 +5,17 @@ logits [B, K] are upcast to float64 before any arithmetic (so float32 inputs giv
 softmax, and the same ECE bin, as the reference); predictions are the argmax with ties to the
 lowest class index, computed explicitly (the smallest index attaining the row maximum) rather
 than relying on ``torch.argmax``'s tie behaviour on every device.
+
+Fractions of counted samples (accuracy, disagreement, agreement, per-class accuracy) are an integer
+count divided by n as Python ``int / int``: the correctly rounded float64 quotient, bitwise equal to
+the reference's on every device (CUDA's ``Tensor.mean`` multiplies by 1/n instead, and 567 of 1000
+would read 0.5670000000000001). Means of float values (NLL, KL, cross-entropy, ECE) divide a sum by
+n in Python for the same reason; their sums are accumulated in a different order than NumPy's, so
+they agree with the reference within the float64 tolerance, not bit for bit.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Mapping
 
@@ -96,28 +104,28 @@ def _log_softmax(z: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- §8.1 - §8.3
 def accuracy(logits, y) -> float:
-    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1)."""
+    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1): correct count / n."""
     z = _logits(logits)
-    return float((_argmax_first(z) == _labels(y, z)).double().mean())
+    return int((_argmax_first(z) == _labels(y, z)).count_nonzero()) / z.shape[0]
 
 
 def mean_per_class_accuracy(logits, y) -> float:
     """Mean over the classes present in ``y`` of the per-class accuracy (SPEC §8.1)."""
     z = _logits(logits)
     y = _labels(y, z)
-    correct = (_argmax_first(z) == y).double()
+    correct = (_argmax_first(z) == y).to(torch.int64)
     k = z.shape[1]
-    hits = torch.zeros(k, dtype=torch.float64, device=z.device).index_add_(0, y, correct)
-    counts = torch.bincount(y, minlength=k)
-    present = counts > 0
-    return float((hits[present] / counts[present]).mean())
+    hits = torch.zeros(k, dtype=torch.int64, device=z.device).index_add_(0, y, correct)
+    hits, counts = torch.stack([hits, torch.bincount(y, minlength=k)]).tolist()
+    per_class = [h / c for h, c in zip(hits, counts) if c > 0]
+    return math.fsum(per_class) / len(per_class)
 
 
 def nll(logits, y) -> float:
     """Mean negative log-likelihood, natural log, via log-softmax (SPEC §8.3)."""
     z = _logits(logits)
     y = _labels(y, z)
-    return float(-_log_softmax(z).gather(1, y[:, None]).mean())
+    return -float(_log_softmax(z).gather(1, y[:, None]).sum()) / z.shape[0]
 
 
 def ece(logits, y, n_bins: int = 15) -> float:
@@ -134,37 +142,38 @@ def ece(logits, y, n_bins: int = 15) -> float:
     bins = (torch.ceil(conf * n_bins).to(torch.int64) - 1).clamp(0, n_bins - 1)
     gap = (_argmax_first(z) == y).double() - conf
     per_bin = torch.zeros(n_bins, dtype=torch.float64, device=z.device).index_add_(0, bins, gap)
-    return float(per_bin.abs().sum() / z.shape[0])
+    return float(per_bin.abs().sum()) / z.shape[0]
 
 
 # ----------------------------------------------------------------------------- §8.4 - §8.5
 def disagreement(logits_a, logits_b) -> float:
     """d_dis: fraction of samples whose top-1 predictions differ (SPEC §8.4)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
-    return float((_argmax_first(za) != _argmax_first(zb)).double().mean())
+    return int((_argmax_first(za) != _argmax_first(zb)).count_nonzero()) / za.shape[0]
 
 
 def sample_agreement(logits_a, logits_b) -> float:
     """Fraction of samples with equal top-1 predictions = 1 - d_dis (SPEC §8.5)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
-    return float((_argmax_first(za) == _argmax_first(zb)).double().mean())
+    return int((_argmax_first(za) == _argmax_first(zb)).count_nonzero()) / za.shape[0]
 
 
 def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:
     """Mean over samples of KL(p || q) (SPEC §8.4); ``symmetric=True`` averages both directions."""
     zp, zq = _pair(logits_p, logits_q, "logits_p", "logits_q")
     lp, lq = _log_softmax(zp), _log_softmax(zq)
-    forward = (lp.exp() * (lp - lq)).sum(dim=1).mean()
+    n = zp.shape[0]
+    forward = float((lp.exp() * (lp - lq)).sum(dim=1).sum()) / n
     if not symmetric:
-        return float(forward)
-    backward = (lq.exp() * (lq - lp)).sum(dim=1).mean()
-    return float(0.5 * (forward + backward))
+        return forward
+    backward = float((lq.exp() * (lq - lp)).sum(dim=1).sum()) / n
+    return 0.5 * (forward + backward)
 
 
 def prediction_cross_entropy(logits_ref, logits_other) -> float:
     """-(1/N) sum_i sum_c p_ref,c log p_other,c (SPEC §8.5)."""
     zr, zo = _pair(logits_ref, logits_other, "logits_ref", "logits_other")
-    return float(-(_log_softmax(zr).exp() * _log_softmax(zo)).sum(dim=1).mean())
+    return -float((_log_softmax(zr).exp() * _log_softmax(zo)).sum(dim=1).sum()) / zr.shape[0]
 
 
 # ----------------------------------------------------------------------------- §8.6 - §8.8, §0.2

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import accel.cram as AC
+import accel.metrics as AM
 import accel.quantize as AQ
 import reference.cram as RC
+import reference.metrics as RM
 import reference.quantize as RQ
 from accel._exact import true_div
 from conformance.cuda_arith import cuda_arithmetic
@@ -146,3 +148,35 @@ def test_cram_quantization_points_match_the_reference_on_boundaries_under_cuda_a
         assert not _bits_equal(ref["layer0.weight"], w)                 # quantization changed the weights
         for n in ref:
             assert _bits_equal(accs[op][n].numpy(), ref[n]), f"{op}: {n}"
+
+
+# ----------------------------------------------------------------------------- metrics
+
+# (correct, n) of the test accuracies the GPU run logged one ulp off (0.5670000000000001 for 0.567, ...)
+LOGGED_ACCURACIES = [(567, 1000), (576, 1000), (815, 1000), (474, 1000), (702, 1000), (173, 1000)]
+
+
+def _logits_with_correct(correct: int, n: int, k: int = 10):
+    """Logits [n, k] and labels: exactly ``correct`` rows predict their label."""
+    rng = np.random.default_rng(correct * 7919 + n)
+    y = rng.integers(0, k, size=n)
+    pred = np.where(np.arange(n) < correct, y, (y + 1 + rng.integers(0, k - 1, size=n)) % k)
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), pred] += 20.0
+    return z, y
+
+
+@pytest.mark.parametrize("correct,n", LOGGED_ACCURACIES)
+def test_accuracy_is_the_count_over_n_under_cuda_arithmetic(correct, n):
+    assert correct * (1 / n) != correct / n           # the mean-by-reciprocal result differs from the quotient
+    z, y = _logits_with_correct(correct, n)
+    other = z.copy()
+    other[: n - correct] = np.roll(other[: n - correct], 1, axis=1)  # n - correct predictions move
+    ref = (RM.accuracy(z, y), RM.disagreement(z, other), RM.sample_agreement(z, other))
+    assert ref == (correct / n, (n - correct) / n, correct / n)
+    zt, yt, ot = torch.from_numpy(z), torch.from_numpy(y), torch.from_numpy(other)
+    with cuda_arithmetic():
+        acc = (AM.accuracy(zt, yt), AM.disagreement(zt, ot), AM.sample_agreement(zt, ot))
+        per_class = AM.mean_per_class_accuracy(zt, yt)
+    assert acc == ref
+    assert per_class == RM.mean_per_class_accuracy(z, y)

@@ -5,11 +5,16 @@ Conventions shared with the twin:
   float64 (float32 logits are upcast first, so both twins see the same softmax).
 - predictions are the argmax with ties going to the lowest class index (SPEC §8.1).
 - results are Python floats (counts: Python ints; mask statistics: dicts of floats).
+- a fraction of counted samples (accuracy, disagreement, agreement) is the integer count divided by
+  n as Python ``int / int``, the correctly rounded float64 quotient, so the twin -- whatever device
+  it runs on -- returns the same bits; the per-class mean sums its fractions with ``math.fsum``
+  (correctly rounded, so independent of the summation order) before dividing by the class count.
 - mask dicts map layer names to boolean arrays; two dicts must name the same layers in the same
   order with equal shapes.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Mapping
 
@@ -83,17 +88,18 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- §8.1 - §8.3
 def accuracy(logits, y) -> float:
-    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1)."""
+    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1): correct count / n."""
     z = _logits(logits)
-    return float(np.mean(np.argmax(z, axis=1) == _labels(y, z)))
+    return int(np.count_nonzero(np.argmax(z, axis=1) == _labels(y, z))) / z.shape[0]
 
 
 def mean_per_class_accuracy(logits, y) -> float:
     """Mean over the classes present in ``y`` of the per-class accuracy (SPEC §8.1, [TH] Table 4.2)."""
     z = _logits(logits)
     y = _labels(y, z)
-    correct = (np.argmax(z, axis=1) == y).astype(np.float64)
-    return float(np.mean([correct[y == c].mean() for c in np.unique(y)]))
+    correct = np.argmax(z, axis=1) == y
+    per_class = [int(np.count_nonzero(correct[y == c])) / int(np.count_nonzero(y == c)) for c in np.unique(y)]
+    return math.fsum(per_class) / len(per_class)
 
 
 def nll(logits, y) -> float:
@@ -128,13 +134,13 @@ def ece(logits, y, n_bins: int = 15) -> float:
 def disagreement(logits_a, logits_b) -> float:
     """d_dis: fraction of samples whose top-1 predictions differ (SPEC §8.4, Fort et al. 2019)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
-    return float(np.mean(np.argmax(za, axis=1) != np.argmax(zb, axis=1)))
+    return int(np.count_nonzero(np.argmax(za, axis=1) != np.argmax(zb, axis=1))) / za.shape[0]
 
 
 def sample_agreement(logits_a, logits_b) -> float:
     """Fraction of samples with equal top-1 predictions = 1 - d_dis (SPEC §8.5; x100 for %)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
-    return float(np.mean(np.argmax(za, axis=1) == np.argmax(zb, axis=1)))
+    return int(np.count_nonzero(np.argmax(za, axis=1) == np.argmax(zb, axis=1))) / za.shape[0]
 
 
 def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:

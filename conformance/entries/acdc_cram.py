@@ -21,7 +21,7 @@ import accel.quantize as AQ
 import reference.acdc as RA
 import reference.cram as RC
 import reference.quantize as RQ
-from conformance.registry import register
+from conformance.registry import compare_exact, register
 from conformance.strategies import scores, shapes
 from conformance.entries.masks import NM_PATTERNS, exact_sum_weights
 
@@ -117,9 +117,11 @@ def _quant_args(draw, dtype):
     return (w,), {"bits": draw(st.sampled_from([4, 4, 2, 3, 8]))}
 
 
-register("quantize.quantize_codes", RQ.quantize_codes, AQ.quantize_codes, _quant_args,
-         notes="int codes compared exactly (round half to even on both), scales within tolerance")
-register("quantize.quantize_dequantize", RQ.quantize_dequantize, AQ.quantize_dequantize, _quant_args)
+register("quantize.quantize_codes", RQ.quantize_codes, AQ.quantize_codes, _quant_args, compare=compare_exact,
+         notes="codes and scales bit for bit: max|W_c| is exact and every later step one correctly rounded "
+               "operation (round half to even on both), so no device may move a code")
+register("quantize.quantize_dequantize", RQ.quantize_dequantize, AQ.quantize_dequantize, _quant_args,
+         compare=compare_exact)
 
 
 @st.composite
@@ -128,7 +130,7 @@ def _quant_all_args(draw, dtype):
     return (ws,), {"bits": draw(st.sampled_from([4, 2, 8]))}
 
 
-register("quantize.quantize_all", RQ.quantize_all, AQ.quantize_all, _quant_all_args)
+register("quantize.quantize_all", RQ.quantize_all, AQ.quantize_all, _quant_all_args, compare=compare_exact)
 
 
 # ----------------------------------------------------------------------------- CrAM

@@ -2,6 +2,9 @@
 
 Both twins upcast logits to float64 before the softmax, so float32 entries agree to float64
 rounding and the ECE bin of a confidence lying exactly on a bin edge is the same in both.
+Fractions of counts (accuracies, agreement, densities, Hamming and mask-change ratios, exploration
+degree, zero fraction) are an integer count divided by an integer on both sides, so they are compared
+bit for bit (``compare_exact``), also under CUDA's arithmetic (device ``cuda-arith``).
 
 Adversarial inputs:
 - "tied" rows draw logits from three integer levels: argmax ties (lowest index must win);
@@ -17,7 +20,7 @@ from hypothesis.extra import numpy as hnp
 
 import accel.metrics as A
 import reference.metrics as R
-from conformance.registry import register
+from conformance.registry import compare_exact, register
 from conformance.strategies import layer_dict
 
 _SEEDS = st.integers(0, 2**32 - 1)
@@ -120,19 +123,22 @@ def _weights(draw, dtype):
 
 
 register("metrics.predictions", R.predictions, A.predictions, lambda dt: _logits(dt).map(lambda z: ((z,), {})))
-register("metrics.accuracy", R.accuracy, A.accuracy, _logits_labels)
-register("metrics.mean_per_class_accuracy", R.mean_per_class_accuracy, A.mean_per_class_accuracy, _logits_labels)
+register("metrics.accuracy", R.accuracy, A.accuracy, _logits_labels, compare=compare_exact)
+register("metrics.mean_per_class_accuracy", R.mean_per_class_accuracy, A.mean_per_class_accuracy, _logits_labels,
+         compare=compare_exact)
 register("metrics.nll", R.nll, A.nll, _logits_labels)
 register("metrics.ece", R.ece, A.ece, lambda dt: _logits_labels(dt, with_bins=True))
-register("metrics.disagreement", R.disagreement, A.disagreement, _logit_pair)
-register("metrics.sample_agreement", R.sample_agreement, A.sample_agreement, _logit_pair)
+register("metrics.disagreement", R.disagreement, A.disagreement, _logit_pair, compare=compare_exact)
+register("metrics.sample_agreement", R.sample_agreement, A.sample_agreement, _logit_pair, compare=compare_exact)
 register("metrics.kl_divergence", R.kl_divergence, A.kl_divergence, lambda dt: _logit_pair(dt, kw="symmetric"))
 register("metrics.prediction_cross_entropy", R.prediction_cross_entropy, A.prediction_cross_entropy, _logit_pair)
 register("metrics.hamming_distance", R.hamming_distance, A.hamming_distance,
-         lambda dt: _mask_pair(dt, kw="normalized"), dtypes=(np.float64,))
+         lambda dt: _mask_pair(dt, kw="normalized"), dtypes=(np.float64,), compare=compare_exact)
 register("metrics.mask_change", R.mask_change, A.mask_change,
-         lambda dt: _mask_pair(dt, keep_prev=True), dtypes=(np.float64,))
-register("metrics.layer_densities", R.layer_densities, A.layer_densities, _masks, dtypes=(np.float64,))
-register("metrics.total_density", R.total_density, A.total_density, _masks, dtypes=(np.float64,))
-register("metrics.exploration_degree", R.exploration_degree, A.exploration_degree, _counters)
-register("metrics.zero_fraction", R.zero_fraction, A.zero_fraction, _weights)
+         lambda dt: _mask_pair(dt, keep_prev=True), dtypes=(np.float64,), compare=compare_exact)
+register("metrics.layer_densities", R.layer_densities, A.layer_densities, _masks, dtypes=(np.float64,),
+         compare=compare_exact)
+register("metrics.total_density", R.total_density, A.total_density, _masks, dtypes=(np.float64,),
+         compare=compare_exact)
+register("metrics.exploration_degree", R.exploration_degree, A.exploration_degree, _counters, compare=compare_exact)
+register("metrics.zero_fraction", R.zero_fraction, A.zero_fraction, _weights, compare=compare_exact)
