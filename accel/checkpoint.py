@@ -41,15 +41,13 @@ def save(path: str, payload: dict) -> None:
 
 
 def load(path: str, map_location="cpu") -> dict:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80":  # a raw pickle: what reference.checkpoint writes
+    with open(path, "rb") as f:   # an error reading the file is an OSError naming it; what follows parses bytes
+        data = f.read()
+    if data[:1] == b"\x80":  # a raw pickle: what reference.checkpoint writes
         raise CheckpointError(f"{path} is not a twinsparse accel checkpoint (it is a pickle file, e.g. a reference "
                               f"checkpoint: use --backend reference)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except OSError:
-        raise
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - damaged bytes make the zip reader or unpickler fail in many ways
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("kind") != KIND:

@@ -192,15 +192,13 @@ def save_tagged(path: str, payload: dict) -> None:
 
 
 def load_reference(path: str) -> dict:
-    with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            raise CheckpointError(f"{path} is not a twinsparse reference checkpoint (it is a torch zip file, "
-                                  f"e.g. an accel checkpoint: use --backend accel)")
+    with open(path, "rb") as f:   # an error reading the file is an OSError naming it; what follows parses bytes
+        data = f.read()
+    if data[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not a twinsparse reference checkpoint (it is a torch zip file, "
+                              f"e.g. an accel checkpoint: use --backend accel)")
     try:
-        with open(path, "rb") as f:
-            payload = pickle.load(f)
-    except OSError:
-        raise
+        payload = pickle.loads(data)
     except Exception as e:  # noqa: BLE001 - damaged bytes make unpickling fail in many ways
         raise CheckpointError(f"checkpoint {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("kind") != KIND:
