@@ -1,8 +1,15 @@
 """Bad inputs and corrupt files across the library, as one table: each row names the call, the
 exception type and a regex its message must match. Every object a row hands to ``watch`` must be
-exactly as it was after the rejected call (nothing half-applied)."""
+exactly as it was after the rejected call (nothing half-applied; for an output folder: no file
+added, removed or changed, the lock released).
+
+The table covers 90 bad inputs (``test_the_table_says_how_many_inputs_it_covers`` keeps this
+number true)."""
+import contextlib
 import copy
+import errno
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +26,13 @@ from accel.masks import channel_mask, magnitude_mask, nm_mask
 from accel.methods import RigL, Static
 from accel.models import MLP, ResNet18, build_model
 from accel.sparsifier import Sparsifier
+from accel.rundir import RunDirectoryError, RunLock
+from accel.runner import run_experiment, train_one
 from reference import checkpoint as rck
-from reference.config import ConfigError, RunConfig, parse_experiment, run_to_dict
+from reference import safeio
+from reference.config import ConfigError, ExperimentConfig, RunConfig, load_experiment, parse_experiment, run_to_dict
 from reference.schedules import lr_at
+from reference.train import Diverged
 
 CKPT_CFG = dict(hidden=[8], epochs=1, batch_size=50, train_budget=50, method="static", density=0.5)
 
@@ -87,6 +98,8 @@ def _snapshot(obj):
         return {k: _snapshot(v) for k, v in obj.items()}
     if isinstance(obj, str):          # a file path: its bytes
         return Path(obj).read_bytes()
+    if isinstance(obj, Path):         # a folder: every file and subfolder below it (the lock file too)
+        return {str(p.relative_to(obj)): (p.read_bytes() if p.is_file() else "<dir>") for p in sorted(obj.rglob("*"))}
     if obj is None or isinstance(obj, (int, float)):
         return obj
     raise TypeError(type(obj))
@@ -147,9 +160,12 @@ def _set_masks_not_tensor(tmp, watch):
 
 def _nan_gradient(tmp, watch):
     sp = _sp()
+    _backward(sp)
+    sp.step()                # a good first step creates the optimizer state
     _backward(sp, nan=True)
+    sp.step()                # skipped on the device (tests/test_sparsifier.py: it changes nothing) ...
     watch(sp)
-    sp.step()
+    sp.check_nonfinite()     # ... and the error comes at the next sync point
 
 
 def _step_without_backward(tmp, watch):
@@ -306,6 +322,144 @@ def _semi_structured_here(tmp, watch):
     export_semi_structured(watch(_mlp()))
 
 
+# ---- the output folder of the runner (a finished tiny experiment, then a rejected second call)
+RUN = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)
+IMP = dict(procedure="imp", method="dense", density=1.0, imp_iterations=1, imp_rewind_epoch=1)
+
+
+def _exp(out, backend="accel", label="a", **kw):
+    return ExperimentConfig(name="t", output=str(out), seeds=[0],
+                            runs=[RunConfig(label=label, backend=backend, **{**RUN, **kw}).validate()])
+
+
+def _experiment(tmp, checkpoint=True, **kw):
+    """A finished experiment in ``tmp/out``: (folder, log path, checkpoint path)."""
+    out = tmp / "out"
+    run_experiment(_exp(out, **kw), output=str(out), progress=False, checkpoint=checkpoint)
+    return out, str(out / "a_seed0.jsonl"), str(out / "a_seed0.ckpt")
+
+
+def _again(out, resume=True, **kw):
+    run_experiment(_exp(out, **{k: v for k, v in kw.items() if k != "checkpoint"}), output=str(out), progress=False,
+                   checkpoint=kw.get("checkpoint", True), resume=resume)
+
+
+def _resume_damaged(**kw):
+    def call(tmp, watch):
+        out, _, ck = _experiment(tmp, **kw)
+        _truncate(ck)
+        watch(out)
+        _again(out, **kw)
+    return call
+
+
+def _resume_other_config(tmp, watch):
+    out = watch(_experiment(tmp)[0])
+    _again(out, lr=0.1)
+
+
+def _setup_error_after_a_run(tmp, watch):
+    out = watch(_experiment(tmp)[0])
+    _again(out, resume=False, exclude=["nosuchlayer"])
+
+
+def _fresh_run_over_an_earlier_one(tmp, watch):
+    out = watch(_experiment(tmp)[0])
+    _again(out, resume=False)
+
+
+def _resume_log_of_another_config(tmp, watch):
+    out = watch(_experiment(tmp, checkpoint=False)[0])
+    _again(out, checkpoint=False, lr=0.1)
+
+
+def _train_one_over_an_earlier_log(tmp, watch):
+    out, log, _ = _experiment(tmp)
+    watch(out)
+    train_one(RunConfig(label="a", **RUN).validate(), log, progress=False)
+
+
+def _second_writer(tmp, watch):
+    out = watch(_experiment(tmp)[0])
+    with RunLock(str(out)):
+        _again(out)
+
+
+@contextlib.contextmanager
+def _failing_writes(name, err):
+    """Writes to the file ``name`` fail with ``err`` (half of the bytes reach the file first)."""
+    real = safeio.write_all
+
+    def write(fd, data, path):
+        if Path(path).name == name:
+            real(fd, bytes(data)[: len(data) // 2], path)
+            raise OSError(err, errno.errorcode[err] if err != errno.ENOSPC else "No space left on device")
+        real(fd, data, path)
+    safeio.write_all = write
+    try:
+        yield
+    finally:
+        safeio.write_all = real
+
+
+def _results_on_a_full_disk(tmp, watch):
+    out = watch(_experiment(tmp)[0])
+    with _failing_writes("results.json", errno.ENOSPC):
+        _again(out)
+
+
+def _flipped_weight_bytes(backend):
+    def call(tmp, watch):
+        out, _, ck = _experiment(tmp, backend=backend, epochs=3)
+        w = (ack.load(ck)["model"]["fc.0.weight"].numpy() if backend == "accel"
+             else rck.load_reference(ck)["params"]["fc.0.weight"])
+        data = bytearray(Path(ck).read_bytes())
+        at = data.find(w.tobytes()[:64])
+        data[at + 9] ^= 0x10                     # one flipped bit inside the weight tensor's bytes
+        Path(ck).write_bytes(bytes(data))
+        watch(out)
+        _again(out, backend=backend, epochs=3)
+    return call
+
+
+def _nonfinite_checkpoint(tmp, watch):
+    from accel.runner import load_split
+    from accel.train import train_accel
+    cfg = RunConfig(**CKPT_CFG).validate()
+    sd = _mlp().state_dict()
+    sd["fc.1.weight"][0, 0] = float("nan")
+    path = str(tmp / "run.ckpt")
+    ack.save(path, {"config": run_to_dict(cfg), "epoch": 1, "model": sd})
+    watch(path)
+    train_accel(cfg.replace(epochs=2), load_split(cfg), checkpoint=path, resume=True)
+
+
+def _runner_rejects(**kw):
+    """A fresh experiment with a bad setting: rejected before the output folder exists."""
+    def call(tmp, watch):
+        watch(tmp)
+        run_experiment(_exp(tmp / "out", **kw), output=str(tmp / "out"), progress=False)
+    return call
+
+
+def _reference_tiny_density(tmp, watch):
+    from accel.runner import load_split
+    from reference.train import train_reference
+    cfg = RunConfig(backend="reference", **{**CKPT_CFG, "density": 1e-9}).validate()
+    train_reference(cfg, load_split(cfg))
+
+
+def _diverged_with_skip(tmp, watch):
+    run_experiment(_exp(tmp / "out", nonfinite="skip", lr=1e6, method="dense", density=1.0), output=str(tmp / "out"),
+                   progress=False)
+
+
+def _binary_config(tmp, watch):
+    path = tmp / "weights.toml"
+    path.write_bytes(bytes(range(256)))
+    load_experiment(watch(str(path)))
+
+
 def _weights(**kw):
     return torch.randn(8, 12, **kw)
 
@@ -324,7 +478,7 @@ CASES = [
      r"masks must name exactly the prunable weights \['fc.0.weight', 'fc.1.weight'\].*fc.9.weight"),
     ("set_masks-non-boolean", _set_masks_non_boolean, ValueError, r"mask 'fc.1.weight' must be boolean or 0/1"),
     ("set_masks-not-a-tensor", _set_masks_not_tensor, TypeError, r"mask 'fc.1.weight' must be a torch.Tensor, got list"),
-    ("step-nan-gradient", _nan_gradient, ValueError, r"gradients at iteration 1 .*non-finite"),
+    ("step-nan-gradient", _nan_gradient, ValueError, r"gradients at iteration 2 .*non-finite"),
     ("step-without-backward", _step_without_backward, RuntimeError, r"needs the dense gradients at iteration 1"),
     ("step-after-squash", _step_after_squash, RuntimeError, r"squashed"),
     ("load_state_dict-other-method", _state_of_other_method, ValueError, r"state is for method 'static'.*'rigl'"),
@@ -416,6 +570,62 @@ CASES = [
      r"labels y must be in \[0, 3\]"),
     ("lr-step-outside", lambda t, w: lr_at(11, 10, 0.1, "cosine"), ValueError, r"step=11 is outside \[0, total_steps=10\]"),
     ("lr-unknown-schedule", lambda t, w: lr_at(1, 10, 0.1, "cosin"), ValueError, r"schedule='cosin' is not allowed"),
+    # ---- the output folder (issue "nothing lost, nothing silent"): a rejected call leaves it exactly as it was
+    ("resume-damaged-checkpoint-keeps-the-log", _resume_damaged(), rck.CheckpointError, r"unreadable or truncated"),
+    ("resume-damaged-reference-checkpoint-keeps-the-log", _resume_damaged(backend="reference"), rck.CheckpointError,
+     r"unreadable or truncated"),
+    ("resume-damaged-imp-checkpoint-keeps-the-log", _resume_damaged(**IMP), rck.CheckpointError,
+     r"unreadable or truncated"),
+    ("resume-with-another-config-keeps-the-log", _resume_other_config, rck.CheckpointError,
+     r"a_seed0.ckpt is from another run \(lr: 0.05 in the checkpoint vs 0.1 now\)"),
+    ("setup-error-after-a-run-keeps-the-log", _setup_error_after_a_run, ValueError,
+     r"exclude pattern 'nosuchlayer' matches no prunable weight"),
+    ("fresh-run-over-an-earlier-run", _fresh_run_over_an_earlier_one, RunDirectoryError,
+     r"a_seed0.jsonl already exists \(and 1 more file\(s\) of that run\): it belongs to an earlier run. Use --resume"),
+    ("resume-log-of-another-config", _resume_log_of_another_config, RunDirectoryError,
+     r"log .*a_seed0.jsonl is from another run \(lr: 0.05 in the log vs 0.1 now\)"),
+    ("train_one-over-an-earlier-log", _train_one_over_an_earlier_log, RunDirectoryError, r"a_seed0.jsonl already exists"),
+    ("second-writer-in-one-folder", _second_writer, RunDirectoryError,
+     r"output folder .*out is in use by another twinsparse process \(pid \d+ on "),
+    ("results-json-on-a-full-disk", _results_on_a_full_disk, OSError,
+     r"\[Errno 28\] writing .*out/results.json failed: No space left on device; the previous file is unchanged"),
+    ("checkpoint-flipped-weight-bit", _flipped_weight_bytes("accel"), rck.CheckpointError,
+     r"a_seed0.ckpt is corrupt: entry 'model/fc.0.weight' does not match the checksum"),
+    ("reference-checkpoint-flipped-weight-bit", _flipped_weight_bytes("reference"), rck.CheckpointError,
+     r"a_seed0.ckpt is corrupt: entry 'params/fc.0.weight' does not match the checksum"),
+    ("checkpoint-nonfinite-weights", _nonfinite_checkpoint, rck.CheckpointError,
+     r"holds 1 non-finite value\(s\) \(NaN or inf\) in entry 'model/fc.1.weight'"),
+    # ---- zero densities: one rule at every door
+    ("erk-density-0", lambda t, w: D.erk(0.0), ValueError, r"density=0.0 keeps no weight in any layer"),
+    ("density-override-0", _sparsifier(D.erk(0.5, overrides={"fc.1.weight": 0.0}), method="static"), ValueError,
+     r"would keep 0 weights in 1 of 2 layer\(s\): 'fc.1.weight' \(density 0 of 32 weights"),
+    ("density-1e-9-sparsifier", _sparsifier(1e-9, method="static"), ValueError, r"would keep 0 weights in 2 of 2 layer"),
+    ("density-1e-9-run", _runner_rejects(density=1e-9), ValueError,
+     r"density erk\(1e-09\) would keep 0 weights in 2 of 2 layer\(s\)"),
+    ("density-1e-9-reference", _reference_tiny_density, ValueError, r"density=1e-09 \(erk\) would keep 0 weights"),
+    # ---- run labels and experiment names name files
+    ("label-escapes-the-output", lambda t, w: RunConfig(label="../escaped").validate(), ConfigError,
+     r"label='../escaped' is not allowed: it names files"),
+    ("label-with-a-slash-rejected-before-any-run", lambda t, w: parse_experiment(
+        '[[run]]\nlabel="fine"\n[[run]]\nlabel="a/b"\n', "x.toml"), ConfigError,
+     r"\[\[run\]\] #2 \(a/b\) of x.toml: label='a/b' is not allowed"),
+    ("label-empty", lambda t, w: RunConfig(label="").validate(), ConfigError, r"label='' is not allowed"),
+    ("experiment-name-not-a-string", lambda t, w: parse_experiment('[experiment]\nname = 5\n[[run]]\n', "x.toml"),
+     ConfigError, r"name=5 in \[experiment\] of x.toml must be a string"),
+    # ---- accepted silently before
+    ("delta_t-beyond-the-run", _runner_rejects(method="rigl", density=0.2, delta_t=1000), ConfigError,
+     r"delta_t=1000 leaves no mask update in this run: method 'rigl'"),
+    ("batch-larger-than-the-training-set", lambda t, w: RunConfig(batch_size=101, train_budget=100).validate(),
+     ConfigError, r"batch_size=101 is larger than the training set \(100 samples = train_budget\)"),
+    ("sparsifier-density-string", _sparsifier("0.5", method="static"), TypeError,
+     r"density must be a number in \[0, 1\], got str '0.5'"),
+    ("erk-density-string", lambda t, w: D.erk("0.5"), TypeError, r"density must be a number in \[0, 1\], got str"),
+    ("nonfinite-skip-run-diverges", _diverged_with_skip, Diverged,
+     r"run 'a' \(seed 0\) diverged in epoch \d+: .* hold NaN or inf after iteration \d+; \d+ iteration\(s\) had been "
+     r"skipped for non-finite gradients \(nonfinite='skip'\)"),
+    ("binary-config-file", _binary_config, ConfigError, r"weights.toml is not a TOML text file: byte 128"),
+    ("resume-and-overwrite", lambda t, w: run_experiment(_exp(t / "o"), output=str(t / "o"), resume=True,
+                                                          overwrite=True), ValueError, r"choose one"),
 ]
 
 
@@ -425,6 +635,12 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(case_id, call, exc, matc
     with pytest.raises(exc, match=match):
         call(tmp_path, watch)
     assert watch.unchanged(), f"{case_id}: a rejected call modified its inputs"
+
+
+def test_the_table_says_how_many_inputs_it_covers():
+    stated = re.search(r"The table covers (\d+) bad inputs", __doc__)
+    assert stated and int(stated.group(1)) == len(CASES), f"the docstring says {stated and stated.group(1)}, " \
+                                                          f"the table holds {len(CASES)} rows"
 
 
 def test_the_table_covers_the_brief(tmp_path):
