@@ -282,6 +282,11 @@ def format_table(rows: list) -> str:
 
 def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
     """The accuracy and density curves as a PNG, written atomically to ``path``."""
+    safeio.write_atomic(path, plot_png(results, title))
+
+
+def plot_png(results: "OrderedDict[str, list]", title: str) -> bytes:
+    """The accuracy and density curves, as the bytes of a PNG file."""
     import io
 
     import matplotlib
@@ -306,7 +311,7 @@ def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, dpi=120, format="png")
     plt.close(fig)
-    safeio.write_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def ck_load_reference(path):
@@ -408,10 +413,11 @@ def _run_all(exp, cfgs, stems, checks, out_dir, writer, progress, checkpoint, re
     backend = cfgs[0].backend
     header = (f"# {exp.name}\n\nbackend: {backend}, device: {cfgs[0].device}, seeds: {exp.seeds}, "
               f"wall time: {time.perf_counter() - t0:.1f} s\n\n")
-    safeio.write_atomic(os.path.join(out_dir, "results.md"), (header + table + "\n").encode("utf-8"))
-    safeio.write_atomic(os.path.join(out_dir, "results.json"),
-                        json.dumps({"experiment": exp.name, "seeds": exp.seeds, "rows": rows}, indent=1).encode("utf-8"))
-    plot(results, os.path.join(out_dir, "curves.png"), exp.name)
+    safeio.write_atomic_group({  # the three result files are replaced together, or none of them
+        os.path.join(out_dir, "results.md"): (header + table + "\n").encode("utf-8"),
+        os.path.join(out_dir, "results.json"): json.dumps({"experiment": exp.name, "seeds": exp.seeds, "rows": rows},
+                                                          indent=1).encode("utf-8"),
+        os.path.join(out_dir, "curves.png"): plot_png(results, exp.name)})
     print(f"\n{exp.name} ({backend}, {len(exp.seeds)} seeds), final-epoch test metrics:\n{table}\n"
           f"results, logs and plot in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
     return rows

@@ -69,31 +69,50 @@ def temp_prefix(path: str) -> str:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Replace ``path`` by ``data`` atomically (see the module docstring)."""
-    path = str(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    existed = os.path.exists(path)
+    write_atomic_group({path: data})
+
+
+def write_atomic_group(files: dict) -> None:
+    """Replace several files ({path: bytes}) together: every one is written to its temporary file
+    and flushed first, and only then are they renamed, so a failing write replaces none of them."""
+    staged = []   # (temporary file, path)
+
+    def clean():
+        for tmp, _ in staged:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TMP_SUFFIX, dir=folder)
-    except OSError as e:
-        raise io_error(e, "writing", path, f" (could not create a temporary file in {folder})") from e
-    try:
-        try:
-            write_all(fd, data, path)
-            fsync(fd, path)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            note = "; the previous file is unchanged" if existed else "; nothing was written"
-            raise io_error(e, "writing", path, note) from e
+        for path, data in files.items():
+            path = str(path)
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TMP_SUFFIX, dir=folder)
+            except OSError as e:
+                raise io_error(e, "writing", path, f" (could not create a temporary file in {folder})") from e
+            staged.append((tmp, path))
+            try:
+                try:
+                    write_all(fd, data, path)
+                    fsync(fd, path)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                note = "; the previous file is unchanged" if os.path.exists(path) else "; nothing was written"
+                raise io_error(e, "writing", path, note) from e
+        for i, (tmp, path) in enumerate(staged):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                staged = staged[i:]
+                raise io_error(e, "writing", path, " (renaming its temporary file)") from e
+    except BaseException:
+        clean()
         raise
-    fsync_dir(folder)
+    for folder in {os.path.dirname(os.path.abspath(p)) for _, p in staged}:
+        fsync_dir(folder)
 
 
 def is_stale_temp(name: str) -> bool:

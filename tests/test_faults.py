@@ -34,6 +34,7 @@ from reference.config import ExperimentConfig, RunConfig
 
 TINY = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)
 TIME_KEYS = ("epoch_time", "time_s")
+RESULTS = ("results.md", "results.json", "curves.png")
 
 
 class Killed(BaseException):
@@ -156,6 +157,8 @@ def test_a_failing_write_names_the_file_and_keeps_the_earlier_state(tmp_path, mo
             assert after[target] == before[target]
     else:
         assert target not in after                 # no half-written file
+    if target.startswith(("results", "curves")):  # the result files are replaced together or not at all
+        assert {n: after.get(n) for n in RESULTS} == {n: before.get(n) for n in RESULTS}
     assert not _no_temps(out), "temporary files or the lock were left behind"
     faults.rules.clear()
     _run(_exp(out), out, resume=True)              # and the run still ends as the uninterrupted one
