@@ -22,6 +22,7 @@ from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS
 from reference.masks import check_layer_dict, check_layer_names
 from . import kernels as _kernels
 from ._checks import as_real_tensor, check_finite, scalar_as
+from ._exact import true_div
 from .dst import prune_to_count
 from .topk import topk_mask, topk_within
 
@@ -158,9 +159,9 @@ def dense_pivot_criterion(sparse_logits: torch.Tensor, dense_logits: torch.Tenso
     with the dense logits detached (the stop-gradient operator)."""
     t = check_temperature(temperature)
     _check_logits(sparse_logits, dense_logits)
-    target = F.softmax(dense_logits.detach() / scalar_as(t, dense_logits.dtype), dim=1)
+    target = F.softmax(true_div(dense_logits.detach(), t), dim=1)
     hard = F.cross_entropy(sparse_logits, _targets(y, sparse_logits))
-    soft = F.cross_entropy(sparse_logits / scalar_as(t, sparse_logits.dtype), target)
+    soft = F.cross_entropy(true_div(sparse_logits, t), target)
     return 0.5 * (hard + soft)
 
 

@@ -43,6 +43,7 @@ from reference.cram_spec import check_mode, parse_compressions, resolve_plus
 from . import cram as CR
 from .prunable import discover_prunable
 from ._checks import scalar_as
+from ._exact import true_div
 
 __all__ = ["CrAM", "frozen_bn_stats"]
 
@@ -213,7 +214,8 @@ class CrAM:
 
     def _sam_scale(self, grads: list) -> torch.Tensor:
         norm = self._norm(grads)
-        return torch.where(norm > 0, self.rho / norm, torch.zeros_like(norm))
+        # rho / ||g|| as one division, like the reference (``rho / norm`` would be norm.reciprocal() * rho)
+        return torch.where(norm > 0, true_div(torch.full_like(norm, self.rho), norm), torch.zeros_like(norm))
 
     @torch.no_grad()
     def _compress_(self, comp: Compression, use_cache: bool):

@@ -18,6 +18,7 @@ from reference.masks import check_layer_dict
 from reference.merge import BN_AVG_MODES, _check_t
 from . import kernels as _kernels
 from ._checks import as_real_tensor, scalar_as
+from ._exact import true_div
 from .masks import global_magnitude_masks, magnitude_masks
 
 __all__ = ["BN_AVG_MODES", "check_alike", "superpose_cia", "cia", "caa", "superpose_cima",
@@ -79,7 +80,7 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
     out = {}
     for n in avg:
         a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")
-        out[n] = (a * scalar_as(t - 1, a.dtype) + x) / scalar_as(t, a.dtype)
+        out[n] = true_div(a * scalar_as(t - 1, a.dtype) + x, t)
     return out
 
 
@@ -95,7 +96,7 @@ def cia(tickets: Sequence[Mapping]) -> dict:
     """Connection-independent average of M tickets, [ST] §3.2.2: (1/M) sum_i theta_i."""
     check_alike(tickets, "tickets")
     _check_all(tickets, "tickets")
-    return {n: _mean_sum(tickets, n) / len(tickets) for n in tickets[0]}
+    return {n: true_div(_mean_sum(tickets, n), len(tickets)) for n in tickets[0]}
 
 
 def caa(tickets: Sequence[Mapping], masks: Sequence[Mapping]) -> dict:
@@ -121,7 +122,7 @@ def caa(tickets: Sequence[Mapping], masks: Sequence[Mapping]) -> dict:
             out[n] = torch.where(active, total / torch.where(active, count, torch.ones_like(count)),
                                  torch.zeros_like(total))
         else:
-            out[n] = total / scalar_as(len(tickets), total.dtype)
+            out[n] = true_div(total, len(tickets))
     return out
 
 
@@ -201,8 +202,8 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
     if bool((avg_var < 0).any()):
         raise ValueError("averaged variance has negative entries")
     dt = mean.dtype
-    new_mean = (avg_mean * scalar_as(t - 1, dt) + mean) / scalar_as(t, dt)
+    new_mean = true_div(avg_mean * scalar_as(t - 1, dt) + mean, t)
     if mode == "var":
-        return new_mean, (avg_var * scalar_as(t - 1, dt) + var) / scalar_as(t, dt)
-    std = (torch.sqrt(avg_var) * scalar_as(t - 1, dt) + torch.sqrt(var)) / scalar_as(t, dt)
+        return new_mean, true_div(avg_var * scalar_as(t - 1, dt) + var, t)
+    std = true_div(torch.sqrt(avg_var) * scalar_as(t - 1, dt) + torch.sqrt(var), t)
     return new_mean, std * std

@@ -13,9 +13,12 @@ import pytest
 import torch
 
 import accel.cram as AC
+import accel.cram_optim as ACO
+import accel.merge as AMG
 import accel.metrics as AM
 import accel.quantize as AQ
 import reference.cram as RC
+import reference.merge as RMG
 import reference.metrics as RM
 import reference.quantize as RQ
 from accel._exact import true_div
@@ -180,3 +183,61 @@ def test_accuracy_is_the_count_over_n_under_cuda_arithmetic(correct, n):
         per_class = AM.mean_per_class_accuracy(zt, yt)
     assert acc == ref
     assert per_class == RM.mean_per_class_accuracy(z, y)
+
+
+# ----------------------------------------------------------------------------- running averages
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("t", [3, 7, 10])
+def test_ticket_averages_match_the_reference_bit_for_bit_under_cuda_arithmetic(dtype, t):
+    """Sup-tickets' averages divide by the ticket count t; their magnitudes then decide the re-pruned
+    mask, so the torch path divides like the reference (and like kernels/merge.cu) on every device.
+    (BN averaging in mode 'std' takes square roots, and torch's CPU sqrt is not correctly rounded in
+    every lane while NumPy's is: that mode agrees within the dtype tolerance only, checked by
+    conformance/entries/merge.py.)"""
+    dt = np.dtype(dtype).type
+    rng = np.random.default_rng(t)
+    avg, x = rng.normal(size=(2, 64, 8)).astype(dtype)
+    var_avg, var = (np.abs(rng.normal(size=(2, 64))) + 0.1).astype(dtype)
+    tickets = [{"w": rng.normal(size=(16, 8)).astype(dtype), "b": rng.normal(size=16).astype(dtype)}
+               for _ in range(t)]
+    masks = [{"w": rng.random((16, 8)) < 0.5} for _ in range(t)]
+    numerator = dt(t - 1) * avg + x
+    assert np.any(numerator / dt(t) != numerator * (dt(1) / dt(t)))     # the inputs discriminate
+    ref = {"superpose_cia": RMG.superpose_cia({"w": avg}, {"w": x}, t)["w"],
+           "cia": RMG.cia(tickets)["w"], **{f"caa {n}": v for n, v in RMG.caa(tickets, masks).items()},
+           "bn var": np.stack(RMG.average_bn_stats(avg[:, 0], var_avg, x[:, 0], var, t, "var"))}
+    T = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    tt = [{n: T(v) for n, v in d.items()} for d in tickets]
+    with cuda_arithmetic():
+        acc = {"superpose_cia": AMG.superpose_cia({"w": T(avg)}, {"w": T(x)}, t)["w"],
+               "cia": AMG.cia(tt)["w"],
+               **{f"caa {n}": v for n, v in AMG.caa(tt, [{"w": T(m["w"])} for m in masks]).items()},
+               "bn var": torch.stack(AMG.average_bn_stats(T(avg[:, 0]), T(var_avg), T(x[:, 0]), T(var), t, "var"))}
+    for what in ref:
+        assert _bits_equal(acc[what].numpy(), ref[what]), what
+
+
+# ----------------------------------------------------------------------------- number / tensor
+
+def test_sam_point_of_the_cram_optimizer_divides_rho_by_the_norm_once():
+    """``rho / norm_tensor`` is ``norm.reciprocal() * rho`` in torch on every device (two roundings);
+    the reference's rho / ||g|| is one. With ||g|| = 5 and rho = 3 the two differ, and so would the
+    SAM point theta + (rho / ||g||) g."""
+    rho, g = 3.0, np.array([3.0, 4.0])
+    assert rho / 5.0 != (1 / 5.0) * rho
+    assert (3.0 / torch.tensor(5.0, dtype=torch.float64)).item() == (1 / 5.0) * rho   # torch's __rdiv__
+    p = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    opt = ACO.CrAM([p], torch.optim.SGD([p], lr=0.0), mode="sam", rho=rho)
+    seen = []
+
+    def closure():
+        seen.append(p.detach().clone())
+        loss = (p * torch.from_numpy(g)).sum()
+        loss.backward()
+        return loss
+    with cuda_arithmetic():
+        opt.step(closure)
+    assert len(seen) == 2
+    want = RC.sam_point({"p": np.zeros(2)}, {"p": g}, rho)["p"]
+    assert _bits_equal(seen[1].numpy(), want)
