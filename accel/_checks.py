@@ -3,26 +3,36 @@ from __future__ import annotations
 
 import torch
 
+from . import deferred
+
 
 def check_finite(t: torch.Tensor, what: str) -> None:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    """NaN or inf is an error: raised now, or when the enclosing update commits (``accel.deferred``)."""
+    if not t.is_floating_point():
+        return
+
+    def message():
         bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{what} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed")
+        return f"{what} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed"
+    deferred.require(torch.isfinite(t).all(), message)
 
 
 def check_all_finite(tensors, what: str) -> None:
-    """Raise if any tensor holds NaN or inf, naming the first bad one.
-
-    Fast path: one sum per tensor (a sum is finite whenever every term is, unless it overflows);
-    only when a sum is not finite are the tensors checked element-wise, so a huge-but-finite
-    gradient whose sum overflows is still accepted.
-    """
-    tensors = [t for t in tensors if t is not None]
-    if not tensors or bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all()):
+    """Raise if any tensor holds NaN or inf, naming the first bad one (now, or at the commit of the
+    enclosing update). Two multi-tensor operations for any number of tensors: x * 0 is 0 for a
+    finite x and NaN otherwise, and a sum of those is 0 exactly when every entry is finite (it
+    cannot overflow, and a NaN term always propagates through a sum)."""
+    tensors = [t for t in tensors if t is not None and t.is_floating_point()]
+    if not tensors:
         return
-    for i, t in enumerate(tensors):
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{what} (tensor {i}, shape {tuple(t.shape)}) contains non-finite values (NaN or inf)")
+
+    def message():
+        for i, t in enumerate(tensors):
+            if not bool(torch.isfinite(t).all()):
+                return f"{what} (tensor {i}, shape {tuple(t.shape)}) contains non-finite values (NaN or inf)"
+        raise AssertionError("unreachable: the finiteness reduction flagged finite tensors")
+    sums = torch._foreach_norm(torch._foreach_mul(tensors, 0.0), 1)
+    deferred.require(torch.stack(sums).eq(0).all(), message)
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, what_a: str, what_b: str) -> None:

@@ -144,8 +144,7 @@ def bench_masked_sgd(case: Case, repeats: int, use_kernel: bool) -> dict:
     a = None
     if use_kernel:
         ws, gs, bufs = [w.clone() for w in case.w], [g.clone() for g in case.g], [b.clone() for b in case.buf]
-        a = median_time(lambda: kernels.masked_sgd(ws, ws, gs, case.masks, bufs, bufs, mask_grad=False, **hp),
-                        dev, repeats)
+        a = median_time(lambda: kernels.sgd_step(ws, gs, case.masks, bufs, bufs, **hp), dev, repeats)
     mf = [m.float() for m in case.masks]
     timings = {}
     for label, foreach in (("b", True), ("c", False)):
@@ -172,13 +171,14 @@ def bench_masked_sgd(case: Case, repeats: int, use_kernel: bool) -> dict:
 
 
 def bench_topk_per_layer(case: Case, repeats: int, use_kernel: bool) -> dict:
-    from . import dst as D
+    from .flat import Layout
+    from .topk import select_segments
     dev = case.dev
     scores = torch.cat([w.abs().reshape(-1) for w in case.w]) + torch.rand(case.n, device=dev) * 1e-3
     ks = [int(s * case.density + 0.5) for s in case.sizes]
-    allc = torch.ones(case.n, dtype=torch.bool, device=dev)
+    lay = Layout([str(i) for i in range(len(case.sizes))], [(s,) for s in case.sizes])
     a = median_time(lambda: kernels.topk_select(scores, case.sizes, ks), dev, repeats) if use_kernel else None
-    b = median_time(lambda: D._segmented_select(scores, allc, case.sizes, ks, "sort"), dev, repeats)
+    b = median_time(lambda: select_segments(scores, None, lay, ks, strategy="sort"), dev, repeats)
     parts = scores.split(case.sizes)
 
     def loop():
@@ -228,8 +228,10 @@ def bench_nm(case: Case, repeats: int, use_kernel: bool) -> dict:
 
 
 def bench_drop_and_grow(case: Case, repeats: int, use_kernel: bool) -> dict:
-    from . import dst as D
+    from .flat import Layout
+    from .topk import select_segments
     dev = case.dev
+    lay = Layout([str(i) for i in range(len(case.sizes))], [(s,) for s in case.sizes])
     mask = torch.cat([m.reshape(-1) for m in case.masks])
     drop_s = torch.cat([w.abs().reshape(-1) for w in case.w])
     grow_s = torch.cat([g.abs().reshape(-1) for g in case.g])
@@ -237,8 +239,8 @@ def bench_drop_and_grow(case: Case, repeats: int, use_kernel: bool) -> dict:
     kg = [int(0.3 * a) for a in case.n_active]
 
     def run(strategy):
-        kept = D._segmented_select(drop_s, mask, case.sizes, kd, strategy)
-        return kept | D._segmented_select(grow_s, ~kept, case.sizes, kg, strategy)
+        kept = select_segments(drop_s, mask, lay, kd, n_cand=sum(case.n_active), strategy=strategy)
+        return select_segments(grow_s, ~kept, lay, kg, n_cand=case.n - sum(kd), or_with=kept, strategy=strategy)
 
     def run_kernel():
         kept = kernels.topk_select(drop_s, case.sizes, kd, candidates=mask)
@@ -293,7 +295,7 @@ HOT_PATHS = (bench_masked_sgd, bench_topk_per_layer, bench_topk_global, bench_nm
 
 def bench_end_to_end(dev, width, batch, repeats, use_kernel, density) -> list[str]:
     import torch.nn.functional as F
-    from . import Sparsifier, densities, methods, ops
+    from . import Sparsifier, densities, methods
     from .models import ResNet18
     lines = []
     x = torch.randn(batch, 3, 32, 32, device=dev)
@@ -326,13 +328,14 @@ def bench_end_to_end(dev, width, batch, repeats, use_kernel, density) -> list[st
         with ctx():
             model, opt, sp = setup(methods.Static())
             t = median_time(lambda: train_step(model, opt, sp.step), dev, repeats)
-            grads = [p.grad for p in sp.params.values()]
-            s = median_time(lambda: sp._masked_step(grads), dev, repeats * 3)
+            s = median_time(lambda: sp._engine.step(None, None, masked=True, remask=False), dev, repeats * 3)
             model, opt, sp = setup(methods.RigL(t_end=big))
             train_step(model, opt, lambda: None)
-            gd = {k: p.grad.detach() for k, p in sp.params.items()}
-            st = sp.method.observe(ops, sp.state, 100, gd) if sp.method.observes_grads else sp.state
-            u = median_time(lambda: sp._update(100, gd, st), dev, repeats)
+
+            def update():
+                sp.step_count = 99          # iteration 100: an update is due (delta_t = 100)
+                sp.step()
+            u = median_time(update, dev, repeats)
         lines.append(f"  sparse train step, Sparsifier ({label:7s})      {t * 1e3:10.3f} ms  {t / dense:6.2f}x dense")
         lines.append(f"  masked optimizer step alone ({label:7s})       {s * 1e3:10.3f} ms  {s / dense_opt:6.2f}x dense step")
         lines.append(f"  RigL mask update, whole model ({label:7s})     {u * 1e3:10.3f} ms  {u / dense:6.2f}x dense train step")

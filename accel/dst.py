@@ -3,58 +3,57 @@
 Same names, arguments and results (checked by ``conformance/entries/dst.py``). Name, count and
 scalar validation is the reference's scalar logic, imported, not copied.
 
-Drop and grow select for the whole model at once: every layer is flattened into one buffer and a
-*segmented* exact top-k (``segmented_topk_within``) picks per layer with stable sorts, so a
-mask update costs a handful of kernel launches whatever the number of layers:
+Every operator works on the whole model at once: the layers are one flat buffer
+(``accel.flat``), and drop and grow are one segmented exact top-k each
+(``accel.topk.select_segments``), so a mask update costs the same number of kernel launches for
+10 layers or 200. Nothing here asks the device for a number when the host already knows it:
 
-    0. compact the candidates (their flat indices, increasing)
-    1. stable sort by score, descending          -> equal scores keep flat-index order
-    2. stable sort by layer id                   -> grouped by layer, order (1) kept inside
-    3. rank within the layer = sorted position - first candidate slot of the layer;
-       keep rank < k_layer; scatter back.
+* masks that carry their per-layer counts (``FlatDict.counts``: the Sparsifier's installed masks)
+  give ``swap_counts`` and the count checks for free;
+* inside a Sparsifier update (``accel.deferred.transaction``) the checks that need the device
+  (finite scores, counts within their pools) are collected and read once when the update
+  commits, and counts the host does not know stay device tensors (``DeviceCounts``).
 
-Scores are sorted as order-preserving integer keys (IEEE bits, -0.0 folded onto 0.0): radix sorts,
-and for 32-bit (or narrower) scores steps 1-2 are one sort of a packed int64 key.
-
-k_layer <= number of candidates of that layer is validated first. The keep set equals the
-reference's per-layer stable sort by (-score, flat index).
+Called directly, every operator validates at once and returns Python ints, as the reference does.
 """
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext as _nullcontext
-from typing import Mapping, Sequence
+from typing import Mapping
 
-import numpy as np
 import torch
 
-from reference._checks import check_count
 from reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
-from reference.dst import _check_counts, check_fraction, check_iteration
+from reference.dst import check_counts, check_fraction, check_iteration
 from reference.masks import check_layer_dict, check_layer_names
+from . import deferred
 from . import kernels as _kernels
-from ._checks import as_real_tensor, check_finite, check_same_shape
-from .topk import select_within, topk_within
+from ._checks import as_real_tensor, check_same_shape
+from .flat import DeviceCounts, FlatDict, Layout, layout_of, segment_sums
+from .topk import _require_finite, segmented_topk_within, select_segments, select_within  # noqa: F401
 
 __all__ = ["COUNTER_INITS", "EXPLORATION_FORMS", "swap_counts", "drop", "grow", "drop_and_grow",
            "init_counters", "increment_counters", "check_exploration", "dst_ee_scores", "ema_update",
-           "mean_abs_over_mask", "prune_to_count", "explored_union", "segmented_topk_within"]
+           "mean_abs_over_mask", "prune_to_count", "explored_union", "segmented_topk_within",
+           "active_counts", "require_counts", "total"]
 
 
 # ----------------------------------------------------------------------------- helpers
 
-def _bool_masks(masks: Mapping, what: str = "masks") -> dict:
+def _bool_masks(masks: Mapping, what: str = "masks") -> Mapping:
     check_layer_dict(masks, what)
+    if isinstance(masks, FlatDict) and masks.flat.dtype == torch.bool:
+        return masks
     for n, m in masks.items():
         if not isinstance(m, torch.Tensor):
             raise TypeError(f"{what}[{n!r}] must be a boolean torch.Tensor, got {type(m).__name__}")
         if m.dtype != torch.bool:
             raise TypeError(f"{what}[{n!r}] must be a boolean mask, got dtype {m.dtype}")
-    return dict(masks)
+    return masks
 
 
 def _real(t, what: str) -> torch.Tensor:
-    """Type checks of ``as_real_tensor`` without the (syncing) finiteness check."""
+    """Type checks of ``as_real_tensor`` without the finiteness check (done on the flat buffer)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_complex():
@@ -62,210 +61,193 @@ def _real(t, what: str) -> torch.Tensor:
     return t
 
 
-def _check_finite_layers(tensors: Mapping, flat: torch.Tensor, what: str) -> None:
-    """One finiteness check over the concatenation; on failure name the first bad layer."""
-    if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
-        for n, t in tensors.items():
-            check_finite(t, f"{what}[{n!r}]")
+def active_counts(masks: Mapping):
+    """Per-layer active counts: host ints when the masks carry them or outside an update (one
+    reduction, one sync), else a ``DeviceCounts`` (inside an update)."""
+    if isinstance(masks, FlatDict) and masks.counts is not None:
+        return dict(zip(masks.layout.names, masks.counts))
+    lay = layout_of(masks)
+    vec = masks.device_counts() if isinstance(masks, FlatDict) else segment_sums(lay, lay.flatten(masks))
+    if deferred.active() is not None:
+        return DeviceCounts(lay, vec)
+    return dict(zip(lay.names, (int(c) for c in vec.tolist())))
 
 
-def _flat(tensors: Mapping, names) -> torch.Tensor:
-    return torch.cat([tensors[n].reshape(-1) for n in names])
+def _host(counts):
+    """Host list of counts in layout order, or None when they live on the device."""
+    return None if isinstance(counts, DeviceCounts) else list(counts.values())
 
 
-def _segment_sums(flat: torch.Tensor, sizes: Sequence[int]) -> list:
-    """Per-segment sums of a bool/int buffer as python ints, one reduction and one sync."""
-    c = torch.cat([flat.new_zeros(1, dtype=torch.int64), torch.cumsum(flat, 0, dtype=torch.int64)])
-    ends = torch.as_tensor(np.cumsum([0, *sizes]), dtype=torch.int64, device=flat.device)
-    return (c[ends[1:]] - c[ends[:-1]]).tolist()
+def _vec(counts, layout: Layout, device) -> torch.Tensor:
+    if isinstance(counts, DeviceCounts):
+        return counts.vec
+    return torch.as_tensor([counts[n] for n in layout.names], dtype=torch.int64).to(device)
 
 
-def _descending_key(flat: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """An int64 key whose ascending order is the descending order of ``flat`` (equal scores ->
-    equal keys, -0.0 == 0.0), and the number of bits it spans: integer sorts are radix sorts,
-    several times faster than float comparison sorts on CPU."""
-    if flat.is_floating_point():
-        bits = flat.element_size() * 8
-        itype = {64: torch.int64, 32: torch.int32, 16: torch.int16}[bits]
-        i = (flat + 0.0).contiguous().view(itype).to(torch.int64)     # + 0.0 turns -0.0 into +0.0
-        i = i ^ ((i >> (bits - 1)) & ((1 << (bits - 1)) - 1))          # order-preserving as signed ints
-        return (~i, 64) if bits == 64 else (~i + (1 << (bits - 1)), bits)
-    if flat.dtype == torch.int64:
-        return ~flat, 64
-    info = torch.iinfo(flat.dtype)
-    return info.max - flat.to(torch.int64), flat.element_size() * 8
+def _counts_arg(counts: Mapping, masks: Mapping, what: str):
+    """Validated counts (host ints), or device counts passed through (names checked)."""
+    if isinstance(counts, DeviceCounts):
+        check_layer_names(masks, counts, what)
+        return counts
+    return check_counts(counts, masks, what)
 
 
-SELECT_STRATEGIES = ("auto", "sort", "loop", "kernel")   # 'kernel': CUDA + CuPy radix select (accel/kernels/topk.cu)
+def total(counts):
+    """Sum of per-layer counts: an int, or a 0-d device tensor for device counts."""
+    return counts.vec.sum() if isinstance(counts, DeviceCounts) else sum(counts.values())
 
 
-def _segmented_select(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
-                      sizes: Sequence[int], ks: Sequence[int], strategy: str = "auto") -> torch.Tensor:
-    """The selection of ``segmented_topk_within`` without validation (callers validated).
+def _require_le(names, a, a_vec, b, b_vec, message) -> None:
+    """a[i] <= b[i] for every layer: on the host when both are known, else deferred."""
+    if a is not None and b is not None:
+        for n, x, y in zip(names, a, b):
+            if x > y:
+                raise ValueError(message(n, x, y))
+        return
 
-    Only the candidates are sorted (compacted first: a drop sorts the active weights only), by the
-    key (segment, -score); stability breaks equal scores by flat index."""
-    n, dev = flat_scores.numel(), flat_scores.device
-    keep = torch.zeros(n, dtype=torch.bool, device=dev)
-    if n == 0 or not any(ks):
-        return keep
-    if strategy == "kernel" or (strategy == "auto" and _kernels.on_device(flat_scores)
-                                and _kernels.usable(flat_scores)):
-        with _kernels.require() if strategy == "kernel" else _nullcontext():
-            return _kernels.topk_select(flat_scores, sizes, ks, candidates=flat_candidates)
-    if strategy == "loop" or (strategy == "auto" and dev.type == "cpu"):
-        # On CPU an O(n) kthvalue selection per segment beats the two whole-model sorts by 3-8x
-        # (measured: 266k weights 5.5 vs 15 ms, 12.6M weights 0.24 vs 1.96 s); on CUDA the sorts
-        # below keep the update at a handful of launches for the whole model.
-        n_cand = _segment_sums(flat_candidates, sizes)
-        for s_, c_, (start, size), k in zip(flat_scores.split(sizes), flat_candidates.split(sizes),
-                                             zip(np.cumsum([0, *sizes[:-1]]), sizes), ks):
-            keep[start:start + size] = select_within(s_, c_, k, n_cand.pop(0))
-        return keep
-    sizes_t = torch.as_tensor(list(sizes), dtype=torch.int64, device=dev)
-    seg = torch.repeat_interleave(torch.arange(len(sizes), device=dev), sizes_t, output_size=n)
-    idx = flat_candidates.nonzero().squeeze(1)                # candidates, increasing flat index
-    seg_c = seg[idx]
-    n_cand = torch.bincount(seg_c, minlength=len(sizes))
-    starts = torch.cumsum(n_cand, 0) - n_cand                 # first candidate slot of each segment
-    score_key, bits = _descending_key(flat_scores[idx])
-    if bits <= 32:    # one stable sort of the packed key (segment, -score)
-        perm = torch.argsort((seg_c << 32) | score_key, stable=True)
-    else:             # two stable sorts: by -score, then by segment
-        by_score = torch.argsort(score_key, stable=True)
-        perm = by_score[torch.argsort(seg_c[by_score], stable=True)]
-    seg_sorted = seg_c[perm]
-    rank = torch.arange(idx.numel(), device=dev) - starts[seg_sorted]
-    ks_t = torch.as_tensor(list(ks), dtype=torch.int64, device=dev)
-    keep[idx[perm]] = rank < ks_t[seg_sorted]
-    return keep
+    def msg():
+        av, bv = a_vec.tolist(), b_vec.tolist()
+        n, x, y = next((n, x, y) for n, x, y in zip(names, av, bv) if x > y)
+        return message(n, x, y)
+    deferred.require((a_vec <= b_vec).all(), msg)
 
 
-def _split(flat: torch.Tensor, like: Mapping) -> dict:
-    parts = torch.split(flat, [t.numel() for t in like.values()])
-    return {n: p.reshape(t.shape) for (n, t), p in zip(like.items(), parts)}
+def _drop_msg(n, k, a):
+    return f"layer {n!r}: cannot drop {k} weights, only {a} are active"
 
 
-def _prepare_selection(masks: dict, scores: Mapping, kind: str):
-    """Type/shape checks per layer, one finiteness check, per-layer active counts (one sync).
-    Returns (flat mask, flat scores, sizes, n_active)."""
-    names = list(masks)
-    for n in names:
-        s = _real(scores[n], f"{kind} scores[{n!r}]")
-        check_same_shape(masks[n], s, f"mask {n!r}", f"{kind} scores {n!r}")
-    flat_s = _flat(scores, names)
-    _check_finite_layers({n: scores[n] for n in names}, flat_s, f"{kind} scores")
-    flat_m = _flat(masks, names)
-    sizes = [masks[n].numel() for n in names]
-    return flat_m, flat_s, sizes, _segment_sums(flat_m, sizes)
+def _grow_msg(n, k, p):
+    return f"layer {n!r}: a growth of {k} weights is larger than the inactive pool of {p} positions"
 
 
-def _check_drop_counts(names, counts, n_active) -> None:
-    for n, k, a in zip(names, (counts[n] for n in names), n_active):
-        if k > a:
-            raise ValueError(f"layer {n!r}: cannot drop {k} weights, only {a} are active")
+class _Sel:
+    """The masks of one selection, flat, with their active counts (host list or device vector)."""
+
+    def __init__(self, masks: Mapping, scores: Mapping, kind: str):
+        masks = _bool_masks(masks)
+        check_layer_names(masks, scores, f"{kind} scores")
+        self.layout = lay = layout_of(masks)
+        for n in lay.names:
+            check_same_shape(masks[n], _real(scores[n], f"{kind} scores[{n!r}]"), f"mask {n!r}", f"{kind} scores {n!r}")
+        self.mask = lay.flatten(masks)
+        self.dev = self.mask.device
+        self.n_active = masks.counts if isinstance(masks, FlatDict) else None
+        if self.n_active is None and deferred.active() is None:
+            self.n_active = tuple(segment_sums(lay, self.mask).tolist())
+        self.active_vec = (_vec(dict(zip(lay.names, self.n_active)), lay, self.dev) if self.n_active is not None
+                           else (masks.device_counts() if isinstance(masks, FlatDict) else segment_sums(lay, self.mask)))
+        self.sizes_vec = lay.on(self.dev)["sizes"]
+
+    def scores(self, scores: Mapping, kind: str) -> torch.Tensor:
+        flat = self.layout.flatten(scores)
+        _require_finite(self.layout, flat, f"{kind} scores")
+        return flat
 
 
-def _check_grow_counts(names, counts, pools) -> None:
-    for n, k, p in zip(names, (counts[n] for n in names), pools):
-        if k > p:
-            raise ValueError(f"layer {n!r}: a growth of {k} weights is larger than the inactive pool "
-                             f"of {p} positions")
+def _sub(a, b):
+    return None if a is None or b is None else [x - y for x, y in zip(a, b)]
 
 
-# ----------------------------------------------------------------------------- segmented top-k
+def _add(a, b):
+    return None if a is None or b is None else [x + y for x, y in zip(a, b)]
 
-def segmented_topk_within(flat_scores: torch.Tensor, flat_candidates: torch.Tensor,
-                          segment_sizes: Sequence[int], ks: Sequence[int], strategy: str = "auto") -> torch.Tensor:
-    """For each consecutive segment of the 1-D ``flat_scores`` (lengths ``segment_sizes``), the
-    top ``ks[i]`` scores among its candidates (tie rule: larger score, then smaller index).
-    Equal to ``reference.topk.topk_within`` on every segment; two stable sorts in all."""
-    if not isinstance(flat_scores, torch.Tensor) or flat_scores.dim() != 1:
-        raise ValueError(f"flat_scores must be a 1-D torch.Tensor, got "
-                         f"{tuple(flat_scores.shape) if isinstance(flat_scores, torch.Tensor) else type(flat_scores).__name__}")
-    _real(flat_scores, "flat_scores")
-    if (not isinstance(flat_candidates, torch.Tensor) or flat_candidates.dtype != torch.bool
-            or tuple(flat_candidates.shape) != tuple(flat_scores.shape)):
-        got = (f"{flat_candidates.dtype} {tuple(flat_candidates.shape)}" if isinstance(flat_candidates, torch.Tensor)
-               else type(flat_candidates).__name__)
-        raise ValueError(f"candidates must be a boolean tensor of the scores' shape {tuple(flat_scores.shape)}, "
-                         f"got {got}")
-    sizes = list(segment_sizes)
-    for i, s in enumerate(sizes):
-        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
-            raise ValueError(f"segment_sizes[{i}]={s!r} must be an integer >= 0")
-    if sum(sizes) != flat_scores.numel():
-        raise ValueError(f"segment_sizes {sizes} add up to {sum(sizes)}, but there are "
-                         f"{flat_scores.numel()} scores")
-    ks = list(ks)
-    if len(ks) != len(sizes):
-        raise ValueError(f"ks has {len(ks)} entries but there are {len(sizes)} segments")
-    n_cand = _segment_sums(flat_candidates, sizes)
-    ks = [check_count(k, c, f"k of segment {i}") for i, (k, c) in enumerate(zip(ks, n_cand))]
-    check_finite(flat_scores, "scores")
-    if strategy not in SELECT_STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not allowed; choose one of {list(SELECT_STRATEGIES)}")
-    return _segmented_select(flat_scores, flat_candidates, sizes, ks, strategy)
+
+def _keep(sel: _Sel, flat_scores, counts, counts_vec):
+    """The drop step: keep n_active - k of the active positions (largest drop scores)."""
+    names = sel.layout.names
+    _require_le(names, counts, counts_vec, sel.n_active, sel.active_vec, _drop_msg)
+    kept_counts = _sub(sel.n_active, counts)
+    ks = kept_counts if kept_counts is not None else sel.active_vec - counts_vec
+    n_cand = sum(sel.n_active) if sel.n_active is not None else None
+    return select_segments(flat_scores, sel.mask, sel.layout, ks, n_cand=n_cand), kept_counts
+
+
+def _grown(sel: _Sel, kept, kept_counts, kept_vec, flat_scores, counts, counts_vec):
+    """The grow step: counts[l] positions among the inactive ones of ``kept``, OR-ed with it."""
+    pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
+    pool_vec = sel.sizes_vec - kept_vec
+    _require_le(sel.layout.names, counts, counts_vec, pool, pool_vec, _grow_msg)
+    n_cand = None if pool is None else sum(pool)
+    ks = counts if counts is not None else counts_vec
+    new = select_segments(flat_scores, ~kept, sel.layout, ks, n_cand=n_cand, or_with=kept)
+    return new, _add(kept_counts, counts)
+
+
+def _out(sel: _Sel, flat: torch.Tensor, counts) -> FlatDict:
+    return sel.layout.split(flat, counts)
 
 
 # ----------------------------------------------------------------------------- prune and grow
 
-def swap_counts(masks: Mapping, fraction: float) -> dict:
-    """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2); python ints."""
+def swap_counts(masks: Mapping, fraction: float):
+    """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2): python ints, or device
+    counts inside an update when the host does not know the active counts."""
     masks = _bool_masks(masks)
-    check_fraction(fraction)
-    names = list(masks)
-    n_active = _segment_sums(_flat(masks, names), [masks[n].numel() for n in names])
-    return {n: int(math.floor(float(fraction) * a)) for n, a in zip(names, n_active)}
+    f = check_fraction(fraction)
+    active = active_counts(masks)
+    if isinstance(active, DeviceCounts):         # float64 product and floor, as Python does on the host
+        return DeviceCounts(active.layout, torch.floor(active.vec.to(torch.float64) * f).to(torch.int64))
+    return {n: int(math.floor(f * a)) for n, a in active.items()}
 
 
 def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
     """Drop counts[l] active weights per layer: keep the top (n_active - k) drop scores among the
     active positions (complement of a keep set). One segmented selection for all layers."""
-    masks = _bool_masks(masks)
-    counts = _check_counts(counts, masks, "drop counts")
-    check_layer_names(masks, drop_scores, "drop scores")
-    flat_m, flat_s, sizes, n_active = _prepare_selection(masks, drop_scores, "drop")
-    names = list(masks)
-    _check_drop_counts(names, counts, n_active)
-    keep = _segmented_select(flat_s, flat_m, sizes, [a - counts[n] for n, a in zip(names, n_active)])
-    return _split(keep, masks)
+    sel = _Sel(masks, drop_scores, "drop")
+    counts = _counts_arg(counts, masks, "drop counts")
+    flat = sel.scores(drop_scores, "drop")
+    keep, kept_counts = _keep(sel, flat, _host(counts), _vec(counts, sel.layout, sel.dev))
+    return _out(sel, keep, kept_counts)
 
 
 def grow(masks: Mapping, grow_scores: Mapping, counts: Mapping) -> dict:
     """Grow counts[l] weights per layer at the largest grow scores among the inactive positions."""
-    masks = _bool_masks(masks)
-    counts = _check_counts(counts, masks, "grow counts")
-    check_layer_names(masks, grow_scores, "grow scores")
-    flat_m, flat_s, sizes, n_active = _prepare_selection(masks, grow_scores, "grow")
-    names = list(masks)
-    _check_grow_counts(names, counts, [s - a for s, a in zip(sizes, n_active)])
-    grown = _segmented_select(flat_s, ~flat_m, sizes, [counts[n] for n in names])
-    return _split(flat_m | grown, masks)
+    sel = _Sel(masks, grow_scores, "grow")
+    counts = _counts_arg(counts, masks, "grow counts")
+    flat = sel.scores(grow_scores, "grow")
+    new, new_counts = _grown(sel, sel.mask, sel.n_active, sel.active_vec, flat, _host(counts),
+                             _vec(counts, sel.layout, sel.dev))
+    return _out(sel, new, new_counts)
 
 
 def drop_and_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, drop_counts: Mapping,
                   grow_counts: Mapping | None = None) -> dict:
     """One prune-and-grow round ([ST] Eq. 1-2); ``grow_counts`` defaults to ``drop_counts``.
     Everything (both score sets, both count sets) is validated before any selection runs."""
-    masks = _bool_masks(masks)
-    dcounts = _check_counts(drop_counts, masks, "drop counts")
-    check_layer_names(masks, drop_scores, "drop scores")
-    flat_m, flat_d, sizes, n_active = _prepare_selection(masks, drop_scores, "drop")
-    names = list(masks)
-    _check_drop_counts(names, dcounts, n_active)
-    gcounts = dcounts if grow_counts is None else _check_counts(grow_counts, masks, "grow counts")
+    sel = _Sel(masks, drop_scores, "drop")
+    dcounts = _counts_arg(drop_counts, masks, "drop counts")
+    fd = sel.scores(drop_scores, "drop")
+    gcounts = dcounts if grow_counts is None else _counts_arg(grow_counts, masks, "grow counts")
     check_layer_names(masks, grow_scores, "grow scores")
-    for n in names:
-        g = _real(grow_scores[n], f"grow scores[{n!r}]")
-        check_same_shape(masks[n], g, f"mask {n!r}", f"grow scores {n!r}")
-    flat_g = _flat(grow_scores, names)
-    _check_finite_layers({n: grow_scores[n] for n in names}, flat_g, "grow scores")
-    # pool after the drop = inactive before + dropped
-    _check_grow_counts(names, gcounts, [s - a + dcounts[n] for n, s, a in zip(names, sizes, n_active)])
-    kept = _segmented_select(flat_d, flat_m, sizes, [a - dcounts[n] for n, a in zip(names, n_active)])
-    grown = _segmented_select(flat_g, ~kept, sizes, [gcounts[n] for n in names])
-    return _split(kept | grown, masks)
+    for n in sel.layout.names:
+        check_same_shape(masks[n], _real(grow_scores[n], f"grow scores[{n!r}]"), f"mask {n!r}", f"grow scores {n!r}")
+    fg = sel.scores(grow_scores, "grow")
+    dh, dv = _host(dcounts), _vec(dcounts, sel.layout, sel.dev)
+    gh, gv = _host(gcounts), _vec(gcounts, sel.layout, sel.dev)
+    # the pool after the drop (inactive before + dropped) is checked before any selection runs
+    _require_le(sel.layout.names, dh, dv, sel.n_active, sel.active_vec, _drop_msg)
+    kept_counts = _sub(sel.n_active, dh)
+    kept_vec = sel.active_vec - dv
+    pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
+    _require_le(sel.layout.names, gh, gv, pool, sel.sizes_vec - kept_vec, _grow_msg)
+    kept, _ = _keep(sel, fd, dh, dv)
+    new, new_counts = _grown(sel, kept, kept_counts, kept_vec, fg, gh, gv)
+    return _out(sel, new, new_counts)
+
+
+def require_counts(masks: Mapping, expected: Mapping, what: str) -> None:
+    """Invariant of an update: the per-layer active counts of ``masks`` (counted on the device,
+    whatever the masks claim) equal ``expected``; RuntimeError naming the layers otherwise."""
+    masks = _bool_masks(masks)
+    lay = layout_of(masks)
+    actual = masks.device_counts() if isinstance(masks, FlatDict) else segment_sums(lay, lay.flatten(masks))
+    want = _vec(expected, lay, actual.device)
+
+    def msg():
+        a, b = want.tolist(), actual.tolist()
+        bad = {n: (x, y) for n, x, y in zip(lay.names, a, b) if x != y}
+        return f"{what}: update changed per-layer active counts {bad} (before, after)"
+    deferred.require((actual == want).all(), msg, RuntimeError)
 
 
 # ----------------------------------------------------------------------------- DST-EE ([EE] Eq. 1)
@@ -275,8 +257,9 @@ def init_counters(masks: Mapping, init: str = "mask") -> dict:
     masks = _bool_masks(masks)
     if init not in COUNTER_INITS:
         raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
-    return {n: m.to(torch.int64) if init == "mask" else torch.zeros_like(m, dtype=torch.int64)
-            for n, m in masks.items()}
+    lay = layout_of(masks)
+    flat = lay.flatten(masks)
+    return lay.split(flat.to(torch.int64) if init == "mask" else torch.zeros_like(flat, dtype=torch.int64))
 
 
 def increment_counters(counters: Mapping, masks: Mapping) -> dict:
@@ -286,7 +269,8 @@ def increment_counters(counters: Mapping, masks: Mapping) -> dict:
     for n, m in masks.items():
         c = _real(counters[n], f"counters[{n!r}]")
         check_same_shape(m, c, f"mask {n!r}", f"counter {n!r}")
-    return {n: counters[n] + m.to(torch.int64) for n, m in masks.items()}
+    lay = layout_of(masks)
+    return lay.split(lay.flatten(counters) + lay.flatten(masks).to(torch.int64))
 
 
 def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: float, form: str = "eq1") -> dict:
@@ -298,22 +282,28 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
     check_layer_dict(grads, "gradients")
     check_layer_names(grads, counters, "counters")
     for n, g in grads.items():
-        g = as_real_tensor(g, f"gradients[{n!r}]")
+        g = _real(g, f"gradients[{n!r}]")
         N = _real(counters[n], f"counters[{n!r}]")
         check_same_shape(g, N, f"gradient {n!r}", f"counter {n!r}")
+    if len({g.dtype for g in grads.values()}) > 1:      # layers of several dtypes: one buffer each
+        out = {}
+        for n in grads:
+            out.update(dst_ee_scores({n: grads[n]}, {n: counters[n]}, t, c, eps, form))
+        return out
+    lay = layout_of(grads)
     first = next(iter(grads.values()))
+    flat_g = lay.flatten(grads)
+    _require_finite(lay, flat_g, "gradients")
     if _kernels.on_device(first):              # CUDA + CuPy: one launch for every layer (kernels/dst.cu)
         fused = _kernels.dst_ee_scores(grads, counters, t, c, eps, form) if _kernels.usable(first) else None
         if fused is not None:
             return fused
-    out = {}
-    for n, g in grads.items():
-        scal = lambda v: torch.tensor(v, dtype=g.dtype, device=g.device)  # noqa: E731
-        lnt = scal(math.log(t))
-        Nf = counters[n].to(g.dtype)
-        bonus = scal(c) * lnt / (Nf + scal(eps)) if form == "eq1" else lnt / (Nf + scal(c))
-        out[n] = g.abs() + bonus
-    return out
+    dt, dev = first.dtype, first.device
+    scal = lambda v: torch.tensor(v, dtype=dt, device=dev)  # noqa: E731
+    lnt = scal(math.log(t))
+    Nf = lay.flatten(counters).to(dt)
+    bonus = scal(c) * lnt / (Nf + scal(eps)) if form == "eq1" else lnt / (Nf + scal(c))
+    return lay.split(flat_g.abs() + bonus)
 
 
 # ----------------------------------------------------------------------------- SNFS / GraNet helpers
@@ -324,50 +314,60 @@ def ema_update(ema: Mapping | None, grads: Mapping, beta: float) -> dict:
         raise ValueError(f"momentum beta={beta!r} is outside the allowed range [0, 1)")
     check_layer_dict(grads, "gradients")
     for n, g in grads.items():
-        as_real_tensor(g, f"gradients[{n!r}]")
-    out = {}
-    for n, g in grads.items():
-        prev = torch.zeros_like(g) if ema is None else ema[n]
-        b = torch.tensor(beta, dtype=g.dtype, device=g.device)
-        one_minus = torch.tensor(1.0 - beta, dtype=g.dtype, device=g.device)
-        out[n] = b * prev + one_minus * g
-    return out
+        _real(g, f"gradients[{n!r}]")
+    if len({g.dtype for g in grads.values()}) > 1:      # layers of several dtypes: one buffer each
+        out = {}
+        for n in grads:
+            out.update(ema_update(None if ema is None else {n: ema[n]}, {n: grads[n]}, beta))
+        return out
+    lay = layout_of(grads)
+    g = lay.flatten(grads)
+    _require_finite(lay, g, "gradients")
+    prev = torch.zeros_like(g) if ema is None else lay.flatten(ema)
+    b = torch.tensor(beta, dtype=g.dtype, device=g.device)
+    one_minus = torch.tensor(1.0 - beta, dtype=g.dtype, device=g.device)
+    return lay.split(b * prev + one_minus * g)
 
 
 def mean_abs_over_mask(values: Mapping, masks: Mapping) -> dict:
     """Per-layer mean |v| over the active positions (0.0 for an empty layer), accumulated in
-    float64; python floats (one device sync)."""
+    float64; python floats (one device sync, also inside an update: SNFS redistribution reads
+    these on the host)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, values, "values")
     for n, m in masks.items():
         v = as_real_tensor(values[n], f"values[{n!r}]")
         check_same_shape(m, v, f"mask {n!r}", f"values {n!r}")
-    names = list(masks)
-    sums = torch.stack([torch.where(masks[n], values[n].abs().to(torch.float64), 0.0).sum() for n in names])
-    ks = torch.stack([masks[n].sum() for n in names])
-    sums, ks = sums.tolist(), ks.tolist()
-    return {n: float(s / k) if k else 0.0 for n, s, k in zip(names, sums, ks)}
+    lay = layout_of(masks)
+    m = lay.flatten(masks)
+    v = torch.where(m, lay.flatten(values).abs().to(torch.float64), 0.0)
+    sums = torch.stack([part.sum() for part in v.split(lay.sizes)]).tolist()   # per layer, like the reference
+    ks = segment_sums(lay, m).tolist()
+    return {n: float(s / k) if k else 0.0 for n, s, k in zip(lay.names, sums, ks)}
 
 
-def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
+def prune_to_count(masks: Mapping, scores: Mapping, n_keep) -> dict:
     """Global magnitude step of gradual pruning (GraNet): keep the n_keep largest scores among the
     active positions of all layers together (concatenation order, tie rule)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, scores, "scores")
-    names = list(masks)
-    flat_m = _flat(masks, names)
-    for n in names:
+    lay = layout_of(masks)
+    for n in lay.names:
         check_same_shape(masks[n], as_real_tensor(scores[n], f"scores[{n!r}]"), f"mask {n!r}", f"scores {n!r}")
-    flat_s = _flat(scores, names)
-    total = int(flat_m.sum())
-    if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= total:
-        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {total}] (the active weights)")
-    keep = topk_within(flat_s, flat_m, int(n_keep))
-    return _split(keep, masks)
+    flat_m = lay.flatten(masks)
+    flat_s = lay.flatten(scores)
+    known = masks.counts if isinstance(masks, FlatDict) else None
+    total_active = sum(known) if known is not None else int(flat_m.sum())
+    if isinstance(n_keep, bool) or not isinstance(n_keep, int) or not 0 <= n_keep <= total_active:
+        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {total_active}] (the active weights)")
+    keep = select_within(flat_s, flat_m, int(n_keep), total_active)
+    return lay.split(keep)
 
 
 def explored_union(explored: Mapping, masks: Mapping) -> dict:
     """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; SPEC §8.6)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, explored, "explored")
-    return {n: torch.as_tensor(explored[n], device=m.device).to(torch.bool) | m for n, m in masks.items()}
+    lay = layout_of(masks)
+    m = lay.flatten(masks)
+    return lay.split(torch.as_tensor(lay.flatten(explored), device=m.device).to(torch.bool) | m)

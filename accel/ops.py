@@ -6,8 +6,10 @@ import numpy as np
 import torch
 
 from .acdc import acdc_compress  # noqa: F401
-from .dst import (dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
-                  increment_counters, init_counters, mean_abs_over_mask, prune_to_count, swap_counts)
+from .dst import (active_counts, dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
+                  increment_counters, init_counters, mean_abs_over_mask, prune_to_count, require_counts,
+                  swap_counts, total)
+from .flat import layout_of
 from .masks import magnitude_masks, random_masks, random_scores  # noqa: F401
 from .merge import average_bn_stats, caa, interpolate, reprune, superpose_cia, superpose_cima  # noqa: F401
 from .metrics import (exploration_degree, hamming_distance, layer_densities, mask_change,  # noqa: F401
@@ -25,12 +27,14 @@ def random_scores_like(weights: dict, seed: int) -> dict:
 
 
 def from_numpy_like(arrays: dict, like: dict) -> dict:
-    dev = _device(like)
-    return {n: torch.as_tensor(np.asarray(arrays[n], dtype=np.float64), device=dev) for n in like}
+    lay = layout_of(like)
+    flat = np.concatenate([np.asarray(arrays[n], dtype=np.float64).reshape(-1) for n in lay.names])
+    return lay.split(torch.from_numpy(flat).to(_device(like)))
 
 
 def ones_like_masks(weights: dict) -> dict:
-    return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    lay = layout_of(weights)
+    return lay.split(torch.ones(lay.numel, dtype=torch.bool, device=_device(weights)), counts=lay.sizes)
 
 
 def sizes(arrays: dict) -> dict:
@@ -38,14 +42,17 @@ def sizes(arrays: dict) -> dict:
 
 
 def count_active(masks: dict) -> dict:
-    """Per-layer active counts with a single device sync."""
-    names = list(masks)
-    counts = torch.stack([m.sum() for m in masks.values()]).tolist()
-    return dict(zip(names, (int(c) for c in counts)))
+    """Per-layer active counts: host ints (known, or read with one sync), or device counts inside
+    a Sparsifier update when the host does not know them (``accel.dst.active_counts``)."""
+    return active_counts(masks)
 
 
 def abs_all(arrays: dict) -> dict:
-    return {n: a.abs() for n, a in arrays.items()}
+    """|a| of every layer, as one flat buffer (``FlatDict``) when the layers share a dtype."""
+    if len({a.dtype for a in arrays.values()}) > 1:
+        return {n: a.abs() for n, a in arrays.items()}
+    lay = layout_of(arrays)
+    return lay.split(lay.flatten(arrays).abs())
 
 
 def clone_all(arrays: dict) -> dict:

@@ -1,17 +1,29 @@
 """The Sparsifier: masks over the prunable weights of any ``nn.Module``, wrapped around any
-``torch.optim`` optimizer (DESIGN.md "accel API idiom", SPEC §4.5 and §0.3).
+``torch.optim`` optimizer (docs/engine.md; SPEC §4.5 and §0.3 for the masked update).
 
     sp = Sparsifier(model, opt, density=densities.erk(0.1), method=methods.Static())
     loss.backward(); sp.step()          # replaces opt.step()
 
-``step()`` masks the gradients, runs the wrapped optimizer, and re-masks the weights, so pruned
-weights, their gradients and every optimizer state slot (SGD momentum, Adam moments) stay exactly
-zero: with the weight and gradient zero off the mask, weight decay and momentum have nothing to
-revive. Masks are plain tensors (no hooks, no parametrizations): the model pickles, deep-copies and
-saves as usual; ``state_dict()`` holds the masks and method state.
+``step()`` masks the gradients, runs the wrapped optimizer's update, and keeps pruned weights and
+every optimizer state slot (SGD momentum, Adam moments) exactly zero. Masks are plain tensors (no
+hooks, no parametrizations): the model pickles, deep-copies and saves as usual; ``state_dict()``
+holds the masks and the method's state.
 
-The whole-model masking is two ``torch._foreach_mul_`` calls (gradients, weights), not a Python loop
-over elements.
+What the host does, and when it waits for the device:
+
+* a plain step (no mask update due) never reads a device value: the NaN/inf guard is a device
+  flag that makes the optimizer update skip itself (``accel.step``), and a device record counts
+  such steps; the launches are a handful for the whole model (one fused kernel per parameter
+  group and dtype on CUDA with CuPy);
+* a mask update (SET, RigL, SNFS, DST-EE, GraNet, GMP, AC/DC, Sup-tickets) runs the method's
+  operators on flat buffers with their checks deferred (``accel.deferred``), then reads every
+  check, the guard flag, the per-layer counts and the update's statistics in ONE host sync, and
+  installs the new masks only if all of it holds: nothing is half-applied;
+* non-finite gradients: the step is skipped on the device; with ``nonfinite="raise"`` (default)
+  the error is raised at the next synchronisation point (a mask update, ``state_dict()``,
+  reading ``skipped_steps``, or ``check_nonfinite()``), naming the first bad iteration; with
+  ``"skip"`` the steps are only counted. A skipped iteration still counts as an iteration (as an
+  LR scheduler counts a step GradScaler skipped).
 """
 from __future__ import annotations
 
@@ -22,11 +34,14 @@ import torch.nn as nn
 
 from reference._checks import check_density
 from reference.methods import InitContext, Method, build as build_method
+from . import deferred
 from . import densities as D
-from . import kernels as _kernels
 from . import ops
-from ._checks import check_all_finite
+from .flat import FlatDict, layout_of
+from .mask_buffers import MaskBuffers
 from .prunable import discover_prunable
+from .step import StepEngine, nonfinite_guard
+
 
 def _to(obj, device):
     """Recursive copy of a (nested) dict of tensors to ``device``; other values pass through."""
@@ -39,12 +54,56 @@ def _to(obj, device):
     return obj
 
 
+def _tensors_in(obj, out: list) -> list:
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            _tensors_in(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _tensors_in(v, out)
+    return out
+
+
+def _replace_tensors(obj, values: dict):
+    if isinstance(obj, torch.Tensor):
+        return values[id(obj)]
+    if isinstance(obj, Mapping):
+        return {k: _replace_tensors(v, values) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_replace_tensors(v, values) for v in obj)
+    return obj
+
+
+def _select_state(bad: torch.Tensor, old, new):
+    """``new`` with every tensor replaced by ``old``'s (or zeros) where ``bad`` is set: an
+    observation made with non-finite gradients is discarded on the device."""
+    if isinstance(new, FlatDict):
+        prev = old.flat if isinstance(old, FlatDict) else (new.layout.flatten(old) if old is not None else None)
+        flat = torch.where(bad, torch.zeros_like(new.flat) if prev is None else prev, new.flat)
+        return new.layout.split(flat)
+    if isinstance(new, torch.Tensor):
+        return torch.where(bad, torch.zeros_like(new) if old is None else old, new)
+    if isinstance(new, Mapping):
+        return {k: _select_state(bad, None if old is None else old.get(k), v) for k, v in new.items()}
+    return new
+
+
+class NonFiniteGradientError(ValueError):
+    """Gradients held NaN or inf at one or more iterations (those steps changed nothing)."""
+
+
 NONFINITE_POLICIES = ("raise", "skip")
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 
 
 class Sparsifier:
+    # GradScaler: ``scaler.step(sp)`` hands the scale and its found-inf flag to ``step`` through the
+    # attributes ``grad_scale`` / ``found_inf``, as it does for torch's fused optimizers
+    _step_supports_amp_scaling = True
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, density: Optional[DensityArg] = None,
                  method: Union[str, Method] = "static", include=None, exclude=None, seed: int = 0,
                  check_finite: bool = True, remask_weights: Union[bool, str] = "auto", nonfinite: str = "raise"):
@@ -60,7 +119,6 @@ class Sparsifier:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite={nonfinite!r} is not allowed; choose one of {list(NONFINITE_POLICIES)}")
         self.nonfinite = nonfinite      # 'raise', or 'skip' the iteration (counted in skipped_steps)
-        self.skipped_steps = 0
         if remask_weights not in (True, False, "auto"):
             raise ValueError(f"remask_weights={remask_weights!r} is not allowed; use True, False or 'auto'")
         # With masked gradients, weights and state, SGD / Adam / AdamW provably leave pruned weights at
@@ -69,27 +127,31 @@ class Sparsifier:
         self.remask_weights = (type(optimizer) not in _ZERO_PRESERVING) if remask_weights == "auto" else remask_weights
         self.params = discover_prunable(model, include, exclude)
         self._check_optimizer_holds_params()
-        weights = {n: p.detach() for n, p in self.params.items()}
+        self._layout = layout_of(self.params)
+        weights = self._weights()
         self.densities = self._resolve_densities(density, weights)
         self.step_count = 0
-        self.masks: Optional[dict] = None
+        self.masks: Optional[FlatDict] = None
         self.state: dict = {}          # the method's state (DST-EE counters, SNFS momentum, ...)
-        self.explored: Optional[dict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
+        self.explored: Optional[FlatDict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
         self.updates: list = []        # one record per mask update: t, R, mask change, counts
         self.on_update = None          # optional callback(t, masks) after every installed update (DDP check)
-        self._mask_f: list = []
         self._squashed = False
+        self._explored_count = 0
+        self._buffers = None if self.method.is_dense else MaskBuffers(self.params, self._layout)
+        self._engine = StepEngine(optimizer, self.params, self._buffers)
+        self._found: Optional[torch.Tensor] = None     # the guard's flag (float32, device)
+        self._record: Optional[torch.Tensor] = None    # int64 [3]: scratch, bad steps, first bad iteration
+        self._one: Optional[torch.Tensor] = None
+        self._bad_steps = 0            # non-finite steps read back from the device record so far
+        self._restored_skips = 0       # skipped steps carried over by load_state_dict
         if not self.method.needs_init_grads:
             self._init_masks(weights, None)
 
-    def _init_masks(self, weights, grads) -> None:
-        masks = self.method.init_masks(ops, InitContext(weights, grads, self.densities, self.seed))
-        state = self.method.init_state(ops, self._validate_masks(masks))
-        self._install(masks)
-        self.state = state
-        self.explored = {n: m.clone() for n, m in self.masks.items()}
-
     # ----------------------------------------------------------------- setup
+    def _weights(self) -> dict:
+        return {n: p.detach() for n, p in self.params.items()}
+
     def _check_optimizer_holds_params(self) -> None:
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in self.params.items() if id(p) not in held]
@@ -117,8 +179,20 @@ class Sparsifier:
         d = check_density(density, "density", allow_zero=False)
         return D.uniform(d).resolve(weights)
 
+    def _device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    def _guard_tensors(self):
+        dev = self._device()
+        if self._found is None or self._found.device != dev:
+            self._found = torch.zeros((), dtype=torch.float32, device=dev)
+            self._record = torch.zeros(3, dtype=torch.int64, device=dev)
+            self._one = torch.ones((), dtype=torch.float32, device=dev)
+        return self._found, self._record
+
     # ------------------------------------------------------------ mask state
-    def _validate_masks(self, masks: Mapping) -> dict:
+    def _validate_masks(self, masks: Mapping) -> FlatDict:
+        """User-given masks (set_masks, load_state_dict): checked eagerly, as one flat bool buffer."""
         if list(masks) != list(self.params):
             raise ValueError(f"masks must name exactly the prunable weights {list(self.params)} in order; got {list(masks)}")
         out = {}
@@ -133,152 +207,277 @@ class Sparsifier:
                     raise ValueError(f"mask {n!r} must be boolean or 0/1 valued")
                 m = m != 0
             out[n] = m.to(p.device)
-        return out
+        return self._layout.split(self._layout.flatten(out))
 
-    def _install(self, masks: Mapping, survivors: Optional[Mapping] = None) -> None:
-        """Validate everything first, then apply. Weights and every optimizer state slot are
-        multiplied by ``survivors`` (default: the masks), so dropped and newly grown positions
-        start from 0 (grown weights and their momentum / Adam moments are zero)."""
-        masks = self._validate_masks(masks)
-        keep = masks if survivors is None else self._validate_masks(survivors)
-        self.masks = masks
-        self._mask_f = [masks[n].to(p.dtype) for n, p in self.params.items()]
-        if self.method.is_dense:
+    def _as_flat(self, masks: Mapping, what: str = "masks") -> FlatDict:
+        """A method's masks as a flat bool buffer of this layout (no copy when they already are)."""
+        if isinstance(masks, FlatDict) and masks.layout == self._layout and masks.flat.dtype == torch.bool:
+            return masks
+        if list(masks) != list(self.params):
+            raise RuntimeError(f"method {self.method.name!r} returned {what} for {list(masks)}, "
+                               f"the prunable weights are {list(self.params)}")
+        for n, m in masks.items():
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != tuple(self.params[n].shape):
+                raise RuntimeError(f"method {self.method.name!r} returned a bad mask for {n!r}: "
+                                   f"{type(m).__name__} {getattr(m, 'dtype', '')} {tuple(getattr(m, 'shape', ()))}")
+        return self._layout.split(self._layout.flatten(masks).to(self._device()))
+
+    def _init_masks(self, weights, grads) -> None:
+        masks = self._as_flat(self.method.init_masks(ops, InitContext(weights, grads, self.densities, self.seed)))
+        state = self.method.init_state(ops, masks)
+        self._install(masks, None, counts=None)
+        self.state = state
+        self.explored = self._layout.split(masks.flat.clone())
+        self._explored_count = sum(self.masks.counts)
+
+    def _install(self, masks: FlatDict, survivors: Optional[FlatDict], counts) -> None:
+        """Make ``masks`` the masks (replacing, never multiplying into, the old ones). Weights and
+        every optimizer state slot of the prunable weights are multiplied by ``survivors``
+        (default: the masks), so dropped and newly grown positions start from 0. ``counts``: the
+        per-layer active counts when already read (else read here: one sync)."""
+        if counts is None:
+            counts = masks.counts if masks.counts is not None else masks.device_counts().tolist()
+        self.masks = self._layout.split(masks.flat, counts)
+        if self._buffers is None:
             return
-        keep_f = self._mask_f if survivors is None else [keep[n].to(p.dtype) for n, p in self.params.items()]
+        self._buffers.install(masks.flat)
+        keep = self._buffers.kfloat_view if survivors is None else self._buffers.float_views(survivors.flat, self.params)
         with torch.no_grad():
-            torch._foreach_mul_([p.data for p in self.params.values()], keep_f)
-            for (n, p), mf in zip(self.params.items(), keep_f):
+            torch._foreach_mul_([p.data for p in self.params.values()], [keep[n] for n in self.params])
+            slots, factors = [], []
+            for n, p in self.params.items():
                 for v in self.optimizer.state.get(p, {}).values():
                     if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                        v.mul_(mf)
+                        slots.append(v)
+                        factors.append(keep[n].to(v.dtype) if v.dtype != keep[n].dtype else keep[n])
+            if slots:
+                torch._foreach_mul_(slots, factors)
 
     def reset_optimizer_state(self) -> None:
         """Zero every optimizer state tensor of every parameter of every group (not only the prunable
         ones): SGD momentum buffers, Adam/AdamW moments and step counters (the next step then acts as a
         fresh optimizer's). AC/DC's reset at each decompression phase ([TH] §3.4.1; ``Update.reset_optimizer_state``)."""
-        with torch.no_grad():
-            for group in self.optimizer.param_groups:
-                for p in group["params"]:
-                    for v in self.optimizer.state.get(p, {}).values():
-                        if isinstance(v, torch.Tensor):
-                            v.zero_()
+        tensors = [v for group in self.optimizer.param_groups for p in group["params"]
+                   for v in self.optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)]
+        if tensors:
+            with torch.no_grad():
+                torch._foreach_zero_(tensors)
 
     def set_masks(self, masks: Mapping) -> None:
         """Install new masks (replacing, never multiplying into, the old ones)."""
-        self._install(masks)
+        self._install(self._validate_masks(masks), None, counts=None)
 
     # ------------------------------------------------------------------ step
-    def step(self) -> None:
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @property
+    def defaults(self):
+        return self.optimizer.defaults
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
         """One training iteration t = step_count + 1 (replaces ``optimizer.step()``).
 
         If the method's mask update is due at t, the new masks are computed from the dense
         gradients first (nothing is applied until the whole update succeeded), installed, and the
         optimizer steps with them unless the method follows Alg. 1 literally (step_on_update=False).
         """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         if self._squashed:
             raise RuntimeError("this Sparsifier was squashed; step the optimizer directly")
         t = self.step_count + 1
-        grads = [p.grad for p in self.params.values()]
-        due = self.masks is not None and self.method.due(t)
-        needs_grads = due or self.method.observes_grads or self.masks is None
-        if needs_grads:
-            missing = [n for n, g in zip(self.params, grads) if g is None]
-            if missing:
-                raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
-                                   f"but {missing} have no .grad; call loss.backward() before step()")
-        if self.check_finite or needs_grads or self.nonfinite == "skip":
-            try:
-                check_all_finite(grads, f"gradients at iteration {t}")
-            except ValueError:
-                if self.nonfinite == "raise":
-                    raise
-                self.skipped_steps += 1  # nothing changes: no optimizer step, no mask update, t not consumed
-                return
-        after = due and self.method.update_after_step(t)
-        if needs_grads:  # an update after the step needs the dense gradients the step masks in place
-            gdict = {n: (g.detach().clone() if after else g.detach()) for n, g in zip(self.params, grads)}
-        else:
-            gdict = None
-        if self.masks is None:  # methods that build their first masks from gradients (SNIP)
-            self._init_masks({n: p.detach() for n, p in self.params.items()}, gdict)
-        state = self.method.observe(ops, self.state, t, gdict) if self.method.observes_grads else self.state
-        if due and not after:
-            self._update(t, gdict, state)
-            if self.method.step_on_update:
-                self._masked_step(grads)
+        grad_scale = getattr(self, "grad_scale", None)
+        scaler_found = getattr(self, "found_inf", None)
+        if self.masks is None:                       # methods that build their first masks from gradients (SNIP)
+            self._first_masks(t)
+        found = self._guard(t, scaler_found)
+        m = self.method
+        due = m.due(t)
+        collects = m.collects(t)
+        if not (due or collects):                    # the hot path: no host sync
+            if m.observes_grads:
+                self._observe(t, found)
+            self._engine.step(found, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
+            self.step_count = t
+            return loss
+        self._event(t, found, grad_scale, due, due and m.update_after_step(t), collects, scaler_found is not None)
+        self.step_count = t
+        return loss
+
+    def _guard(self, t: int, scaler_found: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if scaler_found is not None:                 # GradScaler checked every gradient already
+            return scaler_found
+        if not self.check_finite:
+            return None
+        found, record = self._guard_tensors()
+        nonfinite_guard(self._engine.grads(), found, record, t, self._one)
+        return found
+
+    def _dense_grads(self, t: int, clone: bool) -> dict:
+        missing = [n for n, p in self.params.items() if p.grad is None]
+        if missing:
+            raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
+                               f"but {missing} have no .grad; call loss.backward() before step()")
+        return {n: (p.grad.detach().clone() if clone else p.grad.detach()) for n, p in self.params.items()}
+
+    def _first_masks(self, t: int) -> None:
+        grads = self._dense_grads(t, clone=False)
+        bad = [n for n, g in grads.items() if g.is_floating_point() and not bool(torch.isfinite(g).all())]
+        if bad:
+            raise NonFiniteGradientError(f"gradients at iteration {t} contain non-finite values (NaN or inf) in "
+                                         f"{bad}; method {self.method.name!r} builds its masks from them")
+        self._init_masks(self._weights(), grads)
+
+    def _observe(self, t: int, found: Optional[torch.Tensor]) -> None:
+        """The method's per-step observation (SNFS momentum) without a sync: its checks are the
+        guard's (finite gradients), and an observation with a non-finite gradient is discarded."""
+        grads = self._dense_grads(t, clone=False)
+        with deferred.transaction():                 # checks dropped: the guard covers them
+            new = self.method.observe(ops, self.state, t, grads)
+        self.state = new if found is None else _select_state(found > 0, self.state, new)
+
+    def _event(self, t, found, grad_scale, due, after, collects, scaler) -> None:
+        """An iteration with a mask update and/or a collection: one transaction, one host sync."""
+        m = self.method
+        needs_grads = due or m.observes_grads
+        gdict = self._dense_grads(t, clone=after or collects) if needs_grads else None
+        with deferred.transaction() as txn:
+            state = m.observe(ops, self.state, t, gdict) if m.observes_grads else self.state
+            staged = None
+            if due and not after:
+                staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
+            else:
+                self._engine.step(found, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
+                if collects:
+                    net = {k: v.detach() for k, v in self.model.state_dict().items()}
+                    state = m.collect(ops, t, net, self.masks, state)
+                if after:
+                    staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
+            guard = self._fetch_guard(txn, found)
+            txn.read()
+        if not self._accept_guard(txn, guard, t, scaler):
+            return                                   # this iteration's gradients were not finite: nothing changes
+        txn.raise_failed()
+        if staged is not None:
+            self._apply(staged, txn, t)
         else:
             self.state = state
-            self._masked_step(grads)
-        if self.method.collects(t):
-            net = {k: v.detach() for k, v in self.model.state_dict().items()}
-            self.state = self.method.collect(ops, t, net, self.masks, self.state)
-        if after:
-            self._update(t, gdict, self.state)
-        self.step_count = t
+        if due and not after and m.step_on_update:
+            self._engine.step(None, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
 
-    def _update(self, t: int, gdict: dict, state: dict) -> None:
-        weights = {n: p.detach() for n, p in self.params.items()}
-        up = self.method.update(ops, t, weights, gdict, self.masks, state, self.seed)  # pure
-        old = self.masks
-        explored = ops.explored_union(self.explored, up.masks)
-        change = ops.mask_change(old, up.masks)
-        self._install(up.masks, up.survivors)
+    def _stage(self, up, txn) -> dict:
+        """An update's masks and statistics, scheduled for the transaction's one read."""
+        new = self._as_flat(up.masks)
+        keep = None if up.survivors is up.masks else self._as_flat(up.survivors, "survivors")
+        explored = self.explored.flat | new.flat
+        info_tensors = [x for x in _tensors_in(up.info, []) if x.dim() == 0]
+        return {"up": up, "new": new, "keep": keep, "explored": explored,
+                "h_counts": txn.fetch(new.device_counts()),
+                "h_xor": txn.fetch((self.masks.flat ^ new.flat).sum()),
+                "h_explored": txn.fetch(explored.sum()),
+                "h_info": [(x, txn.fetch(x)) for x in info_tensors]}
+
+    def _fetch_guard(self, txn, found) -> dict:
+        h = {}
+        if found is not None:
+            h["found"] = txn.fetch(found)
+        if self._record is not None:
+            h["record"] = txn.fetch(self._record[1:])
+        return h
+
+    def _accept_guard(self, txn, h, t: int, scaler: bool) -> bool:
+        """Apply the non-finite policy with the values read at the commit; False: skip iteration t
+        (its gradients were not finite, or GradScaler found an overflow: nothing changes)."""
+        if "record" in h:
+            self._report(*txn.value(h["record"]))
+        return not ("found" in h and txn.value(h["found"]) != 0)
+
+    def _apply(self, staged: dict, txn, t: int) -> None:
+        up, new = staged["up"], staged["new"]
+        counts = txn.value(staged["h_counts"])
+        kept_old = sum(self.masks.counts)
+        if kept_old == 0:
+            raise ValueError("mask_prev keeps no weight, so the change relative to the kept weights is undefined")
+        xor, n = txn.value(staged["h_xor"]), self._layout.numel
+        info = _replace_tensors(up.info, {id(x): txn.value(h) for x, h in staged["h_info"]})
+        self._install(new, staged["keep"], counts)
         if up.reset_optimizer_state:
             self.reset_optimizer_state()
-        self.state, self.explored = up.state, explored
-        self.updates.append({"t": t, **up.info, "density": self.total_density(),
-                             "exploration_degree": ops.exploration_degree(explored), **change})
+        self.state = up.state
+        self.explored = self._layout.split(staged["explored"])
+        self._explored_count = txn.value(staged["h_explored"])
+        self.updates.append({"t": t, **info, "density": sum(counts) / n, "exploration_degree": self._explored_count / n,
+                             "xor_over_kept": xor / kept_old, "xor_over_total": xor / n})
         if self.on_update is not None:
             self.on_update(t, self.masks)
 
-    def _masked_step(self, grads) -> None:
-        if self.method.is_dense:
-            self.optimizer.step()
+    # ------------------------------------------------------------ non-finite reporting
+    def _report(self, bad: int, first: int) -> None:
+        """Take over the device record's new non-finite steps (then zero it) and, under
+        ``nonfinite='raise'``, raise for them."""
+        if bad <= 0:
             return
-        live = [(g, m) for g, m in zip(grads, self._mask_f) if g is not None]
-        if live and _kernels.on_device(live[0][0]) and _kernels.sgd_optimizer_step(
-                self.optimizer, {id(p): self.masks[n] for n, p in self.params.items()}):
-            return      # CUDA + CuPy, torch.optim.SGD: mask + step + re-mask in one launch (kernels/masked_sgd.cu)
-        if live:
-            torch._foreach_mul_([g for g, _ in live], [m for _, m in live])
-        self.optimizer.step()
-        if self.remask_weights:
-            with torch.no_grad():
-                torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
+        self._bad_steps += bad
+        self._record[1:].zero_()
+        if self.nonfinite == "raise":
+            raise NonFiniteGradientError(
+                f"gradients at iteration {first} contain non-finite values (NaN or inf); {bad} step(s) with "
+                f"non-finite gradients were skipped (nothing changed at them). Use nonfinite='skip' to keep "
+                f"training and count them, or check_finite=False to turn the guard off")
 
-    def exploration_degree(self) -> float:
-        """R of [EE] (SPEC §8.6): the fraction of prunable weights that were ever active."""
-        return 1.0 if self.explored is None else ops.exploration_degree(self.explored)
+    def check_nonfinite(self) -> int:
+        """Read the guard's record (one host sync): raise for unreported non-finite steps under
+        ``nonfinite='raise'``; returns the number of skipped steps."""
+        if self._record is not None:
+            bad, first = self._record[1:].tolist()
+            self._report(bad, first)
+        return self._restored_skips + self._bad_steps
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for non-finite gradients (reads the device record: a host sync)."""
+        return self.check_nonfinite()
 
     # ------------------------------------------------------------ reporting
+    def exploration_degree(self) -> float:
+        """R of [EE] (SPEC §8.6): the fraction of prunable weights that were ever active."""
+        return 1.0 if self.explored is None else self._explored_count / self._layout.numel
+
     def layer_densities(self) -> dict:
         if self.masks is None:
             return dict(self.densities)
-        return {n: float(m.sum()) / m.numel() for n, m in self.masks.items()}
+        return {n: c / s for n, c, s in zip(self._layout.names, self.masks.counts, self._layout.sizes)}
 
     def total_density(self) -> float:
         if self.masks is None:
             return sum(self.densities[n] * p.numel() for n, p in self.params.items()) / self.n_prunable
-        return float(sum(int(m.sum()) for m in self.masks.values())) / self.n_prunable
+        return sum(self.masks.counts) / self.n_prunable
 
     @property
     def n_prunable(self) -> int:
-        return sum(p.numel() for p in self.params.values())
+        return self._layout.numel
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """Masks, method state (counters, momentum, ...), ITOP bookkeeping and counters; plain
         CPU tensors and Python values, so ``torch.save`` / ``torch.load(weights_only=True)`` work."""
+        skipped = self.check_nonfinite()
         return {
-            "masks": _to(self.masks, "cpu"),
+            "masks": None if self.masks is None else _to(dict(self.masks), "cpu"),
             "densities": dict(self.densities),
             "step_count": self.step_count,
             "seed": self.seed,
             "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.state, "cpu")},
-            "explored": _to(self.explored, "cpu"),
+            "explored": None if self.explored is None else _to(dict(self.explored), "cpu"),
             "updates": [dict(u) for u in self.updates],
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": skipped,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -298,24 +497,30 @@ class Sparsifier:
         if masks is not None and set(meth["state"]) != set(self.method.init_state(ops, masks)):
             raise ValueError(f"method state keys {sorted(meth['state'])} do not match method {self.method.name!r} "
                              f"(expected {sorted(self.method.init_state(ops, masks))})")
-        device = next(iter(self.params.values())).device
+        device = self._device()
         self.densities = dict(state["densities"])
         self.step_count = int(state["step_count"])
         self.seed = int(state["seed"])
         self.updates = [dict(u) for u in state["updates"]]
-        self.skipped_steps = int(state["skipped_steps"])
+        self._restored_skips = int(state["skipped_steps"])
+        self._bad_steps = 0
+        if self._record is not None:
+            self._record.zero_()
         self.state = _to(meth["state"], device)
         self.explored = explored
+        self._explored_count = 0 if explored is None else int(explored.flat.sum())
+        self._engine.invalidate()
         if masks is not None:
-            self._install(masks)
+            self._install(masks, None, counts=None)
         else:
             self.masks = None
 
     def squash(self) -> nn.Module:
         """Make the sparsity permanent: plain dense weights with exact zeros; the Sparsifier detaches."""
-        if self.masks is not None and not self.method.is_dense:
+        if self.masks is not None and self._buffers is not None:
             with torch.no_grad():
-                torch._foreach_mul_([p.data for p in self.params.values()], self._mask_f)
+                torch._foreach_mul_([p.data for p in self.params.values()],
+                                    [self._buffers.kfloat_view[n] for n in self.params])
         self._squashed = True
         return self.model
 

@@ -38,7 +38,7 @@ def _bool_masks(masks: Mapping, what: str = "masks") -> dict:
     return out
 
 
-def _check_counts(counts: Mapping, masks: Mapping, what: str) -> dict:
+def check_counts(counts: Mapping, masks: Mapping, what: str) -> dict:
     check_layer_names(masks, counts, what)
     out = {}
     for n, k in counts.items():
@@ -71,7 +71,7 @@ def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
     """Drop counts[l] active weights per layer: the kept set is the top (n_active - k) drop scores
     among the active positions (SPEC §0.3: "drop the k smallest" = complement of a keep set)."""
     masks = _bool_masks(masks)
-    counts = _check_counts(counts, masks, "drop counts")
+    counts = check_counts(counts, masks, "drop counts")
     check_layer_names(masks, drop_scores, "drop scores")
     out = {}
     for n, m in masks.items():
@@ -87,7 +87,7 @@ def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
 def grow(masks: Mapping, grow_scores: Mapping, counts: Mapping) -> dict:
     """Grow counts[l] weights per layer at the largest grow scores among the inactive positions."""
     masks = _bool_masks(masks)
-    counts = _check_counts(counts, masks, "grow counts")
+    counts = check_counts(counts, masks, "grow counts")
     check_layer_names(masks, grow_scores, "grow scores")
     out = {}
     for n, m in masks.items():

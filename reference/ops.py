@@ -37,6 +37,20 @@ def count_active(masks: dict) -> dict:
     return {n: int(np.count_nonzero(m)) for n, m in masks.items()}
 
 
+def total(counts: dict) -> int:
+    """The sum of per-layer counts (accel: a device scalar when the counts live on the device)."""
+    return sum(counts.values())
+
+
+def require_counts(masks: dict, expected: dict, what: str) -> None:
+    """Invariant of a mask update: every layer of ``masks`` holds exactly ``expected[layer]``
+    active weights (accel checks this on the device when the update commits)."""
+    actual = count_active(masks)
+    bad = {n: (expected[n], actual[n]) for n in actual if expected[n] != actual[n]}
+    if bad:
+        raise RuntimeError(f"{what}: per-layer active counts {bad} (expected, got) break the update's invariant")
+
+
 def abs_all(arrays: dict) -> dict:
     return {n: np.abs(a) for n, a in arrays.items()}
 

@@ -60,3 +60,62 @@ def masked_sgd_step_all(weights, grads, masks, bufs, **hp):
     for name in weights:
         out_w[name], out_b[name] = masked_sgd_step(weights[name], grads[name], masks[name], bufs.get(name), **hp)
     return out_w, out_b
+
+
+def check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay) -> None:
+    """Scalar validation shared by both backends (same rules as torch.optim.Adam / AdamW)."""
+    for name, v in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}={v!r} is not allowed: it must be a finite number >= 0")
+    for name, v in (("beta1", beta1), ("beta2", beta2)):
+        if not (isinstance(v, (int, float)) and 0.0 <= v < 1.0):
+            raise ValueError(f"{name}={v!r} is outside the allowed range [0, 1)")
+
+
+def masked_adam_step(w, g, mask, exp_avg, exp_avg_sq, max_exp_avg_sq=None, step=0, *, lr, beta1=0.9, beta2=0.999,
+                     eps=1e-8, weight_decay=0.0, amsgrad=False, decoupled=False):
+    """One masked Adam (``decoupled=False``, L2 added to the gradient) or AdamW (``decoupled=True``,
+    decoupled weight decay) step on one tensor, in torch.optim.Adam's convention. Returns
+    (new_w, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq or None, step + 1); inputs are not
+    modified. ``step`` is the number of steps taken so far.
+
+        d    = m * g                                   (gradient masked first)
+        w    = w * (1 - lr * weight_decay)             (AdamW)     or  d = d + weight_decay * w  (Adam)
+        a    = beta1 * a + (1 - beta1) * d
+        b    = beta2 * b + (1 - beta2) * d * d
+        bmax = max(bmax, b)                            (amsgrad)
+        w    = (w - lr / (1 - beta1^s) * a / (sqrt(b or bmax) / sqrt(1 - beta2^s) + eps)) * m,  s = step + 1
+
+    and a, b, bmax multiplied by m. The two bias corrections are computed in float64 and rounded
+    to the dtype (as the CUDA kernel does); every other operation runs in the array's dtype.
+    """
+    check_adam_hyperparameters(lr, beta1, beta2, eps, weight_decay)
+    check_same_shape(w, g, "weight", "gradient")
+    check_same_shape(w, mask, "weight", "mask")
+    for what, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)) + ((("max_exp_avg_sq", max_exp_avg_sq),) if amsgrad else ()):
+        if a is None:
+            raise ValueError(f"{what} is missing")
+        check_same_shape(w, a, "weight", what)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step={step!r} must be an integer >= 0 (the steps taken so far)")
+    check_finite(w, "weights")
+    check_finite(g, "gradients")
+    T = w.dtype.type
+    m = np.asarray(mask, dtype=bool).astype(w.dtype)
+    d = g * m
+    s = int(step) + 1
+    if weight_decay != 0:
+        if decoupled:
+            w = w * T(1.0 - lr * weight_decay)
+        else:
+            d = d + T(weight_decay) * w
+    a = T(beta1) * exp_avg + T(1.0 - beta1) * d
+    b = T(beta2) * exp_avg_sq + T(1.0 - beta2) * (d * d)
+    v, new_max = b, None
+    if amsgrad:
+        v = new_max = np.maximum(max_exp_avg_sq, b)
+    step_size = T(lr / (1.0 - beta1 ** s))
+    bc2_sqrt = T(np.sqrt(1.0 - beta2 ** s))
+    denom = np.sqrt(v) / bc2_sqrt + T(eps)
+    new_w = (w - step_size * (a / denom)) * m
+    return new_w, a * m, b * m, None if new_max is None else new_max * m, s

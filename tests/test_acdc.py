@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import accel.ops as A
 import accel.train as accel_train
+from accel.step import StepEngine
 import reference.ops as R
 import reference.train as reference_train
 from accel.cli import main
@@ -138,18 +139,13 @@ def _run_accel(cfg, monkeypatch):
     split = load_split(cfg)
     spe = -(-len(split.y_train) // cfg.batch_size)
     method = _recording(cfg, spe)
-    before, steps, orig = [], [], accel_train.build_optimizer
+    before, steps = [], []
+    engine_step = StepEngine.step
 
-    def build(c, model):
-        opt = orig(c, model)
-        step = opt.step
-
-        def checked(*a, **k):
-            before.append(_optimizer_state_tensors(opt))
-            return step(*a, **k)
-        opt.step = checked
-        return opt
-    monkeypatch.setattr(accel_train, "build_optimizer", build)
+    def checked(engine, *a, **k):      # the optimizer state just before each optimizer update
+        before.append(_optimizer_state_tensors(engine.opt))
+        return engine_step(engine, *a, **k)
+    monkeypatch.setattr(StepEngine, "step", checked)
     out = accel_train.train_accel(cfg, split, method=method, on_step=lambda t, model, sp: steps.append(
         ({n: m.clone() for n, m in sp.masks.items()}, {n: p.detach().clone() for n, p in sp.params.items()})))
     return method, spe, steps, before, out

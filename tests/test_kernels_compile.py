@@ -191,7 +191,7 @@ def test_source_inlines_each_local_header_once(tmp_path, monkeypatch):
     (tmp_path / "h.cuh").write_text("#define FROM_HEADER 1\n")
     (tmp_path / "k.cu").write_text('// k\n#include "h.cuh"\n  # include "h.cuh"\nint x = FROM_HEADER;\n')
     (tmp_path / "bad.cu").write_text('#include "missing.cuh"\n')
-    monkeypatch.setattr(kernels, "KERNEL_DIR", tmp_path)
+    monkeypatch.setattr(kernels.loader, "KERNEL_DIR", tmp_path)
     text = kernels.source("k.cu")
     assert text.count("#define FROM_HEADER 1") == 1 and "#include" not in text
     with pytest.raises(FileNotFoundError, match="missing.cuh"):

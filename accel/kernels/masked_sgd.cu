@@ -14,6 +14,12 @@
 //     g       = m ? g : 0                       (only if mask_grad: the in-place gradient masking
 //                                                the torch path does with _foreach_mul_)
 //
+// Before the arithmetic, the gradient is divided by *grad_scale (when given: GradScaler's scale,
+// as torch's fused optimizers take it) and negated when `maximize`. When `found_inf` is given and
+// *found_inf != 0 (a non-finite gradient somewhere in the model, found by guard.cu or by
+// GradScaler), every thread returns at once: the step is skipped on the device, nothing is
+// written, and the host never has to look.
+//
 // This is term for term reference.optim.masked_sgd_step: the reference multiplies by the 0/1 mask,
 // which on a finite value gives exactly +-0, and a select gives +0; the two compare equal. Every
 // product and sum is rounded separately (__fmul_rn / __fadd_rn / __fsub_rn and the double forms),
@@ -45,9 +51,12 @@ __device__ __forceinline__ void masked_sgd_impl(
     const i64* __restrict__ m_ptrs, const i64* __restrict__ buf_in_ptrs, const i64* __restrict__ buf_out_ptrs,
     const int* __restrict__ chunk_tensor, const i64* __restrict__ chunk_start, const i64* __restrict__ sizes,
     i64 n_chunks, i64 chunk_len,
-    T lr, T momentum, T weight_decay, T one_minus_dampening, int nesterov, int mask_grad)
+    T lr, T momentum, T weight_decay, T one_minus_dampening, int nesterov, int mask_grad,
+    const float* __restrict__ found_inf, const float* __restrict__ grad_scale, int maximize)
 {
+    if (found_inf != nullptr && *found_inf != 0.0f) return;   // uniform over the grid: no barrier below
     const T zero = T(0);
+    const T scale = grad_scale != nullptr ? T(*grad_scale) : T(1);
     for (i64 c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const int t = chunk_tensor[c];
         const i64 lo = chunk_start[c];
@@ -79,6 +88,8 @@ __device__ __forceinline__ void masked_sgd_impl(
                 if (i < hi) {
                     T d = keep[u] ? g[u] : zero;
                     if (mask_grad && !keep[u]) G[i] = zero;
+                    if (grad_scale != nullptr) d = div_rn(d, scale);
+                    if (maximize) d = -d;
                     if (weight_decay != zero) d = add_rn(d, mul_rn(weight_decay, w[u]));
                     if (momentum != zero) {
                         const T nb = (B != nullptr) ? add_rn(mul_rn(momentum, b[u]), mul_rn(one_minus_dampening, d)) : d;
@@ -95,17 +106,21 @@ __device__ __forceinline__ void masked_sgd_impl(
 extern "C" __global__ void masked_sgd_f32(
     const i64* w_in, const i64* w_out, const i64* g, const i64* m, const i64* buf_in, const i64* buf_out,
     const int* chunk_tensor, const i64* chunk_start, const i64* sizes, i64 n_chunks, i64 chunk_len,
-    float lr, float momentum, float weight_decay, float one_minus_dampening, int nesterov, int mask_grad)
+    float lr, float momentum, float weight_decay, float one_minus_dampening, int nesterov, int mask_grad,
+    const float* found_inf, const float* grad_scale, int maximize)
 {
     masked_sgd_impl<float>(w_in, w_out, g, m, buf_in, buf_out, chunk_tensor, chunk_start, sizes, n_chunks,
-                           chunk_len, lr, momentum, weight_decay, one_minus_dampening, nesterov, mask_grad);
+                           chunk_len, lr, momentum, weight_decay, one_minus_dampening, nesterov, mask_grad,
+                           found_inf, grad_scale, maximize);
 }
 
 extern "C" __global__ void masked_sgd_f64(
     const i64* w_in, const i64* w_out, const i64* g, const i64* m, const i64* buf_in, const i64* buf_out,
     const int* chunk_tensor, const i64* chunk_start, const i64* sizes, i64 n_chunks, i64 chunk_len,
-    double lr, double momentum, double weight_decay, double one_minus_dampening, int nesterov, int mask_grad)
+    double lr, double momentum, double weight_decay, double one_minus_dampening, int nesterov, int mask_grad,
+    const float* found_inf, const float* grad_scale, int maximize)
 {
     masked_sgd_impl<double>(w_in, w_out, g, m, buf_in, buf_out, chunk_tensor, chunk_start, sizes, n_chunks,
-                            chunk_len, lr, momentum, weight_decay, one_minus_dampening, nesterov, mask_grad);
+                            chunk_len, lr, momentum, weight_decay, one_minus_dampening, nesterov, mask_grad,
+                            found_inf, grad_scale, maximize);
 }

@@ -94,6 +94,9 @@ template <class T> inline unsigned match_any(int line, unsigned mask, T v)
 // atomics: threads of the emulator never run at the same time, so a read-modify-write is atomic
 template <class T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
 
+// blocks run one after another and threads never overlap, so every write is already visible
+inline void __threadfence() {}
+
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline unsigned __float_as_uint(float x) { unsigned u; memcpy(&u, &x, 4); return u; }
@@ -107,5 +110,7 @@ inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __fsqrt_rn(float x) { return sqrtf(x); }
+inline double __dsqrt_rn(double x) { return sqrt(x); }
 inline float __ll2float_rn(long long v) { return (float)v; }
 inline double __ll2double_rn(long long v) { return (double)v; }

@@ -55,6 +55,10 @@ class DropGrow(Method):
         """Per-layer growth equals per-layer drop (densities preserved); SNFS may redistribute."""
         return drop_counts
 
+    def expected_counts(self, ops, masks, drop_counts, grow_counts) -> dict:
+        """The per-layer active counts the update must end with: unchanged (densities preserved)."""
+        return ops.count_active(masks)
+
     def after_update(self, ops, state, masks) -> dict:
         return state
 
@@ -64,13 +68,6 @@ class DropGrow(Method):
         kept = ops.drop(masks, ops.abs_all(weights), counts)
         grow_counts = self.grow_counts(ops, counts, kept, state)
         new = ops.grow(kept, self.grow_scores(ops, t, weights, grads, kept, state, seed), grow_counts)
-        self.check_counts(ops, masks, new)
+        ops.require_counts(new, self.expected_counts(ops, masks, counts, grow_counts), self.name)
         return Update(new, kept, self.after_update(ops, state, new),
-                      {"fraction": f, "dropped": sum(counts.values()), "grown": sum(grow_counts.values())})
-
-    def check_counts(self, ops, old, new) -> None:
-        """Invariant: every layer keeps exactly its number of active weights."""
-        a, b = ops.count_active(old), ops.count_active(new)
-        bad = {n: (a[n], b[n]) for n in a if a[n] != b[n]}
-        if bad:
-            raise RuntimeError(f"{self.name}: update changed per-layer active counts {bad} (before, after)")
+                      {"fraction": f, "dropped": ops.total(counts), "grown": ops.total(grow_counts)})

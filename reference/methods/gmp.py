@@ -55,10 +55,7 @@ class GMP(Method):
         if self.scope == "global":
             n_keep = min(count_for_density(d, sum(ops.sizes(masks).values())), sum(active.values()))
             new = ops.prune_to_count(masks, scores, n_keep)
-        else:
+        else:  # each layer keeps min(round(d n_l), active_l) of its active weights: drop the rest
             sizes = ops.sizes(masks)
-            new = {}
-            for n in masks:
-                k = min(count_for_density(d, sizes[n]), active[n])
-                new.update(ops.prune_to_count({n: masks[n]}, {n: scores[n]}, k))
+            new = ops.drop(masks, scores, {n: active[n] - min(count_for_density(d, sizes[n]), active[n]) for n in masks})
         return Update(masks=new, survivors=new, state=state, info={"target_density": d})

@@ -71,11 +71,12 @@ class SNFS(DropGrow):
             return drop_counts
         sizes, active = ops.sizes(kept), ops.count_active(kept)
         caps = {n: sizes[n] - active[n] for n in sizes}
-        return allocate_proportional(sum(drop_counts.values()), ops.mean_abs_over_mask(state["ema"], kept), caps)
+        return allocate_proportional(ops.total(drop_counts), ops.mean_abs_over_mask(state["ema"], kept), caps)
 
-    def check_counts(self, ops, old, new):
+    def expected_counts(self, ops, masks, drop_counts, grow_counts):
+        """With redistribution each layer ends with active - dropped + grown; the allocation regrows
+        exactly the dropped total, so the total is preserved."""
         if not self.redistribute:
-            return super().check_counts(ops, old, new)
-        a, b = sum(ops.count_active(old).values()), sum(ops.count_active(new).values())
-        if a != b:
-            raise RuntimeError(f"snfs: redistribution changed the total number of active weights ({a} -> {b})")
+            return super().expected_counts(ops, masks, drop_counts, grow_counts)
+        active = ops.count_active(masks)
+        return {n: active[n] - drop_counts[n] + grow_counts[n] for n in active}

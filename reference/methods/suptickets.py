@@ -147,12 +147,10 @@ class SupTickets(Method):
             scores = ops.random_scores_like(weights, step_seed(seed, t))
         new = ops.grow(kept, scores, counts)
         base_state = self.base.after_update(ops, state["base"], new) if isinstance(self.base, DropGrow) else state["base"]
-        a, b = ops.count_active(masks), ops.count_active(new)
-        if a != b:
-            raise RuntimeError(f"suptickets: exploration changed per-layer counts {a} -> {b}")
+        ops.require_counts(new, ops.count_active(masks), "suptickets exploration")
+        dropped = ops.total(counts)
         return Update(new, kept, {**state, "base": base_state},
-                      {"fraction": self.explore_fraction, "dropped": sum(counts.values()),
-                       "grown": sum(counts.values()), "exploration": True})
+                      {"fraction": self.explore_fraction, "dropped": dropped, "grown": dropped, "exploration": True})
 
     def collect(self, ops, t, net, masks, state):
         """Superpose the network after iteration t as the next cheap ticket, then prune it."""
