@@ -18,16 +18,22 @@ class TorchCodec(ArrayCodec):
 
     def raw(self, obj):
         if isinstance(obj, torch.Tensor):
-            t = obj.detach().cpu().contiguous()
+            t = obj.detach().cpu()
+            if t.is_sparse:
+                t = t.to_dense()
+            if t.is_quantized:
+                t = t.int_repr()
+            t = t.contiguous()
             data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-            return "tensor", str(t.dtype), tuple(t.shape), data
+            return "tensor", str(obj.dtype), tuple(t.shape), data
         return super().raw(obj)
 
     def nonfinite(self, obj) -> int:
         if isinstance(obj, torch.Tensor):
-            if not (obj.is_floating_point() or obj.is_complex()):
+            if obj.is_quantized or not (obj.is_floating_point() or obj.is_complex()):
                 return 0
-            return int(obj.numel() - int(torch.isfinite(obj).sum()))
+            t = obj.coalesce().values() if obj.is_sparse else obj
+            return int(t.numel() - int(torch.isfinite(t).sum()))
         return super().nonfinite(obj)
 
 

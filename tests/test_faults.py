@@ -387,3 +387,27 @@ def test_nonfinite_checkpoint_is_rejected_at_load(tmp_path):
     ack.save(path, {"config": {}, "model": {"fc.0.weight": w}})
     with pytest.raises(rck.CheckpointError, match=r"holds 1 non-finite value\(s\) .* in entry 'model/fc.0.weight'"):
         ack.load(path)
+
+
+def test_the_checksum_covers_every_kind_of_tensor_and_older_files_still_load(tmp_path):
+    path = str(tmp_path / "x.ckpt")
+    payload = {"sparse": torch.randn(3, 3).to_sparse(), "bf16": torch.randn(4, dtype=torch.bfloat16),
+               "scalar": torch.tensor(1.5), "empty": torch.zeros(0), "mask": torch.ones(3, dtype=torch.bool),
+               "history": [{"epoch": 1, "test_acc": 0.5}], "key": ("state1", "branch2")}
+    ack.save(path, payload)
+    loaded = ack.load(path)
+    assert torch.equal(loaded["bf16"], payload["bf16"]) and loaded["key"] == ("state1", "branch2")
+    raw = torch.load(path, weights_only=False)            # the same file with one bf16 value changed
+    raw["bf16"][2] += 1
+    torch.save(raw, path)
+    with pytest.raises(rck.CheckpointError, match="entry 'bf16' does not match"):
+        ack.load(path)
+    raw["bf16"][2] -= 1
+    raw["history"][0]["test_acc"] = 0.75                  # a record, not a tensor
+    torch.save(raw, path)
+    with pytest.raises(rck.CheckpointError, match="entry 'history' does not match"):
+        ack.load(path)
+    del raw["checksum"]                                   # written before checksums existed
+    torch.save(raw, path)
+    with pytest.warns(RuntimeWarning, match="carries no checksum"):
+        assert ack.load(path)["history"][0]["test_acc"] == 0.75
