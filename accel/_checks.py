@@ -1,6 +1,7 @@
 """Tensor validation for accel operators (scalar checks are imported from reference)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import deferred
@@ -14,7 +15,7 @@ def check_finite(t: torch.Tensor, what: str) -> None:
     def message():
         bad = int((~torch.isfinite(t)).sum())
         return f"{what} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed"
-    deferred.require(torch.isfinite(t).all(), message)
+    deferred.require_finite(t, message)
 
 
 def check_all_finite(tensors, what: str) -> None:
@@ -31,6 +32,10 @@ def check_all_finite(tensors, what: str) -> None:
             if not bool(torch.isfinite(t).all()):
                 return f"{what} (tensor {i}, shape {tuple(t.shape)}) contains non-finite values (NaN or inf)"
         raise AssertionError("unreachable: the finiteness reduction flagged finite tensors")
+    if deferred.active() is not None:           # every check of the transaction shares one reduction
+        for t in tensors:
+            deferred.require_finite(t, message)
+        return
     sums = torch._foreach_norm(torch._foreach_mul(tensors, 0.0), 1)
     deferred.require(torch.stack(sums).eq(0).all(), message)
 
@@ -50,7 +55,13 @@ def as_real_tensor(t, what: str) -> torch.Tensor:
     return t
 
 
+_NUMPY_FLOATS = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
 def scalar_as(x: float, dtype: torch.dtype) -> float:
     """The Python scalar ``x`` rounded to ``dtype`` (the reference's ``dtype.type(x)``), so that
-    ``scalar * tensor`` rounds as the NumPy twin does."""
+    ``scalar * tensor`` rounds as the NumPy twin does (on the host: no device work)."""
+    np_type = _NUMPY_FLOATS.get(dtype)
+    if np_type is not None:
+        return float(np_type(x))
     return torch.tensor(x, dtype=torch.float64).to(dtype).item()

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import torch
 
-__all__ = ["require", "scalar", "active", "transaction", "Transaction", "materialize"]
+__all__ = ["require", "require_finite", "scalar", "active", "transaction", "Transaction", "materialize"]
 
 _current: contextvars.ContextVar = contextvars.ContextVar("twinsparse_transaction", default=None)
 
@@ -34,6 +34,7 @@ class Transaction:
     def __init__(self):
         self.checks: list = []          # (0-d bool tensor, message function, exception class)
         self.fetches: list = []         # tensors to read back
+        self.finite: list = []          # (tensor, message function): must hold no NaN / inf
         self.values: Optional[list] = None
 
     def require(self, ok: torch.Tensor, message: Callable[[], str], exc=ValueError) -> None:
@@ -44,16 +45,34 @@ class Transaction:
         self.fetches.append(t)
         return len(self.fetches) - 1
 
+    def require_finite(self, t: torch.Tensor, message: Callable[[], str]) -> None:
+        self.finite.append((t, message))
+
+    def _finite_checks(self) -> None:
+        """All finiteness checks of the transaction as one multi-tensor reduction per dtype: x * 0
+        is 0 for a finite x and NaN otherwise, and a sum of those is 0 exactly when all are finite."""
+        by: dict = {}
+        for t, message in self.finite:
+            by.setdefault((t.device, t.dtype), []).append((t, message))
+        for group in by.values():
+            sums = torch._foreach_norm(torch._foreach_mul([t for t, _ in group], 0.0), 1)
+            ok = torch.stack(sums).eq(0)
+            for i, (_, message) in enumerate(group):
+                self.checks.append((ok[i], message, ValueError))
+        self.finite = []
+
     def read(self) -> None:
         """Read every check and fetch with ONE device-to-host copy (the transaction's host sync)."""
-        parts = [c.to(torch.float64).reshape(1) for c, _, _ in self.checks]
-        parts += [f.detach().to(torch.float64).reshape(-1) for f in self.fetches]
+        self._finite_checks()
+        parts = [c.reshape(1) for c, _, _ in self.checks] + [f.detach().reshape(-1) for f in self.fetches]
         if not parts:
-            self.values = []
+            self.ok, self.values = [], []
             return
         if len({p.device for p in parts}) > 1:
             parts = [p.to("cpu") for p in parts]
-        flat = torch.cat(parts).tolist()                       # the one host sync
+        # one concatenation (torch promotes bool / int64 / float64 to a common type: float64 holds
+        # every count below 2^53 exactly) and one copy to the host: the transaction's one sync
+        flat = torch.cat([p if p.dtype != torch.float32 else p.double() for p in parts]).tolist()
         self.ok = flat[:len(self.checks)]
         pos, self.values = len(self.checks), []
         for f in self.fetches:
@@ -93,6 +112,19 @@ def require(ok: torch.Tensor, message: Callable[[], str], exc=ValueError) -> Non
             raise exc(message())
         return
     txn.require(ok.all() if ok.dim() else ok, message, exc)
+
+
+def require_finite(t: torch.Tensor, message: Callable[[], str]) -> None:
+    """Every entry of the floating tensor ``t`` finite, or ValueError(message()): now, or at the
+    commit of the enclosing transaction (where all such checks share one reduction)."""
+    if not t.is_floating_point():
+        return
+    txn = _current.get()
+    if txn is None:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(message())
+        return
+    txn.require_finite(t, message)
 
 
 def scalar(t: torch.Tensor):

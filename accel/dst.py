@@ -28,8 +28,9 @@ from reference.dst import check_counts, check_fraction, check_iteration
 from reference.masks import check_layer_dict, check_layer_names
 from . import deferred
 from . import kernels as _kernels
-from ._checks import as_real_tensor, check_same_shape
-from .flat import DeviceCounts, FlatDict, Layout, layout_of, segment_sums
+from ._checks import as_real_tensor, check_same_shape, scalar_as
+from ._exact import true_div
+from .flat import DeviceCounts, FlatDict, Layout, int_vector, layout_of, segment_sums
 from .topk import _require_finite, segmented_topk_within, select_segments, select_within  # noqa: F401
 
 __all__ = ["COUNTER_INITS", "EXPLORATION_FORMS", "swap_counts", "drop", "grow", "drop_and_grow",
@@ -81,7 +82,7 @@ def _host(counts):
 def _vec(counts, layout: Layout, device) -> torch.Tensor:
     if isinstance(counts, DeviceCounts):
         return counts.vec
-    return torch.as_tensor([counts[n] for n in layout.names], dtype=torch.int64).to(device)
+    return int_vector([counts[n] for n in layout.names], device)
 
 
 def _counts_arg(counts: Mapping, masks: Mapping, what: str):
@@ -298,11 +299,14 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
         fused = _kernels.dst_ee_scores(grads, counters, t, c, eps, form) if _kernels.usable(first) else None
         if fused is not None:
             return fused
-    dt, dev = first.dtype, first.device
-    scal = lambda v: torch.tensor(v, dtype=dt, device=dev)  # noqa: E731
-    lnt = scal(math.log(t))
+    dt = first.dtype
+    c_, lnt, eps_ = scalar_as(c, dt), scalar_as(math.log(t), dt), scalar_as(eps, dt)
     Nf = lay.flatten(counters).to(dt)
-    bonus = scal(c) * lnt / (Nf + scal(eps)) if form == "eq1" else lnt / (Nf + scal(c))
+    if form == "eq1":      # c * ln t (a product of two dtype values, rounded to the dtype), over N + eps
+        num, den = scalar_as(c_ * lnt, dt), Nf + eps_
+    else:
+        num, den = lnt, Nf + c_
+    bonus = true_div(torch.full_like(den, num), den)
     return lay.split(flat_g.abs() + bonus)
 
 
@@ -324,9 +328,8 @@ def ema_update(ema: Mapping | None, grads: Mapping, beta: float) -> dict:
     g = lay.flatten(grads)
     _require_finite(lay, g, "gradients")
     prev = torch.zeros_like(g) if ema is None else lay.flatten(ema)
-    b = torch.tensor(beta, dtype=g.dtype, device=g.device)
-    one_minus = torch.tensor(1.0 - beta, dtype=g.dtype, device=g.device)
-    return lay.split(b * prev + one_minus * g)
+    # the scalars rounded to the dtype first, as the reference's dtype.type(beta)
+    return lay.split(prev * scalar_as(beta, g.dtype) + g * scalar_as(1.0 - beta, g.dtype))
 
 
 def mean_abs_over_mask(values: Mapping, masks: Mapping) -> dict:
@@ -353,9 +356,10 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep) -> dict:
     check_layer_names(masks, scores, "scores")
     lay = layout_of(masks)
     for n in lay.names:
-        check_same_shape(masks[n], as_real_tensor(scores[n], f"scores[{n!r}]"), f"mask {n!r}", f"scores {n!r}")
+        check_same_shape(masks[n], _real(scores[n], f"scores[{n!r}]"), f"mask {n!r}", f"scores {n!r}")
     flat_m = lay.flatten(masks)
     flat_s = lay.flatten(scores)
+    _require_finite(lay, flat_s, "scores")
     known = masks.counts if isinstance(masks, FlatDict) else None
     total_active = sum(known) if known is not None else int(flat_m.sum())
     if isinstance(n_keep, bool) or not isinstance(n_keep, int) or not 0 <= n_keep <= total_active:

@@ -20,7 +20,9 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-__all__ = ["Layout", "FlatDict", "DeviceCounts", "flatten", "layout_of", "segment_sums"]
+from .kernels.loader import upload
+
+__all__ = ["Layout", "FlatDict", "DeviceCounts", "flatten", "layout_of", "segment_sums", "int_vector"]
 
 _LAYOUTS: dict = {}
 
@@ -62,8 +64,8 @@ class Layout:
             starts = torch.tensor(self.offsets, dtype=torch.int64)
             seg = torch.repeat_interleave(torch.arange(len(self.sizes), dtype=torch.int64), sizes,
                                           output_size=self.numel)
-            info = {"seg": seg.to(key), "starts": starts.to(key), "ends": (starts + sizes).to(key),
-                    "sizes": sizes.to(key)}
+            info = {"seg": upload(seg, key), "starts": upload(starts, key), "ends": upload(starts + sizes, key),
+                    "sizes": upload(sizes, key)}
             self._device[key] = info
         return info
 
@@ -128,6 +130,12 @@ class DeviceCounts(dict):
 
     def __reduce__(self):
         return (OrderedDict, (list(self.items()),))
+
+
+def int_vector(values: Sequence[int], device) -> torch.Tensor:
+    """Host integers as an int64 tensor on ``device``, copied without blocking the host (pinned
+    memory on CUDA): a pageable host-to-device copy would wait for the stream."""
+    return upload(torch.tensor([int(v) for v in values], dtype=torch.int64), torch.device(device))
 
 
 def flatten(tensors: Mapping) -> tuple[Layout, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from reference import masks as _ref
@@ -16,8 +17,10 @@ from reference._checks import check_density, count_for_density
 from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
                              nm_group_length, warn_dense_layers)
 from . import kernels as _kernels
+from .flat import Layout, layout_of
+from .kernels.loader import upload
 from ._checks import as_real_tensor
-from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
+from .topk import _require_finite, topk_mask, topk_masks_global, topk_masks_per_layer
 
 
 # ----------------------------------------------------------------------------- magnitude (§2.1/2.2)
@@ -28,21 +31,36 @@ def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
     return topk_mask(w.abs(), count_for_density(density, w.numel()))
 
 
+def _abs_scores(weights: Mapping[str, torch.Tensor]) -> dict:
+    """|w| of every layer, type-checked; finiteness checked once over the flat buffer when the
+    layers share a dtype (then the result is one FlatDict)."""
+    for n, w in weights.items():
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"weight {n!r} must be a torch.Tensor, got {type(w).__name__}")
+        if w.is_complex():
+            raise TypeError(f"weight {n!r} must be a real tensor, got dtype {w.dtype}")
+    if len({w.dtype for w in weights.values()}) > 1:
+        return {n: as_real_tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    lay = layout_of(weights)
+    flat = lay.flatten(weights)
+    _require_finite(lay, flat, "weight", name=lambda n: f"weight {n!r}")
+    return lay.split(flat.abs())
+
+
 def magnitude_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Per-layer magnitude masks (SPEC §2.2 uniform variant)."""
+    """Per-layer magnitude masks (SPEC §2.2 uniform variant): one segmented selection."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
     for n, d in densities.items():
         check_density(d, f"density of layer {n!r}")
-    scores = {n: as_real_tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
-    return topk_masks_per_layer(scores, densities)
+    return topk_masks_per_layer(_abs_scores(weights), densities)
 
 
 def global_magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
     """One top-k of |w| over the concatenation of all layers (SPEC §2.1/2.2 global)."""
     check_layer_dict(weights, "weights")
     d = check_density(density)
-    scores = {n: as_real_tensor(w, f"weight {n!r}").abs() for n, w in weights.items()}
+    scores = _abs_scores(weights)
     total = sum(s.numel() for s in scores.values())
     return topk_masks_global(scores, count_for_density(d, total))
 
@@ -134,8 +152,15 @@ def channel_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, f
 # ----------------------------------------------------------------------------- random (§2.4)
 
 def random_scores(shapes: Mapping[str, tuple], seed: int, device="cpu") -> dict[str, torch.Tensor]:
-    """The reference's NumPy float64 scores (SPEC §0.3), copied to ``device`` -- not redrawn."""
-    return {name: torch.from_numpy(a).to(device) for name, a in _ref.random_scores(shapes, seed).items()}
+    """The reference's NumPy float64 scores (SPEC §0.3), copied to ``device`` -- not redrawn: one
+    flat buffer (``FlatDict``), one copy from pinned memory that does not block the host."""
+    arrays = _ref.random_scores(shapes, seed)
+    lay = Layout(list(arrays), [a.shape for a in arrays.values()])
+    if not arrays:
+        return {}
+    flat = np.concatenate([a.reshape(-1) for a in arrays.values()]) if len(arrays) > 1 else \
+        next(iter(arrays.values())).reshape(-1)
+    return lay.split(upload(torch.from_numpy(flat), torch.device(device)))
 
 
 def random_mask(random_scores: torch.Tensor, density: float) -> torch.Tensor:

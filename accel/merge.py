@@ -17,12 +17,14 @@ from reference._checks import check_density
 from reference.masks import check_layer_dict
 from reference.merge import BN_AVG_MODES, _check_t
 from . import kernels as _kernels
-from ._checks import as_real_tensor, scalar_as
+from . import deferred
+from ._checks import as_real_tensor, check_all_finite, scalar_as
 from ._exact import true_div
+from .flat import FlatDict, layout_of
 from .masks import global_magnitude_masks, magnitude_masks
 
 __all__ = ["BN_AVG_MODES", "check_alike", "superpose_cia", "cia", "caa", "superpose_cima",
-           "interpolate", "merged_masks", "reprune", "average_bn_stats"]
+           "interpolate", "merged_masks", "reprune", "average_bn_stats", "average_bn_stats_all", "clone_all"]
 
 
 def _tensor(v, what: str) -> torch.Tensor:
@@ -55,9 +57,42 @@ def _real(v, what: str) -> torch.Tensor:
 
 
 def _check_all(nets: Sequence[Mapping], what: str) -> None:
+    """Every tensor real (checked here) and finite (one multi-tensor check, deferred inside an update)."""
+    tensors = []
     for i, net in enumerate(nets):
         for n, v in net.items():
-            as_real_tensor(v, f"{what}[{i}][{n!r}]")
+            v = _tensor(v, f"{what}[{i}][{n!r}]")
+            if v.is_complex():
+                raise TypeError(f"{what}[{i}][{n!r}] must be a real tensor, got dtype {v.dtype}")
+            tensors.append(v)
+    check_all_finite(tensors, what)
+
+
+def _groups(names, *nets):
+    """The tensors of ``nets`` grouped by dtype, each group flattened into one buffer per net:
+    [(layout, [flat of net 0, flat of net 1, ...])]; integer tensors become float64 first (NumPy's
+    true division), as ``_real`` does."""
+    by: dict = {}
+    for n in names:
+        by.setdefault(nets[0][n].dtype, []).append(n)
+    out = []
+    for dtype, group in by.items():
+        lay = layout_of({n: nets[0][n] for n in group})
+        flats = []
+        for net in nets:
+            f = lay.flatten({n: net[n] for n in group}) if not isinstance(net, FlatDict) or net.layout != lay \
+                else net.flat
+            flats.append(f if f.is_floating_point() else f.to(torch.float64))
+        out.append((lay, flats))
+    return out
+
+
+def _assemble(names, parts) -> dict:
+    """Per-name views of the group results, in ``names`` order."""
+    views = {}
+    for lay, flat in parts:
+        views.update(lay.split(flat))
+    return {n: views[n] for n in names}
 
 
 def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
@@ -69,7 +104,7 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
             raise ValueError(f"the running average is missing but t={t} (only the first ticket starts one)")
         check_alike([ticket], "tickets")
         _check_all([ticket], "ticket")
-        return {n: v.clone() for n, v in ticket.items()}
+        return clone_all(ticket)
     check_alike([avg, ticket], "running average and ticket")
     _check_all([avg, ticket], "running average and ticket")
     first = next(iter(avg.values()))
@@ -77,11 +112,9 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
         fused = _kernels.superpose_cia(avg, ticket, t) if _kernels.usable(first) else None
         if fused is not None:
             return fused
-    out = {}
-    for n in avg:
-        a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")
-        out[n] = true_div(a * scalar_as(t - 1, a.dtype) + x, t)
-    return out
+    names = list(avg)
+    return _assemble(names, [(lay, true_div(a * scalar_as(t - 1, a.dtype) + x, t))
+                             for lay, (a, x) in _groups(names, avg, ticket)])
 
 
 def _mean_sum(tickets: Sequence[Mapping], n: str) -> torch.Tensor:
@@ -135,11 +168,9 @@ def superpose_cima(avg: Mapping | None, ticket: Mapping, beta: float) -> dict:
         return superpose_cia(None, ticket, 1)
     check_alike([avg, ticket], "running average and ticket")
     _check_all([avg, ticket], "running average and ticket")
-    out = {}
-    for n in avg:
-        a, x = _real(avg[n], f"average[{n!r}]"), _real(ticket[n], f"ticket[{n!r}]")
-        out[n] = a * scalar_as(beta, a.dtype) + x * scalar_as(1.0 - beta, a.dtype)
-    return out
+    names = list(avg)
+    return _assemble(names, [(lay, a * scalar_as(beta, a.dtype) + x * scalar_as(1.0 - beta, a.dtype))
+                             for lay, (a, x) in _groups(names, avg, ticket)])
 
 
 def interpolate(a: Mapping, b: Mapping, alpha: float) -> dict:
@@ -177,6 +208,9 @@ def reprune(weights: Mapping, densities: Mapping | None = None, density: float |
         masks = magnitude_masks(weights, densities)
     else:
         masks = global_magnitude_masks(weights, check_density(density))
+    if isinstance(masks, FlatDict) and len({w.dtype for w in weights.values()}) == 1:
+        lay = masks.layout
+        return lay.split(lay.flatten(weights) * masks.flat), masks     # one product for every layer
     return {n: w * masks[n] for n, w in weights.items()}, masks
 
 
@@ -189,8 +223,7 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
     mean, var = as_real_tensor(mean, "running mean"), as_real_tensor(var, "running variance")
     if tuple(mean.shape) != tuple(var.shape):
         raise ValueError(f"running mean has shape {tuple(mean.shape)} but running variance has shape {tuple(var.shape)}")
-    if bool((var < 0).any()):
-        raise ValueError("running variance has negative entries")
+    deferred.require((var >= 0).all(), lambda: "running variance has negative entries")
     if t == 1:
         return mean.clone(), var.clone()
     for what, v in (("averaged mean", avg_mean), ("averaged variance", avg_var)):
@@ -199,11 +232,57 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
         as_real_tensor(v, what)
         if tuple(v.shape) != tuple(mean.shape):
             raise ValueError(f"{what} has shape {tuple(v.shape)} but the running mean has shape {tuple(mean.shape)}")
-    if bool((avg_var < 0).any()):
-        raise ValueError("averaged variance has negative entries")
+    deferred.require((avg_var >= 0).all(), lambda: "averaged variance has negative entries")
     dt = mean.dtype
     new_mean = true_div(avg_mean * scalar_as(t - 1, dt) + mean, t)
     if mode == "var":
         return new_mean, true_div(avg_var * scalar_as(t - 1, dt) + var, t)
     std = true_div(torch.sqrt(avg_var) * scalar_as(t - 1, dt) + torch.sqrt(var), t)
     return new_mean, std * std
+
+
+def average_bn_stats_all(avg: Mapping | None, ticket: Mapping, pairs: Sequence, t: int, mode: str = "std") -> dict:
+    """``average_bn_stats`` for every BN layer of a network at once: ``pairs`` lists the
+    (running_mean, running_var) names; returns {name: averaged tensor} for all of them. The
+    statistics of all layers are concatenated (one buffer of means, one of variances), so the
+    arithmetic is the per-layer one, element by element, in a constant number of launches."""
+    pairs = [tuple(p) for p in pairs]
+    if not pairs:
+        return {}
+    means = {m: ticket[m] for m, _ in pairs}
+    var_names = [v for _, v in pairs]
+    if len({ticket[m].dtype for m in means} | {ticket[v].dtype for v in var_names}) > 1:
+        out = {}
+        for m, v in pairs:
+            out[m], out[v] = average_bn_stats(None if avg is None else avg[m], None if avg is None else avg[v],
+                                              ticket[m], ticket[v], t, mode)
+        return out
+    for m, v in pairs:
+        if tuple(ticket[m].shape) != tuple(ticket[v].shape):
+            raise ValueError(f"running mean {m!r} has shape {tuple(ticket[m].shape)} but running variance "
+                             f"{v!r} has shape {tuple(ticket[v].shape)}")
+    lay = layout_of(means)
+    cat = lambda net, names: torch.cat([net[n].reshape(-1) for n in names])  # noqa: E731
+    mean_names = [m for m, _ in pairs]
+    prev_m = None if avg is None else cat(avg, mean_names)
+    prev_v = None if avg is None else cat(avg, var_names)
+    new_m, new_v = average_bn_stats(prev_m, prev_v, cat(ticket, mean_names), cat(ticket, var_names), t, mode)
+    means_out, vars_out = lay.split(new_m).values(), lay.split(new_v).values()
+    out = {}
+    for (m, v), a, b in zip(pairs, means_out, vars_out):       # the reference's order: mean, var per layer
+        out[m], out[v] = a, b
+    return out
+
+
+def clone_all(net: Mapping) -> dict:
+    """A copy of every tensor, one buffer per dtype (a constant number of copies)."""
+    names = list(net)
+    by: dict = {}
+    for n in names:
+        by.setdefault(net[n].dtype, []).append(n)
+    views = {}
+    for group in by.values():
+        lay = layout_of({n: net[n] for n in group})
+        views.update(lay.split(torch.cat([net[n].reshape(-1) for n in group]) if len(group) > 1
+                               else net[group[0]].reshape(-1).clone()))
+    return {n: views[n] for n in names}

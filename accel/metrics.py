@@ -22,7 +22,10 @@ from typing import Mapping
 import torch
 
 from reference._checks import check_nonempty, check_same_keys
+from . import deferred
 from ._checks import check_finite, check_same_shape
+from ._exact import true_div
+from .flat import FlatDict, layout_of
 
 
 # ----------------------------------------------------------------------------- validation
@@ -204,14 +207,30 @@ def exploration_degree(counters: Mapping) -> float:
 
 
 def mask_change(mask_prev: Mapping, mask_new: Mapping) -> dict[str, float]:
-    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (SPEC §8.8)."""
+    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (SPEC §8.8).
+    One flat reduction each; inside a Sparsifier update the two ratios are 0-d device tensors,
+    read when the update commits (``accel.deferred``)."""
     mp, mn = _mask_pair(mask_prev, mask_new, "mask_prev", "mask_new")
-    xor = _count([mp[n] ^ mn[n] for n in mp])
-    kept = _count(list(mp.values()))
-    if kept == 0:
-        raise ValueError("mask_prev keeps no weight, so the change relative to the kept weights is undefined")
-    total = sum(m.numel() for m in mp.values())
-    return dict(xor_over_kept=xor / kept, xor_over_total=xor / total)
+    lay = layout_of(mp)
+    a, b = lay.flatten(mp), lay.flatten(mn)
+    xor = (a ^ b).sum()
+    kept_known = mp.counts if isinstance(mp, FlatDict) else None
+    kept = sum(kept_known) if kept_known is not None else a.sum()
+    total = lay.numel
+    if deferred.active() is None:
+        xor, kept = int(xor), int(kept)
+        if kept == 0:
+            raise ValueError("mask_prev keeps no weight, so the change relative to the kept weights is undefined")
+        return dict(xor_over_kept=xor / kept, xor_over_total=xor / total)
+    message = "mask_prev keeps no weight, so the change relative to the kept weights is undefined"
+    if isinstance(kept, int):
+        if kept == 0:
+            raise ValueError(message)
+    else:
+        deferred.require(kept != 0, lambda: message)
+    x = xor.to(torch.float64)     # exact counts; each ratio is one correctly rounded float64 division
+    return dict(xor_over_kept=true_div(x, kept if isinstance(kept, int) else kept.to(torch.float64)),
+                xor_over_total=true_div(x, total))
 
 
 def layer_densities(masks: Mapping) -> dict[str, float]:

@@ -11,7 +11,8 @@ from .dst import (active_counts, dst_ee_scores, drop, drop_and_grow, ema_update,
                   swap_counts, total)
 from .flat import layout_of
 from .masks import magnitude_masks, random_masks, random_scores  # noqa: F401
-from .merge import average_bn_stats, caa, interpolate, reprune, superpose_cia, superpose_cima  # noqa: F401
+from .merge import (average_bn_stats, average_bn_stats_all, caa, clone_all, interpolate, reprune,  # noqa: F401
+                    superpose_cia, superpose_cima)
 from .metrics import (exploration_degree, hamming_distance, layer_densities, mask_change,  # noqa: F401
                       prediction_cross_entropy, sample_agreement, total_density, zero_fraction)
 from .scores import snip_masks  # noqa: F401
@@ -55,5 +56,3 @@ def abs_all(arrays: dict) -> dict:
     return lay.split(lay.flatten(arrays).abs())
 
 
-def clone_all(arrays: dict) -> dict:
-    return {n: a.detach().clone() for n, a in arrays.items()}

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from reference._checks import check_density
+from reference.densities import check_keeps_weights
 from reference.methods import InitContext, Method, build as build_method
 from . import deferred
 from . import densities as D
@@ -175,7 +176,9 @@ class Sparsifier:
             if unknown or missing:
                 raise ValueError(f"density dict must name exactly the prunable weights {list(weights)}; "
                                  f"unknown: {unknown}, missing: {missing}")
-            return {n: check_density(density[n], f"density[{n!r}]") for n in weights}
+            resolved = {n: check_density(density[n], f"density[{n!r}]") for n in weights}
+            return check_keeps_weights(resolved, {n: w.numel() for n, w in weights.items()},
+                                       source="the density dict")
         d = check_density(density, "density", allow_zero=False)
         return D.uniform(d).resolve(weights)
 
@@ -325,7 +328,12 @@ class Sparsifier:
         if missing:
             raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
                                f"but {missing} have no .grad; call loss.backward() before step()")
-        return {n: (p.grad.detach().clone() if clone else p.grad.detach()) for n, p in self.params.items()}
+        grads = {n: p.grad.detach() for n, p in self.params.items()}
+        if clone:            # a copy taken before the step masks them: one concatenation for every layer
+            if len({g.dtype for g in grads.values()}) == 1:
+                return self._layout.split(self._layout.flatten(grads))
+            return {n: g.clone() for n, g in grads.items()}
+        return grads
 
     def _first_masks(self, t: int) -> None:
         grads = self._dense_grads(t, clone=False)

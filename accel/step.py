@@ -63,10 +63,9 @@ def nonfinite_guard(grads: list, found: torch.Tensor, record: Optional[torch.Ten
         by.setdefault((g.device, g.dtype), []).append(g)
     for gs in by.values():      # multiplies by 1 (exact) and sets found on NaN / inf
         torch._amp_foreach_non_finite_check_and_unscale_(gs, found, one)
-    if record is not None:
+    if record is not None:     # the first bad iteration (if none yet), then the count of bad steps
         bad = found.to(torch.int64)
-        first = torch.where((record[1:2] == 0) & (bad > 0), t, record[2:3])
-        record[2:3].copy_(first)
+        record[2:3].add_((record[1:2] == 0) * bad, alpha=t)
         record[1:2].add_(bad)
 
 

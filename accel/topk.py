@@ -30,7 +30,7 @@ from reference._checks import check_count, check_nonempty, count_for_density
 from . import deferred
 from . import kernels as _kernels
 from ._checks import check_finite
-from .flat import Layout, layout_of, segment_sums
+from .flat import Layout, int_vector, layout_of, segment_sums
 
 __all__ = ["topk_mask", "topk_masks_global", "topk_masks_per_layer", "topk_within", "select_within",
            "select_segments", "segmented_topk_within", "SELECT_STRATEGIES", "descending_key"]
@@ -136,8 +136,9 @@ def _check_candidates(scores, candidates) -> None:
                          f"got {got}")
 
 
-def _require_finite(layout: Layout, flat: torch.Tensor, what: str) -> None:
-    """Every score finite (one reduction over the buffer); the message names the first bad layer."""
+def _require_finite(layout: Layout, flat: torch.Tensor, what: str, name=None) -> None:
+    """Every score finite (one reduction over the buffer); the message names the first bad layer
+    as ``what[name]`` (or ``name(layer)`` when given)."""
     if not flat.is_floating_point():
         return
 
@@ -145,9 +146,10 @@ def _require_finite(layout: Layout, flat: torch.Tensor, what: str) -> None:
         bad = ~torch.isfinite(flat)
         seg = int(torch.searchsorted(torch.tensor(layout.offsets[1:] + (layout.numel,)),
                                      int(bad.nonzero()[0]), right=True))
-        return (f"{what}[{layout.names[seg]!r}] contains {int(bad.sum())} non-finite value(s) (NaN or inf); "
-                f"only finite values are allowed")
-    deferred.require(torch.isfinite(flat).all(), message)
+        layer = layout.names[seg]
+        label = name(layer) if name is not None else f"{what}[{layer!r}]"
+        return f"{label} contains {int(bad.sum())} non-finite value(s) (NaN or inf); only finite values are allowed"
+    deferred.require_finite(flat, message)
 
 
 # ----------------------------------------------------------------------------- many segments
@@ -170,8 +172,8 @@ def descending_key(flat: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _ks_tensor(ks: Counts, device) -> torch.Tensor:
     if isinstance(ks, torch.Tensor):
-        return ks.to(device=device, dtype=torch.int64)
-    return torch.as_tensor(list(ks), dtype=torch.int64).to(device)
+        return ks if ks.dtype == torch.int64 else ks.to(torch.int64)
+    return int_vector(ks, device)
 
 
 def select_segments(flat_scores: torch.Tensor, candidates: Optional[torch.Tensor], layout: Layout, ks: Counts,

@@ -172,3 +172,13 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
         return new_mean, (dt(t - 1) * avg_var + var) / dt(t)
     std = (dt(t - 1) * np.sqrt(avg_var) + np.sqrt(var)) / dt(t)
     return new_mean, std * std
+
+
+def average_bn_stats_all(avg: Mapping | None, ticket: Mapping, pairs, t: int, mode: str = "std") -> dict:
+    """``average_bn_stats`` for every BN layer of a network: ``pairs`` lists the (running_mean,
+    running_var) names; returns {name: averaged array} for all of them ([ST] §5)."""
+    out = {}
+    for m, v in pairs:
+        out[m], out[v] = average_bn_stats(None if avg is None else avg[m], None if avg is None else avg[v],
+                                          ticket[m], ticket[v], t, mode)
+    return out

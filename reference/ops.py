@@ -11,7 +11,8 @@ from .acdc import acdc_compress  # noqa: F401
 from .dst import (dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
                   increment_counters, init_counters, mean_abs_over_mask, prune_to_count, swap_counts)
 from .masks import magnitude_masks, random_masks, random_scores  # noqa: F401
-from .merge import average_bn_stats, caa, interpolate, reprune, superpose_cia, superpose_cima  # noqa: F401
+from .merge import (average_bn_stats, average_bn_stats_all, caa, interpolate, reprune,  # noqa: F401
+                    superpose_cia, superpose_cima)
 from .metrics import (exploration_degree, hamming_distance, layer_densities, mask_change,  # noqa: F401
                       prediction_cross_entropy, sample_agreement, total_density, zero_fraction)
 from .scores import snip_masks  # noqa: F401

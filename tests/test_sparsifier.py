@@ -238,3 +238,8 @@ def test_nonfinite_skip_policy_counts_and_changes_nothing():
     assert sp.state_dict()["skipped_steps"] == 1
     with pytest.raises(ValueError, match="nonfinite='ignore'"):
         _setup(nonfinite="ignore")
+
+
+def test_a_density_dict_that_empties_a_layer_is_an_error():
+    with pytest.raises(ValueError, match=r"the density dict would keep 0 weights in 1 of 3 layer\(s\): 'fc.1.weight'"):
+        _setup(density={"fc.0.weight": 0.5, "fc.1.weight": 0.0, "fc.2.weight": 0.5})

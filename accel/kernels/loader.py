@@ -275,6 +275,8 @@ def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device: torch.devic
 def upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host tensor on ``device``: on CUDA through pinned memory, without blocking the host
     (and kept alive with its pinned copy when a CUDA graph is being captured, see pointer_table)."""
+    if device.type == "cpu":
+        return host
     if device.type != "cuda":
         return host.to(device)
     pinned = host.pin_memory()

@@ -140,3 +140,24 @@ def _average_bn_stats_args(draw, dtype):
 
 register("average_bn_stats", R.average_bn_stats, A.average_bn_stats, _average_bn_stats_args,
          notes="[ST] §5 BN averaging, modes std and var, t = 1 and t > 1")
+
+
+@st.composite
+def _average_bn_stats_all_args(draw, dtype):
+    """Several BN layers of different widths, averaged at once (Sup-tickets' collection)."""
+    layers = draw(st.integers(1, 4))
+    width = np.dtype(dtype).itemsize * 8
+    t = draw(_t())
+    ticket, avg, pairs = {}, ({} if t > 1 else None), []
+    for i in range(layers):
+        c = draw(st.integers(1, 7))
+        m, v = f"bn{i}.running_mean", f"bn{i}.running_var"
+        pairs.append((m, v))
+        for net in ([ticket] + ([avg] if avg is not None else [])):
+            net[m] = draw(hnp.arrays(dtype, c, elements=st.floats(-4, 4, width=width)))
+            net[v] = draw(hnp.arrays(dtype, c, elements=st.one_of(st.just(0.0), st.floats(0, 9, width=width))))
+    return (avg, ticket, pairs, t), {"mode": draw(st.sampled_from(R.BN_AVG_MODES))}
+
+
+register("average_bn_stats_all", R.average_bn_stats_all, A.average_bn_stats_all, _average_bn_stats_all_args,
+         notes="every BN layer of a network at once: the concatenated statistics, element by element")

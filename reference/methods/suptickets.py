@@ -169,10 +169,8 @@ class SupTickets(Method):
             avg = ops.superpose_cima(prev_params, params, self.beta)
         else:
             avg = ops.caa([{n: tk[n] for n in params} for tk in tickets], tmasks)
-        for mean_key, var_key in pairs:  # BN statistics: running average of mean and std ([ST] §5)
-            pm = None if prev is None else prev[mean_key]
-            pv = None if prev is None else prev[var_key]
-            avg[mean_key], avg[var_key] = ops.average_bn_stats(pm, pv, ticket[mean_key], ticket[var_key], k, self.bn_avg)
+        # BN statistics: running average of mean and std ([ST] §5), every BN layer at once
+        avg.update(ops.average_bn_stats_all(prev, ticket, pairs, k, self.bn_avg))
         for n in net:
             if n.endswith("num_batches_tracked"):
                 avg[n] = ticket[n]
