@@ -288,6 +288,8 @@ class Sparsifier:
         If the method's mask update is due at t, the new masks are computed from the dense
         gradients first (nothing is applied until the whole update succeeded), installed, and the
         optimizer steps with them unless the method follows Alg. 1 literally (step_on_update=False).
+        A learning rate the method imposes at t (Sup-tickets' cyclic stage, [ST] Eq. 3) is written
+        into every parameter group first, so any training loop gets it.
         """
         loss = None
         if closure is not None:
@@ -300,6 +302,10 @@ class Sparsifier:
         scaler_found = getattr(self, "found_inf", None)
         if self.masks is None:                       # methods that build their first masks from gradients (SNIP)
             self._first_masks(t)
+        lr = self.method.lr_override(t)
+        if lr is not None:                           # a method's own learning rate (Sup-tickets Eq. 3)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         found = self._guard(t, scaler_found)
         m = self.method
         due = m.due(t)

@@ -177,9 +177,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
         for epoch in range(start, cfg.epochs):
             t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
             for parts in batches(epoch):
-                lr = sp.method.lr_override(step + 1)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule) if lr is None else lr
+                for g in opt.param_groups:   # (a method's own LR, Sup-tickets' Eq. 3, is set by the Sparsifier)
+                    g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule)
                 opt.zero_grad(set_to_none=True)
                 loss = 0.0
                 for xb, yb in parts:  # summed loss over the parts (one part in the standard pipeline)
@@ -191,7 +190,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                         loss = loss + F.cross_entropy(net(_inputs(cfg, xb)), _targets(cfg, yb))
                 loss.backward()
                 sp.step()
-                step = sp.step_count  # an iteration skipped for non-finite gradients is not consumed
+                step = sp.step_count
                 loss_sum += loss.detach()
                 if on_step is not None:
                     on_step(step, model, sp)

@@ -187,12 +187,15 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             for xb, yb in parts:  # summed loss: one forward per part, the gradients add up
                 lp, gp, new_buffers, _ = mlp_loss_and_grads(params, new_buffers, np.asarray(xb, dtype=dtype), yb)
                 loss, grads = loss + lp, gp if grads is None else {n: grads[n] + gp[n] for n in gp}
+            t, buffers = t + 1, new_buffers      # the forward ran: its BN statistics count, as in torch
             if not all(np.all(np.isfinite(g)) for g in grads.values()):
-                if cfg.nonfinite == "skip":  # the iteration is skipped and counted, nothing changes
+                if cfg.nonfinite == "skip":  # the iteration counts, is recorded, and changes nothing else
                     skipped += 1
+                    losses.append(loss)
+                    if on_step is not None:
+                        on_step(t, params, masks)
                     continue
-                raise ValueError(f"gradients at iteration {t + 1} contain non-finite values (NaN or inf)")
-            t, buffers = t + 1, new_buffers
+                raise ValueError(f"gradients at iteration {t} contain non-finite values (NaN or inf)")
             dense_grads = {n: grads[n] for n in prunable}
             if masks is None:  # SNIP: saliency |w * g| at the dense initialisation, first batch
                 start(dense_grads)

@@ -132,3 +132,24 @@ def test_state_dict_holds_the_tickets():
     sp2.load_state_dict(sd)
     assert all(torch.equal(sp2.state["ultimate"][k], sp.state["ultimate"][k]) for k in sp.state["ultimate"])
     assert np.isclose(sp2.total_density(), sp.total_density())
+
+
+def test_the_cyclic_lr_reaches_a_users_own_loop():
+    """[ST] Eq. 3 is applied by the Sparsifier itself: a plain loop with its own (constant) LR gets
+    the cyclic schedule in the superposing stage, and its own LR before it."""
+    torch.manual_seed(0)
+    model = MLP(sizes=(12, 16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    T, C = 40, 4
+    method = SupTickets(base=methods.RigL(delta_t=5, t_end=30), total_steps=T, cycle=C)
+    sp = Sparsifier(model, opt, density=densities.erk(0.3), method=method)
+    seen = []
+    for t in range(1, T + 1):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 12)), torch.randint(0, 4, (8,))).backward()
+        sp.step()
+        seen.append(opt.param_groups[0]["lr"])
+    t0 = method.stage_start
+    assert seen[:t0] == [0.1] * t0
+    assert seen[t0:] == [cyclic_lr(t - t0, C, method.lr_low, method.lr_high) for t in range(t0 + 1, T + 1)]
+    assert len(set(seen[t0:])) > 1
