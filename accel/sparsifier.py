@@ -39,6 +39,7 @@ from . import deferred
 from . import densities as D
 from . import ops
 from .flat import FlatDict, layout_of
+from .kernels.loader import upload
 from .mask_buffers import MaskBuffers
 from .prunable import discover_prunable
 from .step import StepEngine, nonfinite_guard
@@ -142,7 +143,8 @@ class Sparsifier:
         self._buffers = None if self.method.is_dense else MaskBuffers(self.params, self._layout)
         self._engine = StepEngine(optimizer, self.params, self._buffers)
         self._found: Optional[torch.Tensor] = None     # the guard's flag (float32, device)
-        self._record: Optional[torch.Tensor] = None    # int64 [3]: scratch, bad steps, first bad iteration
+        self._record: Optional[torch.Tensor] = None    # float64 [3]: bad steps, first bad iteration, iterations
+        self._scratch: Optional[torch.Tensor] = None   # int32 [1]: the guard kernel's block counter
         self._one: Optional[torch.Tensor] = None
         self._bad_steps = 0            # non-finite steps read back from the device record so far
         self._restored_skips = 0       # skipped steps carried over by load_state_dict
@@ -189,7 +191,8 @@ class Sparsifier:
         dev = self._device()
         if self._found is None or self._found.device != dev:
             self._found = torch.zeros((), dtype=torch.float32, device=dev)
-            self._record = torch.zeros(3, dtype=torch.int64, device=dev)
+            self._record = upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64), dev)
+            self._scratch = torch.zeros(1, dtype=torch.int32, device=dev)
             self._one = torch.ones((), dtype=torch.float32, device=dev)
         return self._found, self._record
 
@@ -326,7 +329,7 @@ class Sparsifier:
         if not self.check_finite:
             return None
         found, record = self._guard_tensors()
-        nonfinite_guard(self._engine.grads(), found, record, t, self._one)
+        nonfinite_guard(self._engine.grads(), found, record, self._scratch, self._one)
         return found
 
     def _dense_grads(self, t: int, clone: bool) -> dict:
@@ -403,7 +406,7 @@ class Sparsifier:
         if found is not None:
             h["found"] = txn.fetch(found)
         if self._record is not None:
-            h["record"] = txn.fetch(self._record[1:])
+            h["record"] = txn.fetch(self._record[0:2])
         return h
 
     def _accept_guard(self, txn, h, t: int, scaler: bool) -> bool:
@@ -438,11 +441,11 @@ class Sparsifier:
         ``nonfinite='raise'``, raise for them."""
         if bad <= 0:
             return
-        self._bad_steps += bad
-        self._record[1:].zero_()
+        self._bad_steps += int(bad)
+        self._record[0:2].zero_()
         if self.nonfinite == "raise":
             raise NonFiniteGradientError(
-                f"gradients at iteration {first} contain non-finite values (NaN or inf); {bad} step(s) with "
+                f"gradients at iteration {int(first)} contain non-finite values (NaN or inf); {int(bad)} step(s) with "
                 f"non-finite gradients were skipped (nothing changed at them). Use nonfinite='skip' to keep "
                 f"training and count them, or check_finite=False to turn the guard off")
 
@@ -450,7 +453,7 @@ class Sparsifier:
         """Read the guard's record (one host sync): raise for unreported non-finite steps under
         ``nonfinite='raise'``; returns the number of skipped steps."""
         if self._record is not None:
-            bad, first = self._record[1:].tolist()
+            bad, first = self._record[0:2].tolist()
             self._report(bad, first)
         return self._restored_skips + self._bad_steps
 
@@ -519,7 +522,8 @@ class Sparsifier:
         self._restored_skips = int(state["skipped_steps"])
         self._bad_steps = 0
         if self._record is not None:
-            self._record.zero_()
+            self._record.copy_(upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64),
+                                      self._record.device))
         self.state = _to(meth["state"], device)
         self.explored = explored
         self._explored_count = 0 if explored is None else int(explored.flat.sum())

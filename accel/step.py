@@ -47,26 +47,26 @@ def optimizer_kind(optimizer) -> Optional[str]:
     return None
 
 
-def nonfinite_guard(grads: list, found: torch.Tensor, record: Optional[torch.Tensor], t: int, one: torch.Tensor) -> None:
+def nonfinite_guard(grads: list, found: torch.Tensor, record: Optional[torch.Tensor], scratch, one) -> None:
     """Set ``found`` (float32 0-d, zeroed here) when a gradient is non-finite, and advance
-    ``record`` (int64 [3]: unused, bad steps, first bad iteration) for iteration ``t``; no sync."""
+    ``record`` (float64 [3]: bad steps, first bad iteration, iterations); no sync."""
     found.zero_()
     if not grads:
         return
     kern = [g for g in grads if g.dtype in _kernels.DTYPES]
     if (len(kern) == len(grads) and _kernels.on_device(grads[0]) and _kernels.usable(grads[0])
             and all(dense_strides(g) for g in grads)):
-        _kernels.nonfinite_check(grads, found, record, t)
+        _kernels.nonfinite_check(grads, found, record, scratch)
         return
     by: dict = {}
     for g in grads:
         by.setdefault((g.device, g.dtype), []).append(g)
     for gs in by.values():      # multiplies by 1 (exact) and sets found on NaN / inf
         torch._amp_foreach_non_finite_check_and_unscale_(gs, found, one)
-    if record is not None:     # the first bad iteration (if none yet), then the count of bad steps
-        bad = found.to(torch.int64)
-        record[2:3].add_((record[1:2] == 0) * bad, alpha=t)
-        record[1:2].add_(bad)
+    if record is not None:      # the iteration; its number if it is the first bad one; the bad count
+        record[2:3].add_(1)
+        record[1:2].addcmul_((record[0:1] == 0) * found, record[2:3])
+        record[0:1].add_(found)
 
 
 class _Plan:

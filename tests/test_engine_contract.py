@@ -106,6 +106,7 @@ def test_plain_step_launches_are_few():
     """A static-sparse SGD step on the torch path: guard (2), its record (5), mask (1), fused update (1)."""
     steps = _run("resnet50", "static", "sgd")
     assert all(la <= 9 for _, _, la, _, _ in steps[1:]), [la for _, _, la, _, _ in steps]
+    assert all(la <= 9 for _, _, la, _, _ in _run("resnet18", "static", "sgd")[1:])
 
 
 @pytest.mark.parametrize("method_name", ["static", "rigl"])

@@ -8,6 +8,7 @@ intrinsics, and that it reports missing barriers, divergent barriers and early e
 shown to catch seeded defects in mutated copies of the kernels. Skipped with the reason when no
 C++ compiler can build the emulator. The same kernels on a real GPU: tests/test_kernels_gpu.py.
 """
+import contextlib
 import os
 import re
 import subprocess
@@ -317,6 +318,36 @@ def test_the_loader_passes_scalars_of_the_kernels_widths(emulated, monkeypatch):
         kernels.masked_sgd_step(w, torch.randn(10), torch.ones(10, dtype=torch.bool), lr=0.1)
 
 
+def _guard_run(emulated, emu=None, dtypes=(torch.float32,)):
+    """Four steps through guard.cu on a grid of 3 blocks and small chunks: the flag per step and the
+    device record (bad steps, first bad iteration, iterations) after them, starting at iteration 10."""
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(s, generator=g).to(dtypes[i % len(dtypes)]) for i, s in enumerate([(5000,), (33, 7), (1,)])]
+    found = torch.zeros(())
+    record = torch.tensor([0.0, 0.0, 10.0], dtype=torch.float64)
+    scratch = torch.zeros(1, dtype=torch.int32)
+    flags = []
+    for bad in (None, (1, 5 * 7 + 3, float("nan")), None, (2, 0, float("-inf"))):
+        gs = [x.clone() for x in grads]
+        if bad is not None:
+            gs[bad[0]].view(-1)[bad[1]] = bad[2]
+        found.zero_()
+        with emulated(seed=1, max_blocks=3, chunk=700):
+            backend = simt.SimtBackend(seed=1, max_blocks=3, emu=emu) if emu is not None else None
+            with (kernels.use_backend(backend) if backend else contextlib.nullcontext()):
+                kernels.nonfinite_check(gs, found, record, scratch)
+        flags.append(float(found))
+    return flags, record.tolist(), int(scratch)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,), (torch.float32, torch.float64)])
+def test_the_guard_kernel_flags_bad_steps_and_records_them_across_blocks(emulated, dtypes):
+    flags, record, scratch = _guard_run(emulated, dtypes=dtypes)
+    assert flags == [0.0, 1.0, 0.0, 1.0]
+    assert record == [2.0, 12.0, 14.0]          # two bad steps, the first at iteration 12, 14 iterations
+    assert scratch == 0                         # the block counter is ready for the next launch
+
+
 # ----------------------------------------------------------------------------- seeded defects
 
 def _mutant(tmp_path, file, old, new):
@@ -340,6 +371,13 @@ def test_the_emulator_catches_a_missing_barrier_in_topk_select(tmp_path, emulate
                 wrong += not np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))
             assert np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))  # original
     assert wrong > 0
+
+
+def test_the_emulator_catches_a_guard_that_does_not_reset_its_block_counter(tmp_path, emulated):
+    emu = _mutant(tmp_path, "guard.cu", "    *blocks_done = 0u;", "    // (reset removed)")
+    flags, record, scratch = _guard_run(emulated, emu=emu)
+    assert flags == [0.0, 1.0, 0.0, 1.0]        # the flag itself is still right ...
+    assert record != [2.0, 12.0, 14.0]          # ... but no later launch finds its last block
 
 
 def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):

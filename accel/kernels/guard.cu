@@ -12,7 +12,11 @@
 //
 // With `bookkeep` set (the last launch of the step), the last block to finish also keeps the
 // step's record, so the host can report it later (at the next mask update, or when asked):
-//     if (*found) { *bad_count += 1;  if (*first_bad == 0) *first_bad = t; }     (t: the iteration)
+//     record = (bad steps, first bad iteration, iterations), float64 (exact below 2^53):
+//     t = record[2] + 1;  record[2] = t;
+//     if (*found) { if (record[0] == 0) record[1] = t;  record[0] += 1; }
+// The iteration count lives on the device too, so a step replayed from a CUDA graph records the
+// right iteration.
 // The last block is found with the threadfence-reduction pattern: each block publishes its flag,
 // issues __threadfence(), then increments *blocks_done; the block that sees gridDim.x - 1 is last
 // and every other block's flag is visible to it. It resets *blocks_done to 0 for the next launch.
@@ -27,8 +31,8 @@ __device__ __forceinline__ bool finite_t(double x) { return isfinite(x); }
 template <typename T>
 __device__ __forceinline__ void nonfinite_impl(
     const i64* __restrict__ g_ptrs, const int* __restrict__ chunk_tensor, const i64* __restrict__ chunk_start,
-    const i64* __restrict__ sizes, i64 n_chunks, i64 chunk_len, float* found, int bookkeep, i64 t,
-    unsigned int* blocks_done, i64* bad_count, i64* first_bad)
+    const i64* __restrict__ sizes, i64 n_chunks, i64 chunk_len, float* found, int bookkeep,
+    unsigned int* blocks_done, double* record)
 {
     __shared__ int any;
     if (threadIdx.x == 0) any = 0;
@@ -52,24 +56,26 @@ __device__ __forceinline__ void nonfinite_impl(
     const unsigned int done = atomicAdd(blocks_done, 1u);
     if (done != gridDim.x - 1) return;
     *blocks_done = 0u;                                 // the last block: every flag is visible now
+    const double t = record[2] + 1.0;
+    record[2] = t;
     if (*(volatile float*)found != 0.0f) {
-        *bad_count += 1;
-        if (*first_bad == 0) *first_bad = t;
+        if (record[0] == 0.0) record[1] = t;
+        record[0] += 1.0;
     }
 }
 
 extern "C" __global__ void nonfinite_check_f32(
     const i64* g, const int* chunk_tensor, const i64* chunk_start, const i64* sizes, i64 n_chunks, i64 chunk_len,
-    float* found, int bookkeep, i64 t, unsigned int* blocks_done, i64* bad_count, i64* first_bad)
+    float* found, int bookkeep, unsigned int* blocks_done, double* record)
 {
-    nonfinite_impl<float>(g, chunk_tensor, chunk_start, sizes, n_chunks, chunk_len, found, bookkeep, t, blocks_done,
-                          bad_count, first_bad);
+    nonfinite_impl<float>(g, chunk_tensor, chunk_start, sizes, n_chunks, chunk_len, found, bookkeep, blocks_done,
+                          record);
 }
 
 extern "C" __global__ void nonfinite_check_f64(
     const i64* g, const int* chunk_tensor, const i64* chunk_start, const i64* sizes, i64 n_chunks, i64 chunk_len,
-    float* found, int bookkeep, i64 t, unsigned int* blocks_done, i64* bad_count, i64* first_bad)
+    float* found, int bookkeep, unsigned int* blocks_done, double* record)
 {
-    nonfinite_impl<double>(g, chunk_tensor, chunk_start, sizes, n_chunks, chunk_len, found, bookkeep, t, blocks_done,
-                           bad_count, first_bad);
+    nonfinite_impl<double>(g, chunk_tensor, chunk_start, sizes, n_chunks, chunk_len, found, bookkeep, blocks_done,
+                           record);
 }

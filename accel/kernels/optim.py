@@ -56,19 +56,20 @@ def adam_step(params, grads, masks, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step
 
 
 def nonfinite_check(grads: Sequence[torch.Tensor], found_inf: torch.Tensor, record: Optional[torch.Tensor] = None,
-                    t: int = 0) -> None:
+                    scratch: Optional[torch.Tensor] = None) -> None:
     """Set ``found_inf`` (float32, zeroed by the caller) when a gradient holds NaN or inf; one
-    launch per dtype (float32 / float64 gradients only). ``record`` (int64 [3]: blocks done, bad
-    steps, first bad iteration) is advanced by the last launch for iteration ``t`` (guard.cu)."""
+    launch per dtype (float32 / float64 gradients only). ``record`` (float64 [3]: bad steps, first
+    bad iteration, iterations) is advanced by the last launch, which counts its finished blocks in
+    ``scratch`` (int32 [1], zero between launches) (guard.cu)."""
     by_dtype: dict = {}
     for g in grads:
         by_dtype.setdefault(g.dtype, []).append(g)
     null = np.uint64(0)
     for i, (dtype, gs) in enumerate(by_dtype.items()):
         keep = record is not None and i == len(by_dtype) - 1
-        rec = (L.arg(record[0:1]), L.arg(record[1:2]), L.arg(record[2:3])) if keep else (null, null, null)
+        rec = (L.arg(scratch), L.arg(record)) if keep else (null, null)
         L.multi_tensor_launch("guard.cu", f"nonfinite_check_{L.SUFFIX[dtype]}", (gs,),
-                              (L.arg(found_inf), np.int32(keep), np.int64(t), *rec))
+                              (L.arg(found_inf), np.int32(keep), *rec))
 
 
 # ----------------------------------------------------------------------------- functional forms
