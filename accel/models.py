@@ -5,6 +5,8 @@
 * ``SmallCNN``: three conv3x3-BN-ReLU stages (two 2x2 max-pools), global average pool, Linear.
 * ``ResNet18``: He et al. 2016 (arXiv:1512.03385) BasicBlock ResNet-18 in the CIFAR form
   (3x3 stride-1 stem, no max-pool, stages [2, 2, 2, 2] with widths 64, 128, 256, 512).
+* ``ResNet50``: the ImageNet form (7x7 stem, max-pool, Bottleneck stages [3, 4, 6, 3], 25.6M
+  parameters), laid out as torchvision's.
 * ``VGG16``: Simonyan & Zisserman 2015 (arXiv:1409.1556) configuration D with BatchNorm,
   CIFAR form (adaptive average pool to 1x1, one Linear head); max-pools use ``ceil_mode``
   so 28x28 inputs also reach 1x1.
@@ -192,6 +194,61 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
+# ----------------------------------------------------------------------------- ResNet-50 (ImageNet form)
+class Bottleneck(nn.Module):
+    """conv1x1 (width) - conv3x3 (width, carrying the stride) - conv1x1 (4 x width), each with BN,
+    ReLU between, added to the shortcut, then ReLU: He et al. 2016, Fig. 5, with the stride on the
+    3x3 convolution (the layout torchvision's ResNet-50 uses)."""
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.downsample(x))
+
+
+class ResNet50(nn.Module):
+    """ImageNet-form ResNet-50 (He et al. 2016, Table 1): 7x7 stride-2 stem, 3x3 stride-2 max-pool,
+    stages of 3 / 4 / 6 / 3 Bottlenecks with widths w, 2w, 4w, 8w (w = ``width`` = 64; strides 1,
+    2, 2, 2), global average pool, Linear. 25.6M parameters at the defaults (1000 classes)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, width: int = 64):
+        super().__init__()
+        self.in_channels = _positive_int(in_channels, "in_channels")
+        w = _positive_int(width, "width")
+        self.conv1 = nn.Conv2d(self.in_channels, w, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stages, cin = [], w
+        for mult, blocks, stride in ((1, 3, 1), (2, 4, 2), (4, 6, 2), (8, 3, 2)):
+            layer = []
+            for b in range(blocks):
+                layer.append(Bottleneck(cin, mult * w, stride if b == 0 else 1))
+                cin = mult * w * Bottleneck.expansion
+            stages.append(nn.Sequential(*layer))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, _positive_int(num_classes, "num_classes"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.maxpool(F.relu(self.bn1(self.conv1(_to_images(x, self.in_channels)))))
+        h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
 # ----------------------------------------------------------------------------- VGG-16
 VGG16_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -223,7 +280,7 @@ class VGG16(nn.Module):
 
 
 # ----------------------------------------------------------------------------- factory
-_BUILDERS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "vgg16": VGG16}
+_BUILDERS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16}
 MODEL_NAMES = tuple(_BUILDERS)
 
 
@@ -231,7 +288,8 @@ def build_model(name: str, **kw) -> nn.Module:
     """A model by name (one of ``MODEL_NAMES``); keyword arguments go to its constructor.
 
     Defaults: "mlp" -> MLP((784, 300, 100, 10)); "cnn" -> SmallCNN for 1x28x28;
-    "resnet18" / "vgg16" -> 3-channel CIFAR form (pass in_channels=1 for MNIST).
+    "resnet18" / "vgg16" -> 3-channel CIFAR form (pass in_channels=1 for MNIST); "resnet50" ->
+    the ImageNet form (3 x 224 x 224, 1000 classes).
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, one of {MODEL_NAMES}; got {name!r}")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from reference.config import RunConfig, run_to_dict
-from reference.data import as_images
+from reference.data import as_images, batch_order
 from reference.nn import init_mlp
 from reference.train import check_diverged, default_batches
 from reference.schedules import lr_at
@@ -22,6 +22,7 @@ from . import densities as D
 from reference.methods import from_run_config
 from . import metrics as MET
 from .models import build_model, mlp_from_reference
+from .kernels.loader import upload
 from .sparsifier import Sparsifier
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -67,9 +68,28 @@ def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=
                       nonfinite=cfg.nonfinite)
 
 
-def _inputs(cfg: RunConfig, x: np.ndarray) -> torch.Tensor:
+def _inputs(cfg: RunConfig, x) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):          # already on the device (device_batches)
+        return x
     x = x if cfg.model == "mlp" else as_images(x)
     return torch.from_numpy(np.ascontiguousarray(x)).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+def device_batches(cfg: RunConfig, x: np.ndarray, y: np.ndarray):
+    """The standard pipeline (``reference.train.default_batches``: the same batches in the same
+    order) with the training set resident on the device: one copy of the data, one small upload
+    of the epoch's order, then every batch is an ``index_select`` on the device, so a training
+    step waits for nothing on the host (what a GPU needs to stay busy on small models)."""
+    dev = torch.device(cfg.device)
+    X, Y = _inputs(cfg, x), _targets(cfg, y)
+    n, bs = len(y), cfg.batch_size
+
+    def batches(epoch):
+        order = upload(torch.from_numpy(batch_order(n, cfg.seed, epoch)), dev)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            yield [(X.index_select(0, idx), Y.index_select(0, idx))]
+    return batches
 
 
 @torch.no_grad()
@@ -113,8 +133,10 @@ def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarr
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
-def _targets(cfg: RunConfig, y: np.ndarray) -> torch.Tensor:
+def _targets(cfg: RunConfig, y) -> torch.Tensor:
     """int labels as int64, soft labels [B, K] in the model's dtype."""
+    if isinstance(y, torch.Tensor):          # already on the device (device_batches)
+        return y
     t = torch.from_numpy(np.ascontiguousarray(y)).to(cfg.device)
     return t.to(DTYPES[cfg.dtype]) if t.is_floating_point() else t
 
@@ -151,7 +173,9 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     model = build_model_for(cfg, split.x_train.shape[1], n_classes)
     if init_net is not None:
         load_net(model, init_net)
-    batches = default_batches(cfg, split.x_train, split.y_train) if batches is None else batches
+    if batches is None:
+        on_gpu = torch.device(cfg.device).type == "cuda" and not ddp.active()
+        batches = (device_batches if on_gpu else default_batches)(cfg, split.x_train, split.y_train)
     opt = build_optimizer(cfg, model)
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

@@ -148,6 +148,12 @@ def class_balanced_subset(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> tu
     return x[idx].copy(), y[idx].copy()
 
 
+def batch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The sample order of one epoch: ``default_rng([seed, epoch]).permutation(n)`` (``arange(n)``
+    unshuffled). One rule for every pipeline (the accel loop's device-resident batches use it too)."""
+    return np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+
+
 def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int,
                     shuffle: bool = True, drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(xb, yb)`` NumPy batches; the order is ``default_rng([seed, epoch]).permutation(n)``
@@ -157,7 +163,7 @@ def iterate_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, ep
     seed = _check_int(seed, "seed", 0)
     epoch = _check_int(epoch, "epoch", 0)
     n = y.size
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = batch_order(n, seed, epoch, shuffle)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
