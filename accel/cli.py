@@ -4,7 +4,7 @@
                                [--checkpoint] [--resume | --overwrite]
     twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
     twinsparse export CHECKPOINT --format {dense,slim,2:4} --out PATH [--dtype float16|bfloat16]
-    twinsparse bench [--quick] [--device auto|cpu|cuda] [--models resnet18 resnet50] [--out FILE]
+    twinsparse bench [--quick] [--device auto|cpu|cuda] [--sections ...] [--out DIR]
 
 Every field of :class:`reference.config.RunConfig` is a ``train`` flag; bad values are reported
 with the key, the value and what is allowed.
@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="file to write (torch.save of the exported module and a report)")
     e.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="weight dtype for 2:4")
     from .bench import add_arguments as _bench_arguments
-    _bench_arguments(sub.add_parser("bench", help="time the hot paths: CUDA kernel vs torch ops vs per-layer loop "
-                                                  "vs bandwidth floor, on ResNet-18/50 shapes; end-to-end steps"))
+    _bench_arguments(sub.add_parser("bench", help="time the Sparsifier step, a whole-model update, end-to-end ResNet-50 "
+                                                  "steps and the kernels against fused dense optimizers, per-layer peer "
+                                                  "loops and the bandwidth floor; writes <device>.log and .json"))
     return p
 
 

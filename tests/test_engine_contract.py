@@ -8,28 +8,12 @@ torch.cuda.set_sync_debug_mode("error").
 """
 import pytest
 import torch
-import torch.nn as nn
 
 from accel import Sparsifier, contract, densities, kernels, methods
-from accel.bench import resnet18_shapes, resnet50_shapes
+from accel.bench import ShapeNet, resnet18_shapes, resnet50_shapes
 from reference.methods import ACDC, SupTickets
 
 T = 12
-
-
-class ShapeNet(nn.Module):
-    """Conv (+BatchNorm affine) / Linear layers of the given weight shapes; no forward needed:
-    the tests set the gradients."""
-
-    def __init__(self, shapes):
-        super().__init__()
-        layers = []
-        for s in shapes:
-            if len(s) == 4:
-                layers += [nn.Conv2d(s[1], s[0], s[2], bias=False), nn.BatchNorm2d(s[0])]
-            else:
-                layers.append(nn.Linear(s[1], s[0]))
-        self.layers = nn.Sequential(*layers)
 
 
 MODELS = {"resnet18": resnet18_shapes(width=4), "resnet50": resnet50_shapes(width=4, num_classes=10)}

@@ -185,8 +185,7 @@ def test_masked_adam_kernel_matches_reference(amsgrad, decoupled):
 
 def _cuda_setup(method, shapes_fn, width=16):
     from accel import Sparsifier, densities
-    from accel.bench import resnet50_shapes
-    from tests.test_engine_contract import ShapeNet
+    from accel.bench import ShapeNet, resnet50_shapes
     torch.manual_seed(0)
     model = ShapeNet(shapes_fn(width=width) if shapes_fn is not resnet50_shapes else
                      resnet50_shapes(width=width, num_classes=10)).to(DEV)
