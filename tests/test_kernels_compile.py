@@ -57,7 +57,13 @@ def test_source_is_nvrtc_compatible_and_defines_the_launched_kernels(src):
     text = kernels.source(src.name)
     # NVRTC (CuPy's RawModule) has no host or CUDA runtime headers: what it compiles includes nothing
     assert not re.search(r"^\s*#\s*include", text, re.M), f"{src.name} includes a header; NVRTC has none"
-    defined = set(re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(', text))
+    # a kernel: extern "C" __global__ void [__launch_bounds__(...)] name(, or KIND name( where KIND
+    # is a macro of a source that expands to that prefix
+    prefix = r'extern\s+"C"\s+__global__\s+void(?:\s+__launch_bounds__\([^)]*\))?'
+    kinds = re.findall(r"#define\s+(\w+)\s+" + prefix + r"\s*$", text, re.M)
+    defined = set(re.findall(prefix + r"\s+(\w+)\s*\(", text))
+    for kind in kinds:
+        defined |= set(re.findall(r"^" + kind + r"\s+(\w+)\s*\(", text, re.M))
     defined |= {m for m in re.findall(r"NM_FIXED\((\w+),", text)}
     missing = set(kernels.KERNELS[src.name]) - defined
     assert not missing, f"{src.name} does not define kernel(s) {sorted(missing)} that the loader launches"
@@ -134,36 +140,58 @@ def _order_key(x: np.ndarray) -> np.ndarray:
     return np.where(neg, ~u, u | sign)
 
 
-def _radix_select_model(scores, cand, k, dtype):
-    """Step for step what topk_hist / topk_scan / topk_tie_count / topk_select compute for one
-    segment (sequentially)."""
+def _radix_select_model(scores, cand, k, dtype, chunk=7):
+    """Step for step what topk.cu's chain computes for one segment (sequentially): the digit-0
+    histogram, the filter (certain keeps, the bucket compacted per chunk in index order), the
+    refine passes on the bucket, the tie count per chunk and the resolve with its tie ranks."""
     keys = _order_key(scores)
-    ut = keys.dtype.type
-    prefix, krem = 0, k
     bits = 8 * scores.itemsize
-    for shift, width in kernels.radix_passes(dtype):
-        if krem <= 0:
-            break
-        hb = shift + width
-        hmask = 0 if hb >= bits else ((1 << bits) - 1) & ~((1 << hb) - 1)
-        match = cand & ((keys.astype(object) & hmask) == (prefix & hmask))
-        digits = ((keys[match] >> ut(shift)) & ut((1 << width) - 1)).astype(np.int64)
-        hist = np.bincount(digits, minlength=1 << width)
+    passes = kernels.radix_passes(dtype)
+
+    def high(hb):
+        return 0 if hb >= bits else ((1 << bits) - 1) & ~((1 << hb) - 1)
+
+    def scan(hist, prefix, krem, shift):
         above = 0
-        for d in range((1 << width) - 1, -1, -1):
+        for d in range(len(hist) - 1, -1, -1):
             if above < krem <= above + hist[d]:
-                prefix |= d << shift
-                krem -= above
-                break
+                return prefix | (d << shift), krem - above
             above += hist[d]
-        else:
-            raise AssertionError("no digit found: k exceeds the candidates")
-    if k == 0:
-        return np.zeros(scores.shape, bool)
-    thr = ut(prefix)
-    tie = cand & (keys == thr)
-    rank = np.cumsum(tie) - tie
-    return cand & ((keys > thr) | (tie & (rank < krem)))
+        raise AssertionError("no digit found: k exceeds the candidates")
+
+    def digit(key, shift, width):
+        return (int(key) >> shift) & ((1 << width) - 1)
+
+    out = np.zeros(scores.shape, bool)
+    if k == 0:                                          # krem 0 at every level: nothing is kept
+        return out
+    (s0, w0), (s1, w1) = passes[0], passes[1]
+    hist = np.bincount([digit(x, s0, w0) for x in keys[cand]], minlength=1 << w0)
+    prefix, krem = scan(hist, 0, k, s0)
+    hm = high(s1 + w1)
+    chunks = []                                         # per chunk: the bucket (offset, key) in index order
+    for lo in range(0, scores.size, chunk):
+        entries = []
+        for i in range(lo, min(lo + chunk, scores.size)):
+            if cand[i]:
+                top = int(keys[i]) & hm
+                out[i] = top > prefix
+                if top == prefix:
+                    entries.append((i - lo, int(keys[i])))
+        chunks.append(entries)
+    for shift, width in passes[1:]:
+        hm = high(shift + width)
+        hist = np.bincount([digit(key, shift, width) for e in chunks for _, key in e if key & hm == prefix],
+                           minlength=1 << width)
+        prefix, krem = scan(hist, prefix, krem, shift)
+    ties = [sum(key == prefix for _, key in e) for e in chunks]
+    for c, e in enumerate(chunks):
+        rank = sum(ties[:c])
+        for off, key in e:
+            if key > prefix or (key == prefix and rank < krem):
+                out[c * chunk + off] = True
+            rank += key == prefix
+    return out
 
 
 @st.composite

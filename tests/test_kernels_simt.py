@@ -48,9 +48,9 @@ def probes():
 def emulated(monkeypatch):
     """Run the body with the kernels on the emulator, a small CHUNK (multi-chunk segments at test
     sizes, chunks that are no multiple of the block size) and a seeded schedule."""
-    def enter(seed=0, max_blocks=None, chunk=1000):
+    def enter(seed=0, max_blocks=None, chunk=1000, sm_count=2):
         monkeypatch.setattr(kernels.loader, "CHUNK", chunk)
-        return kernels.use_backend(simt.SimtBackend(seed=seed, max_blocks=max_blocks))
+        return kernels.use_backend(simt.SimtBackend(seed=seed, max_blocks=max_blocks, sm_count=sm_count))
     return enter
 
 
@@ -59,7 +59,7 @@ def emulated(monkeypatch):
 def test_emulator_registers_every_kernel_the_loader_launches():
     names = set(simt.emulator().kernel_names())
     assert names == {k for ks in kernels.KERNELS.values() for k in ks}
-    assert simt.emulator().signature("topk_scan") == ["p", "p", "p", "i4", "i4"]
+    assert simt.emulator().signature("topk_ties_f32") == ["p", "p", "i8", "p", "p", "p", "p", "p"]
 
 
 def test_thread_and_block_indices_with_a_grid_stride_loop(probes):
@@ -134,6 +134,30 @@ def test_arguments_are_checked_against_the_kernel_signature(probes):
         probes.launch("probe_missing", 1, 64, (out,))
 
 
+MEMORY_PROBES = {"memory_probes.cu": ["probe_vector_copy", "probe_exchange"]}
+
+
+def test_vector_loads_and_stores_and_their_alignment_check():
+    """uint4 / ulonglong2 through __ldg and __stwb move 16 bytes as CUDA does; an address that is
+    not a multiple of the vector's 16 bytes is a launch error, as a GPU faults on it."""
+    emu = simt.Emulator(PROBE_DIR, MEMORY_PROBES)
+    x = torch.arange(1, 1 + 4 * 64 + 4, dtype=torch.int32)
+    for first in (0, 4):
+        out = torch.zeros(8 * 64, dtype=torch.int32)
+        emu.launch("probe_vector_copy", 2, 32, (x, out, np.int32(first)), seed=1)
+        assert torch.equal(out[:256], x[first:first + 256]) and torch.equal(out[256:], x[first:first + 256])
+    with pytest.raises(simt.LaunchError, match=r"misaligned address: __ldg at line \d+ .*multiple of 16 bytes"):
+        emu.launch("probe_vector_copy", 2, 32, (x, torch.zeros(8 * 64, dtype=torch.int32), np.int32(1)))
+
+
+def test_atomic_exchange_returns_the_previous_value():
+    emu = simt.Emulator(PROBE_DIR, MEMORY_PROBES)
+    slot, seen = torch.zeros(1, dtype=torch.int32), torch.full((128,), -1, dtype=torch.int32)
+    emu.launch("probe_exchange", 1, 128, (slot, seen), seed=5)
+    # each thread saw the value of the one before it: one chain through 0 and all 128 ids
+    assert sorted(seen.tolist() + slot.tolist()) == list(range(129))
+
+
 def test_a_missing_compiler_or_a_compile_error_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "broken.cu").write_text('extern "C" __global__ void broken(int* out) { out[0] = undeclared; }\n')
     with pytest.raises(RuntimeError, match=r"failed to compile wrap_broken.cpp:(.|\n)*undeclared"):
@@ -145,15 +169,17 @@ def test_a_missing_compiler_or_a_compile_error_is_a_clear_error(tmp_path, monkey
 
 # ----------------------------------------------------------------------------- top-k (topk.cu)
 
-@pytest.mark.parametrize("seed,max_blocks", [(0, None), (1, 2), (2, 3)])
+@pytest.mark.parametrize("seed,max_blocks,sm_count", [(0, None, 2), (1, 2, 2), (2, 3, 64), (3, None, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", ["none", "few", "all"])
-def test_segmented_topk_matches_a_stable_sort(emulated, dtype, ties, seed, max_blocks):
+def test_segmented_topk_matches_a_stable_sort(emulated, dtype, ties, seed, max_blocks, sm_count):
+    """Empty, 1-element and multi-chunk segments, k = 0 and k = all candidates; grids from one
+    block walking every chunk (sm_count 1) to one chunk per block (sm_count 64)."""
     sizes = [0, 1, 7, 2500, 0, 4097, 3 * 1000 + 1, 64, 1]
     s, cand, ks = segmented_case(sizes, dtype, ties, seed)
-    with emulated(seed=seed, max_blocks=max_blocks) as b:
+    with emulated(seed=seed, max_blocks=max_blocks, sm_count=sm_count) as b:
         out = kernels.topk_select(s, sizes, ks, candidates=cand).numpy()
-    assert [k for k, _ in b.log].count(f"topk_hist_{kernels.SUFFIX[dtype]}") == len(kernels.radix_passes(dtype))
+    assert [k for k, _ in b.log] == kernels.topk.kernel_names(dtype)          # the fixed launch chain
     check_segmented(out, s, cand, sizes, ks)
 
 
@@ -166,14 +192,29 @@ def test_topk_mask_edge_counts_without_candidates(emulated, n, k):
     assert np.array_equal(out.numpy(), RT.topk_mask(s.numpy(), k))
 
 
-def test_topk_extreme_values_order_like_floats(emulated):
-    f = np.finfo(np.float32)
-    vals = [f.max, -f.max, f.tiny, -f.tiny, 1e-45, -1e-45, 0.0, -0.0, 1.0, -1.0]   # incl. subnormals
-    s = torch.tensor(vals * 30, dtype=torch.float32)
-    for k in (0, 1, 5, 37, 120, 299, 300):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_extreme_values_order_like_floats(emulated, dtype):
+    f = np.finfo(np.float32 if dtype == torch.float32 else np.float64)
+    sub = float(f.smallest_subnormal)
+    vals = [f.max, -f.max, f.tiny, -f.tiny, sub, -sub, 3 * sub, 0.0, -0.0, 1.0, -1.0, 1.0]   # subnormals, signed zeros
+    s = torch.tensor(vals * 30, dtype=dtype)
+    for k in (0, 1, 5, 37, 120, 299, 300, 359, 360):
         with emulated(seed=k):
             out = kernels.topk_mask(s, k)
         assert np.array_equal(out.numpy(), RT.topk_mask(s.numpy(), k)), k
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 1e-45, 7.5])
+def test_topk_all_equal_scores_keep_the_smallest_indices(emulated, value):
+    """Every score in the threshold bucket and tied at T: the bucket is the whole buffer."""
+    n = 3000
+    s = torch.full((n,), value)
+    if value == 0.0:
+        s[::3] = -0.0                                  # -0.0 and +0.0 are equal scores
+    for k in (0, 1, 1499, 2999, 3000):
+        with emulated(seed=k, sm_count=3):
+            out = kernels.topk_mask(s, k).numpy()
+        assert out.sum() == k and out[:k].all(), k
 
 
 def test_inverted_candidates_with_or_with_is_the_grow_step(emulated):
@@ -187,13 +228,58 @@ def test_inverted_candidates_with_or_with_is_the_grow_step(emulated):
     assert np.array_equal(out.numpy(), ref_topk_within(s, ~kept, k) | kept.numpy())
 
 
-def test_a_whole_buffer_with_the_default_chunk(emulated):
-    """The production CHUNK (16384): segments of several chunks, one of 300k elements."""
+def test_segmented_drop_and_grow_with_device_counts(emulated):
+    """RigL's two selections: the drop keeps n_active - d of the active weights, the grow adds d
+    among the inactive ones of the result (or_with); counts given as an int64 device tensor."""
+    g = torch.Generator().manual_seed(8)
+    sizes = [1500, 7, 2601, 0, 999]
+    n = sum(sizes)
+    mask = torch.rand(n, generator=g) < 0.3
+    drop_s, grow_s = torch.randn(n, generator=g), torch.randint(-2, 3, (n,), generator=g).float()
+    bounds = np.cumsum([0] + sizes)
+    active = [int(mask[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    drops = [a // 3 for a in active]
+    keep_k = torch.tensor([a - d for a, d in zip(active, drops)], dtype=torch.int64)
+    with emulated(seed=6, sm_count=2) as b:
+        kept = kernels.topk_select(drop_s, sizes, keep_k, candidates=mask)
+        new = kernels.topk_select(grow_s, sizes, torch.tensor(drops, dtype=torch.int32), candidates=kept,
+                                  invert=True, or_with=kept)
+    assert len(b.log) == 2 * len(kernels.topk.kernel_names(torch.float32))
+    check_segmented(kept.numpy(), drop_s, mask, sizes, keep_k.tolist())
+    start = 0
+    for size, d in zip(sizes, drops):
+        sl = slice(start, start + size)
+        want = ref_topk_within(grow_s[sl], ~kept[sl], d) | kept[sl].numpy()
+        assert np.array_equal(new[sl].numpy(), want)
+        start += size
+
+
+def test_unaligned_buffers_take_the_scalar_path(emulated, monkeypatch):
+    """Views that start off a 16-byte boundary: the host switches the vector loads off (same
+    result); forcing them on anyway is a misaligned 16-byte load, which the emulator reports."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randint(-4, 5, (5003,), generator=g).float()
+    cbase = torch.rand(5005, generator=g) < 0.7
+    s, cand = base[1:], cbase[3:3 + 5002]                    # 4 bytes and 3 bytes past an aligned start
+    k = int(cand.sum()) // 2
+    want = ref_topk_within(s, cand, k)
+    with emulated(seed=2):
+        assert np.array_equal(kernels.topk_select(s, [s.numel()], [k], candidates=cand).numpy(), want)
+        assert np.array_equal(kernels.topk_select(base, [5003], [2000]).numpy(), ref_topk_within(base, None, 2000))
+    monkeypatch.setattr(kernels.topk, "_aligned", lambda t, nbytes: True)
+    with emulated(seed=2), pytest.raises(simt.LaunchError, match=r"misaligned address: __ldg .*16 bytes"):
+        kernels.topk_select(s, [s.numel()], [k], candidates=cand)
+
+
+def test_a_whole_buffer_with_the_production_chunk(emulated):
+    """The production chunk (topk.TOPK_CHUNK): segments of many chunks, one of 300k elements,
+    and a segment that starts off a vector boundary."""
     g = torch.Generator().manual_seed(5)
-    sizes = [300_000, 16384, 16385, 3]
+    sizes = [300_000, 16384, 16385, 3, 4097]
     s = torch.randint(-50, 50, (sum(sizes),), generator=g).float()
-    ks = [123_457, 16384, 1, 2]
-    with emulated(chunk=kernels.CHUNK):
+    ks = [123_457, 16384, 1, 2, 2048]
+    with emulated(chunk=kernels.CHUNK, sm_count=4):
+        assert kernels.topk.chunk_len() == kernels.topk.TOPK_CHUNK
         out = kernels.topk_select(s, sizes, ks).numpy()
     start = 0
     for size, k in zip(sizes, ks):
@@ -350,34 +436,56 @@ def test_the_guard_kernel_flags_bad_steps_and_records_them_across_blocks(emulate
 
 # ----------------------------------------------------------------------------- seeded defects
 
-def _mutant(tmp_path, file, old, new):
+def _mutant(tmp_path, file, old, new, count=1):
     src = (kernels.KERNEL_DIR / file).read_text()
-    assert src.count(old) == 1, f"mutation anchor not found once in {file}: {old!r}"
+    assert src.count(old) == count, f"mutation anchor not found {count} time(s) in {file}: {old!r}"
     (tmp_path / file).write_text(src.replace(old, new))
     for header in kernels.KERNEL_DIR.glob("*.cuh"):
         (tmp_path / header.name).write_text(header.read_text())
     return simt.Emulator(tmp_path, {file: list(kernels.KERNELS[file])})
 
 
-def test_the_emulator_catches_a_missing_barrier_in_topk_select(tmp_path, emulated):
-    barrier = re.search(r"\n *__syncthreads\(\); *// warp_cnt is rewritten by the next tile\n",
+def _topk_wrong(emu, s, k, seeds, sm_count=2, **kw):
+    """How many of the seeded runs of the mutant ``emu`` disagree with the reference (the original
+    kernels agree on every seed)."""
+    want = ref_topk_within(s, kw.get("candidates"), k)
+    wrong = 0
+    for seed in seeds:
+        with kernels.use_backend(simt.SimtBackend(seed=seed, emu=emu, sm_count=sm_count)):
+            wrong += not np.array_equal(kernels.topk_select(s, [s.numel()], [k], **kw).numpy(), want)
+        with kernels.use_backend(simt.SimtBackend(seed=seed, sm_count=sm_count)):
+            assert np.array_equal(kernels.topk_select(s, [s.numel()], [k], **kw).numpy(), want)   # original
+    return wrong
+
+
+def test_the_emulator_catches_a_missing_barrier_in_the_tie_ranks(tmp_path, emulated):
+    barrier = re.search(r"\n *__syncthreads\(\); *// warp_cnt is rewritten by the next call\n",
                         (kernels.KERNEL_DIR / "topk.cu").read_text()).group(0)
     emu = _mutant(tmp_path, "topk.cu", barrier, "\n")
-    s = torch.randint(-3, 4, (5000,), generator=torch.Generator().manual_seed(0)).float()
-    wrong = 0
-    for seed in range(4):
-        with emulated(seed=seed):
-            with kernels.use_backend(simt.SimtBackend(seed=seed, emu=emu)):
-                wrong += not np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))
-            assert np.array_equal(kernels.topk_mask(s, 2500).numpy(), RT.topk_mask(s.numpy(), 2500))  # original
-    assert wrong > 0
+    # three values: the tied bucket holds about a third of each 1000-element chunk (two tiles of 256)
+    s = torch.randint(0, 3, (5000,), generator=torch.Generator().manual_seed(0)).float()
+    with emulated():
+        assert _topk_wrong(emu, s, 2500, range(4)) > 0
 
 
-def test_the_emulator_catches_a_guard_that_does_not_reset_its_block_counter(tmp_path, emulated):
-    emu = _mutant(tmp_path, "guard.cu", "    *blocks_done = 0u;", "    // (reset removed)")
-    flags, record, scratch = _guard_run(emulated, emu=emu)
-    assert flags == [0.0, 1.0, 0.0, 1.0]        # the flag itself is still right ...
-    assert record != [2.0, 12.0, 14.0]          # ... but no later launch finds its last block
+def test_the_emulator_catches_an_unsynchronised_histogram_clear(tmp_path, emulated):
+    """Without the barrier after the shared histogram is zeroed, a warp that runs ahead counts into
+    bins another warp clears afterwards."""
+    src = (kernels.KERNEL_DIR / "topk.cu").read_text()
+    anchor = re.search(r"\n *__syncthreads\(\); *// cleared before any thread adds to it\n", src).group(0)
+    emu = _mutant(tmp_path, "topk.cu", anchor, "\n", count=3)      # in every histogram kernel
+    s = torch.randn(6000, generator=torch.Generator().manual_seed(1))
+    with emulated():
+        assert _topk_wrong(emu, s, 1234, range(3)) == 3
+
+
+def test_the_emulator_catches_a_segment_scanned_before_its_last_block(tmp_path, emulated):
+    """The first block to finish a segment scans it (instead of the last): the histogram is
+    partial whenever a segment spans several blocks, which the persistent grid makes common."""
+    emu = _mutant(tmp_path, "topk.cu", "*last = before + (u64)chunks == (u64)seg_nch[s];", "*last = before == 0;")
+    s = torch.randn(9000, generator=torch.Generator().manual_seed(2))
+    with emulated():
+        assert _topk_wrong(emu, s, 4000, range(3), sm_count=2) == 3
 
 
 def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):

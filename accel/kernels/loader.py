@@ -24,8 +24,8 @@ KERNELS = {
     "masked_sgd.cu": ("masked_sgd_f32", "masked_sgd_f64"),
     "masked_adam.cu": ("masked_adam_f32", "masked_adam_f64"),
     "guard.cu": ("nonfinite_check_f32", "nonfinite_check_f64"),
-    "topk.cu": ("topk_hist_f32", "topk_hist_f64", "topk_scan", "topk_tie_count_f32", "topk_tie_count_f64",
-                "topk_select_f32", "topk_select_f64"),
+    "topk.cu": ("topk_hist_f32", "topk_hist_f64", "topk_filter_f32", "topk_filter_f64", "topk_refine_f32",
+                "topk_refine_f64", "topk_ties_f32", "topk_ties_f64", "topk_resolve_f32", "topk_resolve_f64"),
     "nm_mask.cu": ("nm_mask_m4_f32", "nm_mask_m4_f64", "nm_mask_m8_f32", "nm_mask_m8_f64",
                    "nm_mask_any_f32", "nm_mask_any_f64"),
     "dst.cu": ("dst_ee_scores_f32", "dst_ee_scores_f64"),
@@ -45,7 +45,7 @@ KEY_BITS = {torch.float32: 32, torch.float64: 64}
 __all__ = ["available", "usable", "on_device", "use_backend", "CupyBackend", "require", "unavailable_reason",
            "chunk_plan", "chunk_plan_host", "pointer_table", "launch", "arg", "scalar", "multi_tensor_launch",
            "launches", "source", "KERNELS", "KERNEL_DIR", "DISABLE_ENV", "DTYPES", "SUFFIX", "THREADS", "CHUNK",
-           "MAX_BLOCKS", "graph_tables"]
+           "MAX_BLOCKS", "graph_tables", "sm_count", "upload"]
 
 _local = threading.local()
 _cupy = None                  # the cupy module once imported; False when the import failed
@@ -84,6 +84,13 @@ class CupyBackend:
     def arg(self, t: torch.Tensor):
         return np.uint64(t.data_ptr())         # a pointer parameter is 8 bytes passed by value
 
+    def sm_count(self, device: torch.device) -> int:
+        """The multiprocessors of ``device`` (persistent grids are sized by it)."""
+        n = _sm_counts.get(device.index)
+        if n is None:
+            n = _sm_counts[device.index] = int(torch.cuda.get_device_properties(device).multi_processor_count)
+        return n
+
     def launch(self, file: str, kernel: str, device: torch.device, grid: int, block: int, args: tuple) -> None:
         cp = _import_cupy()
         fn = _function(file, kernel, device)
@@ -92,6 +99,14 @@ class CupyBackend:
 
 
 _backend = CupyBackend()
+_sm_counts: dict = {}
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` as the current backend sees them (a backend without the
+    notion, 8): the kernels with a persistent grid launch a fixed number of blocks per one."""
+    fn = getattr(_backend, "sm_count", None)
+    return int(fn(device)) if fn is not None else 8
 
 
 @contextlib.contextmanager

@@ -238,12 +238,16 @@ class SimtBackend:
 
     ``seed`` (0: in order) shuffles the order of blocks, of warps and of the threads of a warp
     between synchronisation points; ``max_blocks`` caps the grid (the kernels are grid-stride
-    loops: a small grid makes each block walk many chunks)."""
+    loops: a small grid makes each block walk many chunks). ``sm_count`` is the multiprocessor
+    count reported to kernels with a persistent grid (a few blocks per multiprocessor), small by
+    default so that their blocks each take several chunks and segments."""
 
     device_desc = "the CPU (SIMT emulator)"
 
-    def __init__(self, seed: int = 0, max_blocks: Optional[int] = None, emu: Optional[Emulator] = None):
+    def __init__(self, seed: int = 0, max_blocks: Optional[int] = None, emu: Optional[Emulator] = None,
+                 sm_count: int = 2):
         self.seed, self.max_blocks, self._emu = int(seed), max_blocks, emu
+        self._sm_count = int(sm_count)
         self.log: list[tuple[str, int]] = []         # (kernel, grid) of every launch, for tests
 
     @property
@@ -258,6 +262,9 @@ class SimtBackend:
 
     def stream_key(self, device: torch.device):
         return 0
+
+    def sm_count(self, device: torch.device) -> int:
+        return self._sm_count
 
     def arg(self, t: torch.Tensor):
         return t

@@ -188,6 +188,12 @@ bool run_block()
 
 void sync_block(int line) { arrive(block_bar, line, "__syncthreads()"); }
 
+void misaligned(int line, const void* p, unsigned align, const char* what)
+{
+    set_error("misaligned address: %s at line %d of %p, which is not a multiple of %u bytes", what, line, p, align);
+    fail_in_thread();
+}
+
 void warp_gather(int line, unsigned mask, uint64_t mine, uint64_t* all)
 {
     if (mask != 0xffffffffu) {

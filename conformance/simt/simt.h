@@ -16,6 +16,13 @@
 // Arithmetic: the *_rn intrinsics are single IEEE operations (compiled with -ffp-contract=off, so
 // no fused multiply-add), equal to the GPU's. Not modelled: timing, the memory model beyond
 // barrier ordering (no data-race detector), bounds of global memory, half precision.
+//
+// Vector memory access: the CUDA vector types the kernels load and store whole (uint2, uint4,
+// ulonglong2, float4, double2) have their CUDA size and alignment, and the cache-hinted load and
+// store intrinsics (__ldg, __ldcs, __stwb, __stcs) check that the address is aligned to the
+// accessed type, as the GPU does (a misaligned 16-byte access faults with "misaligned address"):
+// a kernel that vector-loads from an address the host did not prove aligned is a launch error
+// naming the source line. Plain dereferences are not checked (C++ gives no hook for them).
 #pragma once
 
 #include <math.h>
@@ -31,6 +38,20 @@ void sync_block(int line);
 void warp_gather(int line, unsigned mask, uint64_t mine, uint64_t* all);
 
 inline unsigned lane() { return thread_idx.x & 31u; }
+
+// reports a misaligned vector access as a launch error and ends the thread (runtime.cpp)
+[[noreturn]] void misaligned(int line, const void* p, unsigned align, const char* what);
+
+template <class T> inline const T* check_aligned(int line, const T* p, const char* what)
+{
+    if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) misaligned(line, p, (unsigned)alignof(T), what);
+    return p;
+}
+template <class T> inline T ld(int line, const T* p, const char* what) { return *check_aligned(line, p, what); }
+template <class T> inline void st(int line, T* p, T v, const char* what)
+{
+    *const_cast<T*>(check_aligned(line, static_cast<const T*>(p), what)) = v;
+}
 
 template <class T> inline uint64_t to_bits(T v) { uint64_t b = 0; memcpy(&b, &v, sizeof(T)); return b; }
 template <class T> inline T from_bits(uint64_t b) { T v; memcpy(&v, &b, sizeof(T)); return v; }
@@ -73,7 +94,16 @@ template <class T> inline unsigned match_any(int line, unsigned mask, T v)
 }
 }  // namespace simt
 
+// CUDA's built-in vector types that the kernels access whole: CUDA's sizes and alignments
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) ulonglong2 { unsigned long long x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
+static_assert(sizeof(uint4) == 16 && sizeof(ulonglong2) == 16 && sizeof(uint2) == 8, "CUDA vector sizes");
+
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __host__
 #define __forceinline__ inline
@@ -93,6 +123,14 @@ template <class T> inline unsigned match_any(int line, unsigned mask, T v)
 
 // atomics: threads of the emulator never run at the same time, so a read-modify-write is atomic
 template <class T> inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
+
+template <class T> inline T atomicExch(T* p, T v) { const T old = *p; *p = v; return old; }
+
+// cache-hinted loads and stores: the hint changes nothing here; the alignment is checked
+#define __ldg(p) ::simt::ld(__LINE__, (p), "__ldg")
+#define __ldcs(p) ::simt::ld(__LINE__, (p), "__ldcs")
+#define __stwb(p, v) ::simt::st(__LINE__, (p), (v), "__stwb")
+#define __stcs(p, v) ::simt::st(__LINE__, (p), (v), "__stcs")
 
 // blocks run one after another and threads never overlap, so every write is already visible
 inline void __threadfence() {}
