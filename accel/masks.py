@@ -16,6 +16,7 @@ from reference import masks as _ref
 from reference._checks import check_density, count_for_density
 from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
                              nm_group_length, warn_dense_layers)
+from . import deferred
 from . import kernels as _kernels
 from .flat import Layout, layout_of
 from .kernels.loader import upload
@@ -88,6 +89,10 @@ def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.T
     w = as_real_tensor(w, "weight")
     if _kernels.on_device(w) and _kernels.usable(w):   # CUDA + CuPy: one thread per group (accel/kernels/nm_mask.cu)
         return _kernels.nm_mask(w, n, m, axis)
+    return _nm_mask_torch(w, n, m, axis)
+
+
+def _nm_mask_torch(w: torch.Tensor, n: int, m: int, axis: str) -> torch.Tensor:
     if axis == "rows" or w.dim() == 2:
         return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
     cl = w.permute(0, 2, 3, 1)                         # [O, kh, kw, I], channels last
@@ -95,25 +100,54 @@ def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.T
     return keep.permute(0, 3, 1, 2).contiguous()
 
 
+def _require_finite_weights(weights: Mapping[str, torch.Tensor]) -> None:
+    """Every weight finite, checked with one multi-tensor reduction (one host read; inside an
+    update, deferred to its commit); the error names the first bad weight."""
+    names = [n for n, w in weights.items() if w.is_floating_point() and w.numel()]
+    if not names:
+        return
+
+    def message(name):
+        bad = int((~torch.isfinite(weights[name])).sum())
+        return f"weight {name!r} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed"
+    if deferred.active() is not None:
+        for name in names:
+            deferred.require_finite(weights[name], lambda name=name: message(name))
+        return
+    by: dict = {}
+    for name in names:
+        by.setdefault((weights[name].device, weights[name].dtype), []).append(name)
+    oks = []
+    for group in by.values():
+        sums = torch._foreach_norm(torch._foreach_mul([weights[x] for x in group], 0.0), 1)
+        oks.append(torch.stack(sums).eq(0).all())
+    first_bad = lambda: next(x for x in names if not bool(torch.isfinite(weights[x]).all()))  # noqa: E731
+    deferred.require(torch.stack([o.to(oks[0].device) for o in oks]).all(), lambda: message(first_bad()))
+
+
 def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
              axis: str = "reduction") -> tuple[dict[str, torch.Tensor], list[str]]:
-    """N:M masks per layer; indivisible layers stay dense and are returned and warned about."""
+    """N:M masks per layer; indivisible layers stay dense and are returned and warned about. On
+    CUDA one kernel launch covers every divisible layer (accel/kernels/nm_mask.cu)."""
     n, m = check_nm(n, m)
     check_layer_dict(weights, "weights")
     for name, w in weights.items():
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"weight {name!r} must be a torch.Tensor, got {type(w).__name__}")
         nm_group_length(tuple(w.shape), m, axis)
-        as_real_tensor(w, f"weight {name!r}")
-    masks, dense = {}, []
-    for name, w in weights.items():
-        if nm_group_length(tuple(w.shape), m, axis) % m:
-            masks[name] = torch.ones_like(w, dtype=torch.bool)
-            dense.append(name)
-        else:
-            masks[name] = nm_mask(w, n, m, axis)
+        if w.is_complex():
+            raise TypeError(f"weight {name!r} must be a real tensor, got dtype {w.dtype}")
+    _require_finite_weights(weights)
+    dense = [x for x, w in weights.items() if nm_group_length(tuple(w.shape), m, axis) % m]
+    todo = [x for x in weights if x not in dense]
+    ws = [weights[x] for x in todo]
+    found = {x: torch.ones_like(weights[x], dtype=torch.bool) for x in dense}
+    if ws and _kernels.on_device(ws[0]) and all(w.device == ws[0].device for w in ws) and _kernels.usable(*ws):
+        found.update(zip(todo, _kernels.nm_masks(ws, n, m, axis)))    # one launch for all of them
+    else:
+        found.update((x, _nm_mask_torch(w, n, m, axis)) for x, w in zip(todo, ws))
     warn_dense_layers({d: tuple(weights[d].shape) for d in dense}, m, axis)
-    return masks, dense
+    return {x: found[x] for x in weights}, dense
 
 
 # ----------------------------------------------------------------------------- channels (§2.6a)

@@ -64,7 +64,6 @@ def test_source_is_nvrtc_compatible_and_defines_the_launched_kernels(src):
     defined = set(re.findall(prefix + r"\s+(\w+)\s*\(", text))
     for kind in kinds:
         defined |= set(re.findall(r"^" + kind + r"\s+(\w+)\s*\(", text, re.M))
-    defined |= {m for m in re.findall(r"NM_FIXED\((\w+),", text)}
     missing = set(kernels.KERNELS[src.name]) - defined
     assert not missing, f"{src.name} does not define kernel(s) {sorted(missing)} that the loader launches"
     assert text.lstrip().startswith("//"), f"{src.name} must open with a header comment (what it computes, why correct)"

@@ -25,6 +25,7 @@ from conformance import simt
 from conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
 import reference.cocktail_ops as RCO
 import reference.dst as RD
+import reference.masks as RM
 import reference.merge as RMG
 import reference.optim as RO
 import reference.topk as RT
@@ -300,8 +301,51 @@ def test_nm_mask_matches_the_torch_path(emulated, dtype, n, m, axis):
         want = nm_mask(w, n, m, axis)                                       # torch, default backend
         with emulated(seed=n + m) as b:
             got = nm_mask(w, n, m, axis)                                    # dispatches to nm_mask.cu
-        assert b.log and b.log[0][0].startswith("nm_mask_")
+        assert [k for k, _ in b.log] == [f"nm_masks_{kernels.SUFFIX[dtype]}"]
         assert torch.equal(got, want)
+
+
+def _model_weights(dtype, g):
+    """A small ResNet's weights, incl. a 7x7 stem with I = 3 (left dense), 1x1 and 3x3 convs of
+    several chunks (NM_CHUNK_GROUPS = 2048), a Linear and a 2x2 conv, I = 24 (divides by 4, 6 and
+    8); ties and signed zeros."""
+    shapes = {"stem": (16, 3, 7, 7), "a": (64, 16, 1, 1), "b": (64, 64, 3, 3), "c": (32, 64, 2, 2),
+              "fc": (10, 2056), "d": (8, 8, 1, 1), "e": (6, 24, 3, 3)}
+    ws = {k: (torch.randint(-3, 4, s, generator=g).to(dtype) * 0.5) for k, s in shapes.items()}
+    ws["b"].view(-1)[::5] = -0.0
+    return ws
+
+
+@pytest.mark.parametrize("axis", ["reduction", "rows"])
+@pytest.mark.parametrize("n,m", [(2, 4), (5, 8), (3, 6)])
+def test_nm_masks_one_launch_for_a_whole_model_equals_the_reference(emulated, n, m, axis):
+    from accel.masks import nm_masks
+    ws = _model_weights(torch.float32, torch.Generator().manual_seed(n + m))
+    with emulated(seed=m, max_blocks=3) as b, pytest.warns(UserWarning, match="dense"):
+        got, dense = nm_masks(ws, n, m, axis)
+    assert [k for k, _ in b.log] == ["nm_masks_f32"], "one launch for every layer"
+    with pytest.warns(UserWarning, match="dense"):
+        want, want_dense = RM.nm_masks({k: v.numpy() for k, v in ws.items()}, n, m, axis)
+    assert dense == want_dense and "stem" in dense
+    for k in ws:
+        assert got[k].shape == ws[k].shape and np.array_equal(got[k].numpy(), want[k]), k
+
+
+def test_nm_masks_mixed_dtypes_and_unaligned_views(emulated):
+    """float32 and float64 layers: one launch per dtype, each skipping the other's tensors; layers
+    that are views at offsets of one flat buffer (not 16-byte aligned: the scalar loads)."""
+    from accel.masks import nm_masks
+    g = torch.Generator().manual_seed(9)
+    flat = torch.randn(1 + 64 * 32 + 12 * 8 * 3 * 3, generator=g)
+    ws = {"lin": flat[1:1 + 64 * 32].view(64, 32), "conv": flat[1 + 64 * 32:].view(12, 8, 3, 3),
+          "lin64": torch.randn(16, 24, generator=g, dtype=torch.float64),
+          "conv64": torch.randn(4, 8, 3, 3, generator=g, dtype=torch.float64)[:, :, :, :]}
+    assert ws["lin"].data_ptr() % 16 != 0
+    with emulated(seed=3) as b:
+        got, dense = nm_masks(ws, 2, 4)
+    assert sorted(k for k, _ in b.log) == ["nm_masks_f32", "nm_masks_f64"] and dense == []
+    for k, w in ws.items():
+        assert np.array_equal(got[k].numpy(), RM.nm_mask(w.numpy(), 2, 4)), k
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -494,6 +538,27 @@ def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):
     with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
         out = kernels.topk_mask(s, 100)
     assert int(out.sum()) == 101                            # the mutant keeps one tie too many
+
+
+def test_the_emulator_catches_nm_vector_loads_without_the_alignment_check(tmp_path, emulated):
+    emu = _mutant(tmp_path, "nm_mask.cu", "const bool vin = (reinterpret_cast<unsigned long long>(w) & 15ull) == 0;",
+                  "const bool vin = true;")
+    flat = torch.randn(1 + 64 * 32, generator=torch.Generator().manual_seed(4))
+    w = flat[1:].view(64, 32)                               # 4 bytes past a 16-byte boundary
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        with pytest.raises(simt.LaunchError, match=r"misaligned address: __ldg"):
+            kernels.nm_masks([w], 2, 4, "reduction")
+        got = kernels.nm_masks([w.clone()], 2, 4, "reduction")[0]          # aligned: the mutant works
+    assert np.array_equal(got.numpy(), RM.nm_mask(w.numpy(), 2, 4))
+
+
+def test_the_emulator_catches_a_wrong_tie_order_in_nm(tmp_path, emulated):
+    emu = _mutant(tmp_path, "nm_mask.cu", "rank += (a[q] > a[l]) || (a[q] == a[l] && q < l);",
+                  "rank += (a[q] > a[l]) || (a[q] == a[l] && q <= l);")
+    w = torch.randint(-1, 2, (16, 8, 3, 3), generator=torch.Generator().manual_seed(5)).float()   # many ties
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        got = kernels.nm_masks([w], 2, 4, "reduction")[0]
+    assert not np.array_equal(got.numpy(), RM.nm_mask(w.numpy(), 2, 4))
 
 
 def test_the_emulator_catches_a_reused_reduction_slot_in_umg(tmp_path, emulated):

@@ -26,8 +26,7 @@ KERNELS = {
     "guard.cu": ("nonfinite_check_f32", "nonfinite_check_f64"),
     "topk.cu": ("topk_hist_f32", "topk_hist_f64", "topk_filter_f32", "topk_filter_f64", "topk_refine_f32",
                 "topk_refine_f64", "topk_ties_f32", "topk_ties_f64", "topk_resolve_f32", "topk_resolve_f64"),
-    "nm_mask.cu": ("nm_mask_m4_f32", "nm_mask_m4_f64", "nm_mask_m8_f32", "nm_mask_m8_f64",
-                   "nm_mask_any_f32", "nm_mask_any_f64"),
+    "nm_mask.cu": ("nm_masks_f32", "nm_masks_f64"),
     "dst.cu": ("dst_ee_scores_f32", "dst_ee_scores_f64"),
     "merge.cu": ("superpose_cia_f32", "superpose_cia_f64", "umg_channel_scores_f32", "umg_channel_scores_f64"),
 }

@@ -1,35 +1,81 @@
-"""N:M masks along the GEMM reduction dimension (nm_mask.cu)."""
+"""N:M masks along the GEMM reduction dimension (nm_mask.cu): every weight of a model in one
+launch per dtype, the masks laid end to end in one flat boolean buffer."""
 from __future__ import annotations
 
-import math
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from . import loader as L
 
+NM_CHUNK_GROUPS = 2048        # must match nm_mask.cu
+
+
+def _geometry(shape: tuple, m: int, axis: str) -> tuple[int, int]:
+    """(S, groups) of a validated 2-D / 4-D weight: S = kh*kw along the reduction axis of a conv,
+    else 1 (consecutive groups of m)."""
+    numel = int(np.prod(shape, dtype=np.int64))
+    stride = 1 if axis == "rows" or len(shape) == 2 else int(shape[2]) * int(shape[3])
+    return stride, numel // m
+
+
+def _plan(shapes: Sequence[tuple], m: int, axis: str, dev: torch.device) -> dict:
+    """Device tables (cached by the shapes): per tensor the offset of its mask in the flat output,
+    S and its number of groups; per chunk its tensor and first group."""
+    key = ("nm", tuple(shapes), m, axis, dev.index, L.backend().stream_key(dev))
+    plan = L._plans.get(key)
+    if plan is None:
+        geo = [_geometry(s, m, axis) for s in shapes]
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        offs = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
+        ch_t, ch_g = [], []
+        for t, (_, ng) in enumerate(geo):
+            g = np.arange(0, ng, NM_CHUNK_GROUPS, dtype=np.int64)
+            ch_t.extend([t] * g.size)
+            ch_g.extend(g.tolist())
+        dev_ = lambda a: L.upload(torch.from_numpy(np.ascontiguousarray(a)), dev)  # noqa: E731
+        plan = {"offsets": offs.tolist(), "sizes": sizes, "out_off": dev_(offs),
+                "strides": dev_(np.array([s for s, _ in geo], np.int64)),
+                "n_groups": dev_(np.array([g for _, g in geo], np.int64)),
+                "chunk_tensor": dev_(np.array(ch_t, np.int32)), "chunk_group": dev_(np.array(ch_g, np.int64)),
+                "n_chunks": len(ch_t)}
+        if len(L._plans) > 64:
+            for k in list(L._plans)[:32]:
+                del L._plans[k]
+        L._plans[key] = plan
+    return plan
+
+
+def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str) -> list[torch.Tensor]:
+    """Validated weights (2-D / 4-D, group axis divisible by m, finite, float32 / float64, one
+    device): their N:M keep masks (nm_mask.cu), one launch per dtype for all of them. The masks
+    are views of one flat boolean buffer, in the order of ``weights``."""
+    weights = [w.detach() for w in weights]
+    if not weights:
+        return []
+    if not L.usable(*weights):
+        raise RuntimeError(f"the CUDA N:M kernel cannot run: {L.unavailable_reason() or 'unsupported tensors'}")
+    dev = weights[0].device
+    weights = [w if w.is_contiguous() else w.contiguous() for w in weights]
+    plan = _plan([tuple(w.shape) for w in weights], m, axis, dev)
+    flat = torch.empty(sum(plan["sizes"]), dtype=torch.bool, device=dev)
+    outs = [p.view(w.shape) for p, w in zip(flat.split(plan["sizes"]), weights)]
+    if plan["n_chunks"] == 0:
+        return outs
+    dtypes = {w.dtype for w in weights}
+    for dtype in sorted(dtypes, key=str):
+        # another dtype's tensors get a null pointer: their chunks are skipped by this launch
+        ptrs = [w if w.dtype == dtype else None for w in weights]
+        L.launch("nm_mask.cu", f"nm_masks_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
+                 (L.arg(L.pointer_table(ptrs, dev)), L.arg(flat), L.arg(plan["out_off"]), L.arg(plan["strides"]),
+                  L.arg(plan["n_groups"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_group"]),
+                  np.int64(plan["n_chunks"]), np.int32(n), np.int32(m)))
+    return outs
+
 
 def nm_mask(w: torch.Tensor, n: int, m: int, axis: str) -> torch.Tensor:
     """Validated w (2-D / 4-D, group axis divisible by m): the N:M keep mask (nm_mask.cu)."""
-    if not L.usable(w):
-        raise RuntimeError(f"the CUDA N:M kernel cannot run: {L.unavailable_reason() or 'unsupported tensor'}")
-    out = torch.empty(w.shape, dtype=torch.bool, device=w.device)
     if w.numel() == 0:
-        return out
-    w = w.contiguous()
-    o = w.shape[0]
-    if axis == "rows" or w.dim() == 2:
-        row, stride = w.numel() // o, 1
-    else:
-        row, stride = w.shape[1], w.shape[2] * w.shape[3]
-    gpr = row // m
-    n_groups = o * gpr * stride
-    sfx = L.SUFFIX[w.dtype]
-    grid = math.ceil(n_groups / L.THREADS)
-    if m in (4, 8):
-        args = (L.arg(w), L.arg(out), np.int64(n_groups), np.int32(n), np.int64(gpr), np.int64(stride))
-        L.launch("nm_mask.cu", f"nm_mask_m{m}_{sfx}", w.device, grid, args)
-    else:
-        args = (L.arg(w), L.arg(out), np.int64(n_groups), np.int32(n), np.int32(m), np.int64(gpr), np.int64(stride))
-        L.launch("nm_mask.cu", f"nm_mask_any_{sfx}", w.device, grid, args)
-    return out
+        return torch.empty(w.shape, dtype=torch.bool, device=w.device)
+    return nm_masks([w], n, m, axis)[0]
