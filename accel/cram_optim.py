@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from reference.cram import Compression, check_rho, sample_compression
+from reference.cram import Compression, base_step_at, check_base_prob, check_rho, sample_compression
 from reference.cram_spec import check_mode, parse_compressions, resolve_plus
 from . import cram as CR
 from .prunable import discover_prunable
@@ -90,7 +90,8 @@ class CrAM:
 
     def __init__(self, params_or_model, base_optimizer: torch.optim.Optimizer, compressions=(), rho: float = 0.05,
                  plus: bool | None = None, sparse_grad: bool = True, tau: int = 1, seed: int = 0,
-                 prunable: Iterable[str] | None = None, mode: str = "cram", check_finite: bool = False):
+                 prunable: Iterable[str] | None = None, mode: str = "cram", check_finite: bool = False,
+                 base_prob: float = 0.0):
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer).__name__}")
         self.mode = check_mode(mode)
@@ -105,6 +106,7 @@ class CrAM:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed={seed!r} must be an integer >= 0")
         self.sparse_grad, self.tau, self.seed, self.check_finite = sparse_grad, tau, seed, bool(check_finite)
+        self.base_prob = check_base_prob(base_prob)   # [TH] §5.5.1: a plain base step with this probability
         self.base = base_optimizer
         comps = list(compressions) if not isinstance(compressions, (str, Compression)) else [compressions]
         if comps and all(isinstance(c, str) for c in comps):
@@ -249,10 +251,11 @@ class CrAM:
             raise
 
     def _step(self, closure, t: int):
-        if self.mode == "sgd":
+        if self.mode == "sgd" or base_step_at(self.seed, t, self.base_prob):
             loss, _ = self._closure(closure, frozen=False)
             self._base_step()
-            self.last = {"t": t, "compression": None, "masks": None, "refreshed": False}
+            self.last = {"t": t, "compression": None, "masks": None, "refreshed": False,
+                         "base_step": self.mode != "sgd"}
             return loss
         self._save()
         comp, masks, refreshed = None, None, False
@@ -285,7 +288,7 @@ class CrAM:
             torch._foreach_add_(gt, g)
         for p, gi in zip(self.params, gt):
             p.grad = gi
-        self.last = {"t": t, "compression": comp, "masks": masks, "refreshed": refreshed}
+        self.last = {"t": t, "compression": comp, "masks": masks, "refreshed": refreshed, "base_step": False}
         self._base_step()                                                            # l.16
         return loss
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from reference.config import run_to_dict
-from reference.cram_spec import parse_compressions
+from reference.cram_spec import training_compressions
 from reference.schedules import lr_at
 from reference.train import default_batches
 from . import checkpoint as ckpt
@@ -29,9 +29,10 @@ from .train import _inputs, _targets, build_model_for, build_optimizer, evaluate
 def build_cram(cfg, model, optimizer) -> CrAM:
     """The CrAM wrapper of a run config (cfg.cram_*), prunable set from include / exclude."""
     names = list(discover_prunable(model, cfg.include or None, cfg.exclude or None))
-    comps = parse_compressions(cfg.cram_compressions) if cfg.cram_mode in ("cram", "csam") else ()
+    comps = training_compressions(cfg)
     return CrAM(model, optimizer, comps, rho=cfg.cram_rho, plus=cfg.cram_plus, sparse_grad=cfg.cram_sparse_grad,
-                tau=cfg.cram_tau, seed=cfg.seed, prunable=names, mode=cfg.cram_mode, check_finite=cfg.check_finite)
+                tau=cfg.cram_tau, seed=cfg.seed, prunable=names, mode=cfg.cram_mode, check_finite=cfg.check_finite,
+                base_prob=cfg.cram_base_prob)
 
 
 def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, checkpoint: str | None = None,
@@ -48,6 +49,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
     cram = build_cram(cfg, model, opt)
     batches = default_batches(cfg, split.x_train, split.y_train)
     total = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
+    plan = cfg.lr_plan(-(-len(split.x_train) // cfg.batch_size))
     history, step, start = [], 0, 0
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = ckpt.load(checkpoint, map_location=cfg.device)
@@ -64,7 +66,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
             (xb, yb), = parts
             x, y = _inputs(cfg, xb), _targets(cfg, yb)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.lr, cfg.lr_schedule)
+                g["lr"] = lr_at(step, total, cfg.lr, plan)
 
             def closure(x=x, y=y):
                 loss = F.cross_entropy(model(x), y)
@@ -78,7 +80,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
             if progress is not None:
                 progress.update(1)
         rec = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / max(n, 1),
-               "lr": lr_at(step, total, cfg.lr, cfg.lr_schedule),
+               "lr": lr_at(step, total, cfg.lr, plan),
                **{f"test_{k}": v for k, v in evaluate(cfg, model, split.x_test, split.y_test).items()},
                "density": 1.0, "epoch_time": time.perf_counter() - t0}
         history.append(rec)

@@ -1,4 +1,4 @@
-"""Data-parallel training with torch.distributed (DDP) (DESIGN.md "Multi-GPU", issue #7).
+"""Data-parallel training with torch.distributed (DDP) (docs/methods.md §9).
 
 Every rank holds the same masks without any broadcast. A mask decision is a deterministic function
 of the gradients, which DDP all-reduces so that every rank holds the same values, and of random
@@ -9,6 +9,13 @@ Each rank takes a contiguous slice of the same global batch (``shard``). The los
 sum of per-sample losses times world / global batch size, so DDP's gradient average is the
 global-batch mean: the run equals a single-process run with the same global batch (up to float
 summation order).
+
+BatchNorm: on CUDA with NCCL (the backend chosen when CUDA is available, as in the papers' multi-GPU
+runs) every BatchNorm layer is converted to ``torch.nn.SyncBatchNorm``, so the batch statistics are
+those of the global batch, as in a single process. SyncBatchNorm needs CUDA, so on CPU/gloo each
+rank normalises with its own shard's statistics (a warning says so) and such runs differ from a
+single process. ``TWINSPARSE_DDP_BACKEND`` overrides the backend (e.g. gloo for a CPU run on a GPU
+machine).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.distributed as dist
+import warnings
 
 
 _TIMEOUT_S = None
@@ -36,9 +44,24 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def init_from_env(backend: str = "gloo", timeout_s: float = 60.0) -> bool:
+BACKENDS = ("gloo", "nccl")
+
+
+def default_backend() -> str:
+    """``TWINSPARSE_DDP_BACKEND`` when set, else NCCL when CUDA is available, else gloo."""
+    b = os.environ.get("TWINSPARSE_DDP_BACKEND")
+    if b is not None:
+        if b not in BACKENDS:
+            raise ValueError(f"TWINSPARSE_DDP_BACKEND={b!r} is not allowed; choose one of {list(BACKENDS)}")
+        return b
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_from_env(backend: str | None = None, timeout_s: float = 60.0) -> bool:
     """Join the process group described by torchrun's environment (WORLD_SIZE > 1); returns whether
-    training is distributed. A peer that dies makes collectives fail after ``timeout_s``."""
+    training is distributed. ``backend`` None: ``default_backend()``; with NCCL each rank uses the
+    GPU LOCAL_RANK (so device 'cuda' is the rank's own GPU). A peer that dies makes collectives fail
+    after ``timeout_s``."""
     global _TIMEOUT_S
     if dist.is_initialized():
         return active()
@@ -46,9 +69,45 @@ def init_from_env(backend: str = "gloo", timeout_s: float = 60.0) -> bool:
         return False
     if not timeout_s > 0:
         raise ValueError(f"timeout_s={timeout_s!r} must be > 0 seconds")
+    backend = default_backend() if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {list(BACKENDS)}")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     _TIMEOUT_S = float(timeout_s)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return active()
+
+
+def uses_sync_batchnorm(device: str, backend: str) -> bool:
+    """SyncBatchNorm applies on CUDA devices with the NCCL backend (it has no CPU implementation)."""
+    return str(device).startswith("cuda") and backend == "nccl"
+
+
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm layer of ``model`` by ``torch.nn.SyncBatchNorm`` in place, keeping its
+    parameter and buffer tensors (so an optimizer or a Sparsifier built on the model still holds
+    them); returns ``model``. The top-level module itself must not be a BatchNorm layer."""
+    if isinstance(model, torch.nn.modules.batchnorm._BatchNorm):
+        raise TypeError("sync_batchnorm converts the BatchNorm layers inside a model, not a bare BatchNorm layer")
+    out = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert out is model
+    return model
+
+
+def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel: BatchNorm synchronised on CUDA/NCCL (``sync_batchnorm``);
+    on CPU/gloo per-rank shard statistics, with a warning."""
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and uses_sync_batchnorm(device, dist.get_backend()):
+        sync_batchnorm(model)
+    elif has_bn:
+        warnings.warn(f"BatchNorm under DDP with backend {dist.get_backend()!r} on {device!r} uses each rank's shard "
+                      f"statistics (SyncBatchNorm needs CUDA and NCCL); runs differ from a single process with the "
+                      f"same global batch")
+    if str(device).startswith("cuda"):
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])
+    return torch.nn.parallel.DistributedDataParallel(model)
 
 
 def shard(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -230,7 +230,7 @@ def describe_run(cfg: RunConfig) -> str:
                  f"{1 - kept_total / total:>8.2%}")
     if cfg.method == "acdc":
         lines.append(f"AC/DC phases (epochs, 0-based, end-exclusive): "
-                     f"{', '.join(f'{p.name} {p.start}-{p.end}' for p in cfg.acdc_plan())}; compressed phases at "
+                     f"{', '.join(f'{p.name} {p.start}-{p.end}' for p in cfg.acdc_phase_plan())}; compressed phases at "
                      f"density {cfg.density} ({cfg.acdc_distribution}); the table above is the dense start"
                      + ("; procedure acdc adds a dense fine-tune of the last dense checkpoint"
                         if cfg.procedure == "acdc" else ""))

@@ -27,6 +27,8 @@ What the host does, and when it waits for the device:
 """
 from __future__ import annotations
 
+import warnings
+from collections import OrderedDict
 from typing import Mapping, Optional, Union
 
 import torch
@@ -38,6 +40,7 @@ from reference.methods import InitContext, Method, build as build_method
 from . import deferred
 from . import densities as D
 from . import ops
+from ._exact import true_div
 from .flat import FlatDict, layout_of
 from .kernels.loader import upload
 from .mask_buffers import MaskBuffers
@@ -92,6 +95,49 @@ def _select_state(bad: torch.Tensor, old, new):
     return new
 
 
+def _starts_dense(method) -> bool:
+    """Methods whose masks start all-ones and that set their own target densities (GMP, AC/DC)."""
+    from reference.methods import ACDC, GMP
+    base = getattr(method, "base", method)
+    return isinstance(method, (GMP, ACDC)) or isinstance(base, (GMP, ACDC))
+
+
+def _method_from_name(name: str, density, total_steps, steps_per_epoch):
+    """A method given by name: its schedule (t_end, prune_end, AC/DC phases, ...) follows the
+    project's defaults for a run of ``total_steps`` iterations (the same ones a config gets)."""
+    from reference.methods import METHODS
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available methods: {sorted(METHODS)}")
+    if name in ("dense", "static"):
+        return build_method(name)
+    if total_steps is None:
+        raise ValueError(f"method {name!r} by name needs total_steps= (the length of training, in iterations) "
+                         f"to place its mask updates; or pass a method object, e.g. accel.methods.RigL(t_end=...)")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1 (iterations)")
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be an integer >= 1")
+    from reference.config import RunConfig
+    from reference.methods import from_run_config
+    target = density if isinstance(density, (int, float)) and not isinstance(density, bool) else \
+        getattr(density, "density", 0.1)
+    epochs = max(1, total_steps // steps_per_epoch)
+    cfg = RunConfig(method=name, density=float(target), epochs=epochs).validate()
+    return from_run_config(cfg, total_steps, steps_per_epoch)
+
+
+class _StrayStepGuard:
+    """A step pre-hook on the wrapped optimizer: ``optimizer.step()`` called directly (not from a
+    Sparsifier's step) would move pruned weights, so it is refused with the way out."""
+    twinsparse_hook = True      # the step engine's own: it does not force the generic path
+
+    def __call__(self, optimizer, args, kwargs):
+        if not getattr(optimizer, "_twinsparse_stepping", False):
+            raise RuntimeError("optimizer.step() was called directly on the optimizer a Sparsifier wraps: it would "
+                               "move pruned weights (weight decay, momentum). Call sparsifier.step() instead (it runs "
+                               "the optimizer with the masks), or sparsifier.squash() to end sparse training")
+
+
 class NonFiniteGradientError(ValueError):
     """Gradients held NaN or inf at one or more iterations (those steps changed nothing)."""
 
@@ -101,17 +147,42 @@ _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 
 
-class Sparsifier:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``module``)
+    wrappers, so parameter names carry no wrapper prefix and a state saved with one setup loads
+    into the other."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+class Sparsifier(torch.optim.Optimizer):
+    """See the module docstring. It is a ``torch.optim.Optimizer`` for the code that checks for one
+    (LR schedulers, GradScaler): ``param_groups``, ``state`` and ``defaults`` are the wrapped
+    optimizer's own, so a scheduler built on either object changes the same learning rates."""
+
     # GradScaler: ``scaler.step(sp)`` hands the scale and its found-inf flag to ``step`` through the
     # attributes ``grad_scale`` / ``found_inf``, as it does for torch's fused optimizers
     _step_supports_amp_scaling = True
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, density: Optional[DensityArg] = None,
                  method: Union[str, Method] = "static", include=None, exclude=None, seed: int = 0,
-                 check_finite: bool = True, remask_weights: Union[bool, str] = "auto", nonfinite: str = "raise"):
+                 check_finite: bool = True, remask_weights: Union[bool, str] = "auto", nonfinite: str = "raise",
+                 total_steps: Optional[int] = None, steps_per_epoch: int = 1):
+        # (torch.optim.Optimizer.__init__ is not called: the wrapped optimizer holds the groups and state)
+        self._optimizer_step_pre_hooks: dict = OrderedDict()
+        self._optimizer_step_post_hooks: dict = OrderedDict()
+        if not isinstance(optimizer, torch.optim.Optimizer) or isinstance(optimizer, Sparsifier):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer (not a Sparsifier), got {type(optimizer).__name__}")
         self.model = model
+        self.module = unwrap(model)
         self.optimizer = optimizer
-        self.method = build_method(method) if isinstance(method, str) else method
+        self.method = _method_from_name(method, density, total_steps, steps_per_epoch) \
+            if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a method name or an accel.methods.Method, got {type(self.method).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -127,14 +198,15 @@ class Sparsifier:
         # exactly 0 (every term of their update is 0 there; tests/test_sparsifier.py checks it), so
         # 'auto' skips the re-mask for them; any other optimizer gets the weights re-masked each step.
         self.remask_weights = (type(optimizer) not in _ZERO_PRESERVING) if remask_weights == "auto" else remask_weights
-        self.params = discover_prunable(model, include, exclude)
+        self.params = discover_prunable(self.module, include, exclude)
+        self.shared = self._dedupe_shared()       # prunable name -> the other names of the same tensor
         self._check_optimizer_holds_params()
         self._layout = layout_of(self.params)
         weights = self._weights()
         self.densities = self._resolve_densities(density, weights)
         self.step_count = 0
         self.masks: Optional[FlatDict] = None
-        self.state: dict = {}          # the method's state (DST-EE counters, SNFS momentum, ...)
+        self.method_state: dict = {}   # the method's state (DST-EE counters, SNFS momentum, tickets, ...)
         self.explored: Optional[FlatDict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
         self.updates: list = []        # one record per mask update: t, R, mask change, counts
         self.on_update = None          # optional callback(t, masks) after every installed update (DDP check)
@@ -148,12 +220,34 @@ class Sparsifier:
         self._one: Optional[torch.Tensor] = None
         self._bad_steps = 0            # non-finite steps read back from the device record so far
         self._restored_skips = 0       # skipped steps carried over by load_state_dict
+        self._stray_hook = optimizer.register_step_pre_hook(_StrayStepGuard())
         if not self.method.needs_init_grads:
             self._init_masks(weights, None)
 
     # ----------------------------------------------------------------- setup
     def _weights(self) -> dict:
         return {n: p.detach() for n, p in self.params.items()}
+
+    def _dedupe_shared(self) -> dict:
+        """A tensor shared by several modules (tied embeddings, a reused layer) is pruned once, with
+        one mask, under its first name; a warning names every module that sees the pruned tensor
+        (pruning one of them prunes all of them)."""
+        aliases: dict = {}
+        for name, p in self.module.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        seen, out, kept = set(), {}, {}
+        for name, p in self.params.items():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            kept[name] = p
+            others = [a for a in aliases.get(id(p), [name]) if a != name]
+            if others:
+                out[name] = others
+                warnings.warn(f"the prunable weight {name!r} is the same tensor as {others}: it is pruned once, with "
+                              f"one mask, and the pruning applies wherever the tensor is used", stacklevel=3)
+        self.params = kept
+        return out
 
     def _check_optimizer_holds_params(self) -> None:
         held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
@@ -167,6 +261,8 @@ class Sparsifier:
             if density not in (None, 1, 1.0):
                 raise ValueError(f"method 'dense' keeps every weight; density={density!r} is not allowed (use 1.0 or None)")
             return {n: 1.0 for n in weights}
+        if density is None and _starts_dense(self.method):
+            return {n: 1.0 for n in weights}      # GMP, AC/DC: they start dense and set their own targets
         if density is None:
             raise ValueError(f"method {self.method.name!r} needs a density: a float in (0, 1], "
                              f"an accel.densities spec (erk(0.1), ...) or a dict layer -> density")
@@ -232,7 +328,7 @@ class Sparsifier:
         masks = self._as_flat(self.method.init_masks(ops, InitContext(weights, grads, self.densities, self.seed)))
         state = self.method.init_state(ops, masks)
         self._install(masks, None, counts=None)
-        self.state = state
+        self.method_state = state
         self.explored = self._layout.split(masks.flat.clone())
         self._explored_count = sum(self.masks.counts)
 
@@ -279,11 +375,44 @@ class Sparsifier:
         return self.optimizer.param_groups
 
     @property
+    def state(self):
+        """The wrapped optimizer's per-parameter state (torch.optim's ``state``); the method's own
+        state is ``method_state``."""
+        return self.optimizer.state
+
+    @property
     def defaults(self):
         return self.optimizer.defaults
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` for a sparse model: the norm is taken over the
+        gradients the step will apply (the surviving weights' gradients, masked; every other
+        parameter's in full) and the clip coefficient is applied to the full, dense gradients, which
+        growth methods (RigL, DST-EE, SNFS) still rank. Returns the total norm (a device tensor; no
+        host sync). Under GradScaler, call ``scaler.unscale_(sparsifier)`` first, as with any
+        optimizer."""
+        max_norm, norm_type = float(max_norm), float(norm_type)
+        if not max_norm > 0 or not (norm_type > 0 or norm_type == float("inf")):
+            raise ValueError(f"clip_grad_norm_ needs max_norm > 0 and norm_type > 0 (or inf), got max_norm={max_norm}, "
+                             f"norm_type={norm_type}")
+        groups = self.optimizer.param_groups
+        params = [p for g in groups for p in g["params"] if p.grad is not None]
+        if not params:
+            raise RuntimeError("clip_grad_norm_ found no gradient: call loss.backward() first")
+        views = self._buffers.kfloat_view if (self._buffers is not None and self.masks is not None) else {}
+        masked_ids = {id(p): n for n, p in self.params.items() if n in views}
+        pruned = [p for p in params if id(p) in masked_ids]
+        full = [p.grad for p in params if id(p) not in masked_ids]
+        parts = list(torch._foreach_mul([p.grad for p in pruned], [views[masked_ids[id(p)]] for p in pruned])) if pruned else []
+        norms = torch._foreach_norm(parts + full, norm_type)
+        stacked = torch.stack([n.to(torch.float32) for n in norms])
+        total = stacked.max() if norm_type == float("inf") else torch.linalg.vector_norm(stacked, norm_type)
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_([p.grad for p in params], coef)
+        return total
 
     def step(self, closure=None):
         """One training iteration t = step_count + 1 (replaces ``optimizer.step()``).
@@ -300,36 +429,47 @@ class Sparsifier:
                 loss = closure()
         if self._squashed:
             raise RuntimeError("this Sparsifier was squashed; step the optimizer directly")
+        grads = self._engine.grads()
+        if not grads:
+            raise RuntimeError("sparsifier.step() found no gradient on any parameter of the optimizer: call "
+                               "loss.backward() before step() (nothing was changed and no iteration was counted)")
         t = self.step_count + 1
-        grad_scale = getattr(self, "grad_scale", None)
+        self._grad_scale = getattr(self, "grad_scale", None)
         scaler_found = getattr(self, "found_inf", None)
-        if self.masks is None:                       # methods that build their first masks from gradients (SNIP)
-            self._first_masks(t)
-        lr = self.method.lr_override(t)
-        if lr is not None:                           # a method's own learning rate (Sup-tickets Eq. 3)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-        found = self._guard(t, scaler_found)
-        m = self.method
-        due = m.due(t)
-        collects = m.collects(t)
-        if not (due or collects):                    # the hot path: no host sync
-            if m.observes_grads:
-                self._observe(t, found)
-            self._engine.step(found, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
+        self.optimizer._twinsparse_stepping = True    # the wrapped optimizer's own step() may run now
+        try:
+            if self.masks is None:                   # methods that build their first masks from gradients (SNIP)
+                self._first_masks(t)
+            lr = self.method.lr_override(t)
+            if lr is not None:                       # a method's own learning rate (Sup-tickets Eq. 3)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            found = self._guard(grads, scaler_found)
+            m = self.method
+            due = m.due(t)
+            collects = m.collects(t)
+            if not (due or collects):                # the hot path: no host sync
+                if m.observes_grads:
+                    self._observe(t, found)
+                self._engine.step(found, self._grad_scale, masked=not m.is_dense, remask=self.remask_weights)
+            else:
+                self._event(t, found, self._grad_scale, due, due and m.update_after_step(t), collects,
+                            scaler_found is not None)
             self.step_count = t
-            return loss
-        self._event(t, found, grad_scale, due, due and m.update_after_step(t), collects, scaler_found is not None)
-        self.step_count = t
+        finally:
+            self.optimizer._twinsparse_stepping = False
+            self._grad_scale = None
+        if getattr(self.optimizer.step, "_wrapped_by_lr_sched", False):
+            self.optimizer._opt_called = True        # a scheduler built on the wrapped optimizer sees its step
         return loss
 
-    def _guard(self, t: int, scaler_found: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _guard(self, grads: list, scaler_found: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if scaler_found is not None:                 # GradScaler checked every gradient already
             return scaler_found
         if not self.check_finite:
             return None
         found, record = self._guard_tensors()
-        nonfinite_guard(self._engine.grads(), found, record, self._scratch, self._one)
+        nonfinite_guard(grads, found, record, self._scratch, self._one)
         return found
 
     def _dense_grads(self, t: int, clone: bool) -> dict:
@@ -338,6 +478,12 @@ class Sparsifier:
             raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
                                f"but {missing} have no .grad; call loss.backward() before step()")
         grads = {n: p.grad.detach() for n, p in self.params.items()}
+        scale = getattr(self, "_grad_scale", None)
+        if scale is not None:     # GradScaler's scaled gradients: the method sees the true ones
+            lay = self._layout
+            if len({g.dtype for g in grads.values()}) == 1:
+                return lay.split(true_div(lay.flatten(grads), scale.to(lay.flatten(grads).dtype).reshape(1)))
+            return {n: true_div(g, scale.to(g.dtype).reshape(1)) for n, g in grads.items()}
         if clone:            # a copy taken before the step masks them: one concatenation for every layer
             if len({g.dtype for g in grads.values()}) == 1:
                 return self._layout.split(self._layout.flatten(grads))
@@ -357,8 +503,8 @@ class Sparsifier:
         guard's (finite gradients), and an observation with a non-finite gradient is discarded."""
         grads = self._dense_grads(t, clone=False)
         with deferred.transaction():                 # checks dropped: the guard covers them
-            new = self.method.observe(ops, self.state, t, grads)
-        self.state = new if found is None else _select_state(found > 0, self.state, new)
+            new = self.method.observe(ops, self.method_state, t, grads)
+        self.method_state = new if found is None else _select_state(found > 0, self.method_state, new)
 
     def _event(self, t, found, grad_scale, due, after, collects, scaler) -> None:
         """An iteration with a mask update and/or a collection: one transaction, one host sync."""
@@ -366,14 +512,14 @@ class Sparsifier:
         needs_grads = due or m.observes_grads
         gdict = self._dense_grads(t, clone=after or collects) if needs_grads else None
         with deferred.transaction() as txn:
-            state = m.observe(ops, self.state, t, gdict) if m.observes_grads else self.state
+            state = m.observe(ops, self.method_state, t, gdict) if m.observes_grads else self.method_state
             staged = None
             if due and not after:
                 staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
             else:
                 self._engine.step(found, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
                 if collects:
-                    net = {k: v.detach() for k, v in self.model.state_dict().items()}
+                    net = {k: v.detach() for k, v in self.module.state_dict().items()}
                     state = m.collect(ops, t, net, self.masks, state)
                 if after:
                     staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
@@ -385,7 +531,7 @@ class Sparsifier:
         if staged is not None:
             self._apply(staged, txn, t)
         else:
-            self.state = state
+            self.method_state = state
         if due and not after and m.step_on_update:
             self._engine.step(None, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
 
@@ -427,7 +573,7 @@ class Sparsifier:
         self._install(new, staged["keep"], counts)
         if up.reset_optimizer_state:
             self.reset_optimizer_state()
-        self.state = up.state
+        self.method_state = up.state
         self.explored = self._layout.split(staged["explored"])
         self._explored_count = txn.value(staged["h_explored"])
         self.updates.append({"t": t, **info, "density": sum(counts) / n, "exploration_degree": self._explored_count / n,
@@ -491,7 +637,7 @@ class Sparsifier:
             "densities": dict(self.densities),
             "step_count": self.step_count,
             "seed": self.seed,
-            "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.state, "cpu")},
+            "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.method_state, "cpu")},
             "explored": None if self.explored is None else _to(dict(self.explored), "cpu"),
             "updates": [dict(u) for u in self.updates],
             "skipped_steps": skipped,
@@ -524,7 +670,7 @@ class Sparsifier:
         if self._record is not None:
             self._record.copy_(upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64),
                                       self._record.device))
-        self.state = _to(meth["state"], device)
+        self.method_state = _to(meth["state"], device)
         self.explored = explored
         self._explored_count = 0 if explored is None else int(explored.flat.sum())
         self._engine.invalidate()
@@ -540,6 +686,7 @@ class Sparsifier:
                 torch._foreach_mul_([p.data for p in self.params.values()],
                                     [self._buffers.kfloat_view[n] for n in self.params])
         self._squashed = True
+        self._stray_hook.remove()
         return self.model
 
     def __repr__(self) -> str:

@@ -141,9 +141,10 @@ class StepEngine:
 
     def _fusable(self) -> bool:
         from torch.optim import optimizer as _o
-        if (self.opt._optimizer_step_pre_hooks or self.opt._optimizer_step_post_hooks
+        foreign = [h for h in self.opt._optimizer_step_pre_hooks.values() if not getattr(h, "twinsparse_hook", False)]
+        if (foreign or self.opt._optimizer_step_post_hooks
                 or _o._global_optimizer_pre_hooks or _o._global_optimizer_post_hooks):
-            return False
+            return False      # the user's hooks must see optimizer.step(): the generic path calls it
         for g in self.opt.param_groups:
             if g.get("differentiable") or any(p.grad is not None and p.grad.is_sparse for p in g["params"][:1]):
                 return False

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -19,7 +18,8 @@ from reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from . import densities as D
-from reference.methods import from_run_config
+from reference.methods import DSTEE, from_run_config
+from . import exploitation as EE
 from . import metrics as MET
 from .models import build_model, mlp_from_reference
 from .kernels.loader import upload
@@ -180,12 +180,11 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     sp = build_sparsifier(cfg, model, opt, total, method, steps_per_epoch)
+    plan = cfg.lr_plan(steps_per_epoch)
+    measure_ee = cfg.ee_exploitation_degree and isinstance(sp.method, DSTEE)
     net = model
     if ddp.active():  # data-parallel: DDP all-reduces the gradients; the Sparsifier works on the module
-        if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-            warnings.warn("BatchNorm under DDP uses each rank's shard statistics (no SyncBatchNorm on CPU/gloo); "
-                          "runs differ from a single process with the same global batch")
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        net = ddp.wrap(model, cfg.device)
         if cfg.ddp_verify_masks:
             sp.on_update = lambda t, masks: ddp.verify_masks(masks, t)
     history, step, start, snapshot = [], 0, 0, None
@@ -202,7 +201,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
             for parts in batches(epoch):
                 for g in opt.param_groups:   # (a method's own LR, Sup-tickets' Eq. 3, is set by the Sparsifier)
-                    g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule)
+                    g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, plan)
                 opt.zero_grad(set_to_none=True)
                 loss = 0.0
                 for xb, yb in parts:  # summed loss over the parts (one part in the standard pipeline)
@@ -213,7 +212,15 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                     else:
                         loss = loss + F.cross_entropy(net(_inputs(cfg, xb)), _targets(cfg, yb))
                 loss.backward()
+                ee_grads = None
+                if measure_ee and sp.method.due(sp.step_count + 1):  # the dense gradients the update scores by
+                    ee_grads = {n: p.grad.detach().clone() for n, p in sp.params.items()}
+                    n_updates = len(sp.updates)
                 sp.step()
+                if ee_grads is not None and len(sp.updates) > n_updates:   # [EE] Eq. 3, beside R
+                    sp.updates[-1]["exploitation_degree"] = EE.measure(
+                        model, list(sp.params), sp.masks, sp.method_state["kept"], ee_grads, opt.param_groups[0]["lr"],
+                        [(_inputs(cfg, xb), _targets(cfg, yb)) for xb, yb in parts], F.cross_entropy)
                 step = sp.step_count
                 loss_sum += loss.detach()
                 if on_step is not None:
@@ -224,12 +231,12 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 torch.distributed.all_reduce(loss_sum)
                 loss_sum /= ddp.world()
             record = {"epoch": epoch + 1, "step": step, "train_loss": float(loss_sum) / steps_per_epoch,
-                      "lr": lr_at(lr_offset + step, lr_offset + total, cfg.lr, cfg.lr_schedule) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
+                      "lr": lr_at(lr_offset + step, lr_offset + total, cfg.lr, plan) if sp.method.lr_override(step) is None else sp.method.lr_override(step),
                       **{f"test_{k}": v for k, v in epoch_test_scores(cfg, model, split, epoch + 1, step, sp.skipped_steps).items()},
                       "density": sp.total_density(), "layer_density": sp.layer_densities(),
                       "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
-            if epoch == cfg.epochs - 1 and isinstance(sp.state, dict) and sp.state.get("ultimate") is not None:
-                rep = ticket_report(cfg, model, sp.state, split.x_test, split.y_test)
+            if epoch == cfg.epochs - 1 and isinstance(sp.method_state, dict) and sp.method_state.get("ultimate") is not None:
+                rep = ticket_report(cfg, model, sp.method_state, split.x_test, split.y_test)
                 record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
                 record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
                 record["suptickets"] = rep

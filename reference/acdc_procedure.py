@@ -35,13 +35,14 @@ def run_acdc(engine, cfg, on_record=None, stages=None) -> dict:
     ops, split = engine.ops, engine.split
     test = (split.x_test, split.y_test)
     spe = -(-len(split.y_train) // cfg.batch_size)
-    phases = cfg.acdc_plan()
+    phases = cfg.acdc_phase_plan()
     last = phases[-1]
     stages = Stages.attach(stages, on_record)
     emit = stages.emit
 
     def acdc_run(net, **kw):
-        out = engine.train(replace(cfg, procedure="train").validate(), net, None, snapshot_epoch=last.start, **kw)
+        out = engine.train(replace(cfg, procedure="train", lr_schedule=cfg.lr_schedule_name()).validate(), net, None,
+                           snapshot_epoch=last.start, **kw)
         history = out["history"]
         for i, p in enumerate(phases):
             h = history[p.end - 1]
@@ -53,7 +54,8 @@ def run_acdc(engine, cfg, on_record=None, stages=None) -> dict:
 
     def finetune(snapshot, **kw):
         t0 = engine.clock()
-        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0, epochs=last.length).validate()
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0, epochs=last.length,
+                            lr_schedule=cfg.lr_schedule_name()).validate()   # AC/DC's schedule, entered at C_last
         ft = engine.train(dense_cfg, snapshot, None, lr_offset=last.start * spe, **kw)
         emit({"state": len(phases) + 1, "phase": "dense_finetune", "kind": "dense", "start_epoch": last.start,
               "end_epoch": last.end, "density": 1.0, "train_loss": ft["history"][-1]["train_loss"],

@@ -167,6 +167,7 @@ def cotrain(B, engine, cfg, net: dict, patterns: list, x, y, seed: int, progress
     offset, total = r * spe, (cfg.epochs - r) * spe
     names, masks = [p for p, _ in patterns], dict(patterns)
     trainer, i, start = B.CoTrainer(engine, cfg, net), 0, 0
+    plan = cfg.lr_plan(spe)
     saved = progress.load() if progress is not None else None
     if saved is not None:
         trainer.load_state(saved["trainer"])
@@ -175,7 +176,7 @@ def cotrain(B, engine, cfg, net: dict, patterns: list, x, y, seed: int, progress
         for xb, yb in iterate_batches(x, y, bs, seed, epoch):
             i += 1
             kind = pivot_step(i, names) if cfg.cocktail_pivot else names[(i - 1) % len(names)]
-            lr = lr_at(offset + i - 1, offset + total, cfg.lr, cfg.lr_schedule)
+            lr = lr_at(offset + i - 1, offset + total, cfg.lr, plan)
             sparse = None if kind == "dense" else masks[kind]
             trainer.step(xb, yb, sparse, lr, distill=cfg.cocktail_pivot and sparse is not None,
                          temperature=cfg.cocktail_temperature)

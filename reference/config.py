@@ -27,7 +27,7 @@ DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 MASK_INITS = ("random", "magnitude", "snip")
 MODELS = ("mlp", "cnn", "resnet18", "vgg16")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine", "step")
+from .schedules import LR_SCHEDULES, STAGE_LR_SCHEDULES  # noqa: E402  (the one schedule module)
 BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -36,6 +36,8 @@ CRAM_MODES = ("cram", "sam", "csam", "sgd")
 COCKTAIL_RANGES = ("paper", "hidden")
 COCKTAIL_MIN_HOLDOUT_PER_CLASS = 1
 ACDC_DISTRIBUTIONS = ("global", "uniform", "first_last_dense", "nm24")
+ACDC_PLANS = ("thesis", "scaled")
+D2_MASK_INITS = ("random", "prune_from_previous")
 D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
 D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
@@ -78,12 +80,15 @@ class RunConfig:
     erk_power_scale: float = 1.0
     include: list = field(default_factory=list)
     exclude: list = field(default_factory=list)
-    # dynamic sparse training (SPEC §3.2: all NOT GIVEN in the papers, hence parameters)
+    # dynamic sparse training (docs/methods.md §2: interval and drop fraction are not given by the
+    # papers, hence parameters). t_end_fraction and fraction_schedule left unset (None) take the
+    # method's own default (``dst_window``): DST-EE Alg. 1 updates until the last iteration with a
+    # fixed drop count (1.0, "constant"); RigL and the others stop at 0.75 T with a cosine decay.
     delta_t: int = 50
     drop_fraction: float = 0.3
-    fraction_schedule: str = "cosine"
+    fraction_schedule: Optional[str] = None
     t_start: int = 0
-    t_end_fraction: float = 0.75
+    t_end_fraction: Optional[float] = None
     step_on_update: bool = False
     c: float = 1e-3
     eps: float = 1.0
@@ -94,9 +99,13 @@ class RunConfig:
     init_density: float = 0.5
     prune_end_fraction: float = 0.5
     gmp_scope: str = "global"
-    # AC/DC ([TH] Alg. 1, §3.4.1; SPEC §5.4, §7.3): phase lengths in epochs; a length left unset
-    # (None) takes the value of reference.acdc.scaled_acdc_lengths(epochs) (the ImageNet 10/5/5/10/15
-    # scaled to the budget). density = density of the compressed phases.
+    # AC/DC ([TH] Alg. 1, §3.4.1; docs/methods.md §6.1): phase lengths in epochs; a length left unset
+    # (None) takes the thesis value 10/5/5/10/15 with acdc_plan = "thesis" (the default: lengths kept,
+    # the alternating block fills the budget, [TH] §3.4.3 "preserving the duration of each compressed
+    # and decompressed phase"), or reference.acdc.scaled_acdc_lengths(epochs) with acdc_plan = "scaled"
+    # (the lengths scaled to a small budget: a project choice for miniatures). density = density of
+    # the compressed phases.
+    acdc_plan: str = "thesis"
     acdc_warmup: Optional[int] = None
     acdc_compressed: Optional[int] = None
     acdc_decompressed: Optional[int] = None
@@ -115,6 +124,13 @@ class RunConfig:
     st_bn_avg: str = "std"
     st_lr_low: float = 0.001
     st_lr_high: float = 0.005
+    # the superposing stage's LR: Eq. 3 (default), or FGE's / SWA's cyclical rate ([ST] Table 7)
+    st_lr_schedule: str = "eq3"
+    # True: also explore at the start of the stage, so every cycle starts with an exploration
+    # ([ST] §3.2.1 text); False: Alg. 1 (explore after each superposition only)
+    st_explore_at_stage_start: bool = False
+    # DST-EE exploitation degree ([EE] Eq. 2-3) of every mask update, logged beside R
+    ee_exploitation_degree: bool = True
     # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; SPEC §5.7, §6.2, §7.1); procedure 'train' = one run
     procedure: str = "train"
     d2_states: int = 10
@@ -129,6 +145,9 @@ class RunConfig:
     d2_lb_view: str = "none"
     d2_view_pool: int = 0
     d2_bn_merge: str = "interpolate"
+    # each state's initial masks: "random" ERK masks ([D2] §3, literal) or the previous state's network
+    # magnitude-pruned to the state's density, then drop_fraction of it re-grown at random per branch
+    d2_mask_init: str = "random"
     # IMP with weight rewinding (SPEC §7.7): N iterations pruning imp_rate of the remaining weights
     imp_iterations: int = 10
     imp_rate: float = 0.2
@@ -147,6 +166,11 @@ class RunConfig:
     cram_bnt_samples: int = 1000
     cram_bnt_batches: int = 100
     cram_bnt_batch_size: int = 128
+    # probability of a plain base-optimizer step instead of the CrAM step ([TH] §5.5.1, Table 5.9 p(Adam))
+    cram_base_prob: float = 0.0
+    # uniform Top-K (training compressions ':uniform' and the one-shot 'uniform' pattern) keeps the first
+    # and the last layer dense ([TH] §5.4.1: "we keep the first and last layers dense"); False prunes them
+    cram_uniform_first_last_dense: bool = True
     # Sparse Cocktail ([SC] §3-4, App. C, F; SPEC §7.6): N IMP iterations of UMG masks + dense-pivot
     # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail)
     cocktail_iterations: int = 10
@@ -169,7 +193,14 @@ class RunConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    lr_schedule: str = "cosine"
+    # None: the paper's schedule of the method (``lr_schedule_name``): warmup_cosine for AC/DC and CrAM,
+    # cyclic_cosine for Sparse Cocktail, step for Sup-tickets, cosine otherwise (docs/methods.md §1.8)
+    lr_schedule: Optional[str] = None
+    lr_warmup_epochs: int = 5          # warmup_cosine: linear warm-up epochs ([TH] §5.4, App. A.2: 5)
+    lr_cycle_init_epochs: int = 100    # cyclic_cosine ([SC] Table 5: init_epoch 100, interval 10,
+    lr_cycle_interval: int = 10        #   min_lr 0.001, restart_lr 0.01)
+    lr_min: float = 0.001
+    lr_restart: float = 0.01
     # data
     train_budget: Optional[int] = None
     test_per_class: int = 100
@@ -190,7 +221,16 @@ class RunConfig:
         _check_choice("distribution", self.distribution, DISTRIBUTIONS)
         _check_choice("mask_init", self.mask_init, MASK_INITS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.lr_schedule is not None:
+            _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_int("lr_warmup_epochs", self.lr_warmup_epochs, 0)
+        _check_int("lr_cycle_init_epochs", self.lr_cycle_init_epochs, 1)
+        _check_int("lr_cycle_interval", self.lr_cycle_interval, 1)
+        _check_range("lr_min", self.lr_min, 0.0, math.inf)
+        _check_range("lr_restart", self.lr_restart, 0.0, math.inf)
+        if self.lr_schedule_name() == "warmup_cosine" and self.lr_warmup_epochs >= self.epochs:
+            raise ConfigError(f"lr_warmup_epochs={self.lr_warmup_epochs} leaves no cosine phase in a run of "
+                              f"epochs={self.epochs} (lr_schedule='warmup_cosine'); use lr_warmup_epochs < epochs")
         _check_choice("nonfinite", self.nonfinite, ("raise", "skip"))
         _check_range("density", self.density, 0.0, 1.0, lo_open=True)
         if self.method == "dense" and self.density != 1.0:
@@ -199,13 +239,15 @@ class RunConfig:
         if self.method != "dense" and self.density == 1.0:
             raise ConfigError(f"method={self.method!r} needs density < 1 (got density=1.0); use method='dense'")
         _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
-        _check_choice("fraction_schedule", self.fraction_schedule, FRACTION_SCHEDULES)
+        if self.fraction_schedule is not None:
+            _check_choice("fraction_schedule", self.fraction_schedule, FRACTION_SCHEDULES)
         _check_choice("counter_init", self.counter_init, COUNTER_INITS)
         _check_choice("exploration_form", self.exploration_form, EXPLORATION_FORMS)
         _check_int("delta_t", self.delta_t, 1)
         _check_int("t_start", self.t_start, 0)
         _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
-        _check_range("t_end_fraction", self.t_end_fraction, 0.0, 1.0, lo_open=True)
+        if self.t_end_fraction is not None:
+            _check_range("t_end_fraction", self.t_end_fraction, 0.0, 1.0, lo_open=True)
         _check_range("c", self.c, 0.0, math.inf)
         _check_range("eps", self.eps, 0.0, math.inf, lo_open=True)
         _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
@@ -223,6 +265,7 @@ class RunConfig:
         _check_choice("st_bn_avg", self.st_bn_avg, ("std", "var"))
         _check_range("st_lr_low", self.st_lr_low, 0.0, math.inf, lo_open=True)
         _check_range("st_lr_high", self.st_lr_high, self.st_lr_low, math.inf)
+        _check_choice("st_lr_schedule", self.st_lr_schedule, STAGE_LR_SCHEDULES)
         if self.suptickets and self.method == "dense":
             raise ConfigError("suptickets=true needs a sparse base method (static, set, rigl, snfs, granet, dst_ee)")
         if self.method == "granet" and self.init_density < self.density:
@@ -261,6 +304,7 @@ class RunConfig:
 
     def _validate_acdc(self) -> None:
         _check_choice("acdc_distribution", self.acdc_distribution, ACDC_DISTRIBUTIONS)
+        _check_choice("acdc_plan", self.acdc_plan, ACDC_PLANS)
         for key in ("acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed",
                     "acdc_final_compressed"):
             if getattr(self, key) is not None:
@@ -276,16 +320,52 @@ class RunConfig:
         given = {k: getattr(self, f"acdc_{k}") for k in ("warmup", "compressed", "decompressed",
                                                           "final_decompressed", "final_compressed")}
         try:
-            acdc_lengths(self.epochs, **given)
+            acdc_lengths(self.epochs, plan=self.acdc_plan, **given)
         except ValueError as e:
             shown = ", ".join(f"acdc_{k}={'auto' if v is None else v}" for k, v in given.items())
-            raise ConfigError(f"AC/DC phase lengths ({shown}) do not fit epochs={self.epochs}: {e}") from None
+            hint = (" (acdc_plan='scaled' scales the thesis lengths to a small budget)"
+                    if self.acdc_plan == "thesis" else "")
+            raise ConfigError(f"AC/DC phase lengths ({shown}, acdc_plan={self.acdc_plan!r}) do not fit "
+                              f"epochs={self.epochs}: {e}{hint}") from None
 
-    def acdc_plan(self) -> list:
+    def acdc_phase_plan(self) -> list:
         """The AC/DC phases of this run (reference.acdc.Phase list; method 'acdc' only)."""
         from .acdc import acdc_phases
         from .methods.acdc import LENGTH_KEYS, acdc_lengths
-        return acdc_phases(self.epochs, **acdc_lengths(self.epochs, **{k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}))
+        return acdc_phases(self.epochs, **acdc_lengths(self.epochs, plan=self.acdc_plan,
+                                                       **{k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}))
+
+    # ------------------------------------------------------------ defaults that depend on the method
+    def lr_schedule_name(self) -> str:
+        """``lr_schedule``, or when unset the schedule the method's paper trains with (docs/methods.md
+        §1.8): AC/DC ([TH] App. A.2) and CrAM ([TH] §5.4) warm up linearly then decay with a cosine;
+        Sparse Cocktail uses CyclicCosineDecay ([SC] Tables 5-6); Sup-tickets decays 10x at 1/2 and
+        3/4 of training ([ST] §4.1); everything else a cosine (DST-EE, and the project's default)."""
+        if self.lr_schedule is not None:
+            return self.lr_schedule
+        if self.method == "acdc" or self.procedure == "cram":
+            return "warmup_cosine"
+        if self.procedure == "cocktail":
+            return "cyclic_cosine"
+        if self.suptickets:
+            return "step"
+        return "cosine"
+
+    def lr_plan(self, steps_per_epoch: int):
+        """The ``reference.schedules.LRSchedule`` of this run for ``steps_per_epoch`` iterations per epoch."""
+        from .schedules import LRSchedule
+        return LRSchedule(name=self.lr_schedule_name(), steps_per_epoch=int(steps_per_epoch),
+                          warmup_epochs=self.lr_warmup_epochs, cycle_init_epochs=self.lr_cycle_init_epochs,
+                          cycle_interval=self.lr_cycle_interval, min_lr=self.lr_min, restart_lr=self.lr_restart)
+
+    def dst_window(self) -> tuple:
+        """(t_end_fraction, fraction_schedule) of a drop-and-grow method: the fields when set, else
+        the method's paper default. DST-EE Alg. 1 updates "if t (mod ΔT) = 0 and t < T_end" with T_end
+        the total number of iterations and a fixed k_i per update: (1.0, 'constant'). RigL (and SET,
+        SNFS, GraNet here) stop at 0.75 T with the cosine-decayed drop fraction: (0.75, 'cosine')."""
+        t_end, sched = (1.0, "constant") if self.method == "dst_ee" else (0.75, "cosine")
+        return (t_end if self.t_end_fraction is None else self.t_end_fraction,
+                sched if self.fraction_schedule is None else self.fraction_schedule)
 
     def _validate_cocktail(self) -> None:
         _check_int("cocktail_iterations", self.cocktail_iterations, 1)
@@ -323,6 +403,7 @@ class RunConfig:
             _check_int(key, getattr(self, key), lo)
         _check_choice("d2_schedule", self.d2_schedule, D2_SCHEDULES)
         _check_choice("d2_bn_merge", self.d2_bn_merge, D2_BN_MERGES)
+        _check_choice("d2_mask_init", self.d2_mask_init, D2_MASK_INITS)
         _check_choice("d2_lb_view", self.d2_lb_view, D2_VIEWS)
         _check_range("d2_finetune_lr_scale", self.d2_finetune_lr_scale, 0.0, math.inf, lo_open=True)
         alphas = self.d2_alphas
@@ -403,7 +484,7 @@ def check_mask_updates(cfg: RunConfig) -> int:
             from None
     n = sum(1 for t in range(1, total + 1) if method.due(t))
     if n == 0:
-        window = (f"t_end = t_end_fraction x {total} = {int(cfg.t_end_fraction * total)}" if cfg.method != "gmp"
+        window = (f"t_end = t_end_fraction x {total} = {int(cfg.dst_window()[0] * total)}" if cfg.method != "gmp"
                   else f"prune_end = {int(cfg.prune_end_fraction * total)}")
         raise ConfigError(f"delta_t={cfg.delta_t} leaves no mask update in this run: method {cfg.method!r} updates every "
                           f"delta_t iterations from t_start={cfg.t_start} until {window}, and the run has {total} "
@@ -412,14 +493,14 @@ def check_mask_updates(cfg: RunConfig) -> int:
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-_BOOL_KEYS = {"cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
+_BOOL_KEYS = {"st_explore_at_stage_start", "ee_exploitation_degree", "cram_uniform_first_last_dense", "cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
               "st_prune_each_step", "ddp_verify_masks",
               "cocktail_rewind", "cocktail_interpolate", "cocktail_pivot", "cocktail_umg"}
-_FLOAT_KEYS = {"cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
+_FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
                "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-_INT_KEYS = {"cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+_INT_KEYS = {"lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
              "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
              "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
@@ -449,6 +530,9 @@ def coerce_run_fields(d: dict, where: str) -> dict:
     for key, value in d.items():
         if key not in RUN_KEYS:
             raise ConfigError(f"unknown key {key!r} in {where}; allowed keys: {sorted(RUN_KEYS)}")
+        if value is None and RUN_KEYS[key].default is None:   # an optional key left unset (its default)
+            out[key] = value
+            continue
         if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if key in _BOOL_KEYS and not isinstance(value, bool) and not (value is None and RUN_KEYS[key].default is None):

@@ -114,6 +114,26 @@ def sample_compression(compressions: Sequence, seed: int, t: int):
     return comps[int(rng.integers(len(comps)))]
 
 
+def check_base_prob(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"base_prob={p!r} is outside the allowed range [0, 1]: it is the probability of a plain "
+                         f"base-optimizer step")
+    return float(p)
+
+
+def base_step_at(seed: int, t: int, p: float) -> bool:
+    """Whether step t is a plain base-optimizer step instead of the CrAM step, with probability ``p``
+    ([TH] §5.5.1, Table 5.9: "at each optimization step we choose with a certain probability between
+    the CrAM or a standard Adam update"; p(Adam) there). A deterministic function of (seed, t) on its
+    own stream (independent of ``sample_compression``'s), so both backends and every DDP rank agree;
+    p = 0 never draws, p = 1 always takes the base step."""
+    p = check_base_prob(p)
+    if p == 0.0:
+        return False
+    rng = np.random.default_rng([step_seed(check_int(seed, "seed", 0), check_int(t, "t", 0)), 0xBA5E])
+    return bool(rng.random() < p)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def check_rho(rho) -> float:

@@ -154,6 +154,23 @@ def parse_eval_patterns(patterns) -> list[tuple[str, object]]:
     return out
 
 
+def uniform_topk(cfg, sparsity: float, distribution: str) -> Compression:
+    """A Top-K compression of the run: with ``distribution='uniform'`` the first and the last prunable
+    layer stay dense when ``cfg.cram_uniform_first_last_dense`` ([TH] §5.4.1: "we keep the first and
+    last layers dense"; the sparsity then counts the other layers)."""
+    return topk_compression(sparsity, distribution=distribution,
+                            first_last_dense=distribution == "uniform" and bool(cfg.cram_uniform_first_last_dense))
+
+
+def training_compressions(cfg) -> tuple:
+    """The compression set C of a run (``cram_compressions``), uniform Top-K ones following
+    ``cram_uniform_first_last_dense``; empty for modes without compressions."""
+    if cfg.cram_mode not in ("cram", "csam"):
+        return ()
+    return tuple(uniform_topk(cfg, c.sparsity, c.distribution) if c.kind == "topk" else c
+                 for c in parse_compressions(cfg.cram_compressions))
+
+
 def validate_cram_fields(cfg, error=ValueError) -> None:
     """Checks of the ``cram_*`` fields of a RunConfig (raised as ``error``, e.g. ConfigError)."""
     try:
@@ -164,6 +181,20 @@ def validate_cram_fields(cfg, error=ValueError) -> None:
         parse_eval_patterns(cfg.cram_eval_patterns)
     except (ValueError, TypeError) as e:
         raise error(f"cram: {e}") from None
+    p = cfg.cram_base_prob
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise error(f"cram_base_prob={p!r} is outside the allowed range [0, 1]: the probability of a plain "
+                    f"base-optimizer step instead of the CrAM step")
+    if p > 0 and cfg.cram_mode == "sgd":
+        raise error(f"cram_base_prob={p} mixes plain steps into CrAM / SAM / C-SAM; cram_mode='sgd' takes only "
+                    f"plain steps already (set cram_base_prob=0)")
+    uses_uniform = "uniform" in cfg.cram_eval_patterns or any(
+        isinstance(c, str) and c.endswith(":uniform") for c in cfg.cram_compressions)
+    if (uses_uniform and cfg.cram_uniform_first_last_dense and cfg.procedure == "cram" and cfg.model == "mlp"
+            and len(cfg.hidden) + 1 < 3):
+        raise error(f"cram_uniform_first_last_dense=true keeps the first and the last layer dense; the MLP "
+                    f"hidden={cfg.hidden} has {len(cfg.hidden) + 1} layers, so uniform Top-K would prune none: add a "
+                    f"hidden layer or set cram_uniform_first_last_dense=false")
     rho = cfg.cram_rho
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho < 0:
         raise error(f"cram_rho={rho!r} is outside the allowed range [0, inf): the perturbation step must be >= 0")

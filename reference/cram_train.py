@@ -37,7 +37,8 @@ from . import cram as CR
 from ._checks import check_int
 from .bn import bn_recalibrate, bnt_batches
 from .config import run_to_dict
-from .cram_spec import check_mode, parse_compressions, parse_eval_patterns, resolve_plus
+from .cram_spec import check_mode, parse_compressions, parse_eval_patterns, resolve_plus, training_compressions, \
+    uniform_topk
 from .nn import init_mlp, mlp_loss_and_grads
 from .optim import masked_sgd_step
 from .prunable import select_prunable
@@ -81,7 +82,8 @@ def cram_step(params: Mapping, buffers: Mapping, bufs: Mapping, x, y, *, lr: flo
               weight_decay: float = 0.0, nesterov: bool = False, compressions: Sequence = (), rho: float = 0.05,
               plus: bool | None = None, sparse_grad: bool = True, t: int, seed: int = 0, mode: str = "cram",
               tau: int = 1, mask_cache: Mapping | None = None, prunable: Sequence[str] | None = None,
-              bn_eps: float = 1e-5, bn_momentum: float = 0.1, on_point=None) -> tuple[dict, dict, dict, dict]:
+              bn_eps: float = 1e-5, bn_momentum: float = 0.1, on_point=None,
+              base_prob: float = 0.0) -> tuple[dict, dict, dict, dict]:
     """One CrAM / CrAM⁺ / SAM / C-SAM / SGD step of the MLP on the batch (x, y) (module doc).
 
     ``params``, ``buffers``: the MLP of ``reference.nn``; ``bufs``: momentum buffers by name (None or
@@ -91,7 +93,9 @@ def cram_step(params: Mapping, buffers: Mapping, bufs: Mapping, x, y, *, lr: flo
     ``loss`` (of the first pass), ``compression`` (or None), ``masks`` (of theta~, or None),
     ``refreshed`` and the new ``mask_cache`` (feed it to the next step for tau > 1). Pure: the
     inputs are not modified. ``on_point(point, track)``, if given, sees every parameter dict at which a
-    gradient is evaluated (tests use it to keep away from ReLU / BatchNorm degeneracies)."""
+    gradient is evaluated (tests use it to keep away from ReLU / BatchNorm degeneracies).
+    ``base_prob``: the probability that step t is a plain base step instead (``reference.cram.
+    base_step_at``, [TH] §5.5.1 p(Adam)); ``info["base_step"]`` says which was taken."""
     check_mode(mode)
     plus = resolve_plus(mode, plus)
     rho = CR.check_rho(rho)
@@ -105,7 +109,10 @@ def cram_step(params: Mapping, buffers: Mapping, bufs: Mapping, x, y, *, lr: flo
     if prunable is None:
         prunable = [n for n in params if n.startswith("fc.") and n.endswith(".weight")]
     kw = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-    info = {"compression": None, "masks": None, "refreshed": False, "mask_cache": dict(mask_cache or {})}
+    info = {"compression": None, "masks": None, "refreshed": False, "mask_cache": dict(mask_cache or {}),
+            "base_step": mode != "sgd" and CR.base_step_at(seed, t, base_prob)}
+    if info["base_step"]:
+        mode = "sgd"
 
     def grad_at(point, track: bool):
         if on_point is not None:
@@ -167,9 +174,10 @@ def train_cram_reference(cfg, split, on_step=None, on_epoch=None, checkpoint: st
     params, buffers = init_mlp(sizes, batchnorm=cfg.batchnorm, seed=cfg.seed, dtype=dtype)
     prunable = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
                                cfg.include, cfg.exclude)
-    comps = parse_compressions(cfg.cram_compressions) if cfg.cram_mode in ("cram", "csam") else ()
+    comps = training_compressions(cfg)
     batches = default_batches(cfg, x_train, y_train)
     total = -(-len(x_train) // cfg.batch_size) * cfg.epochs
+    plan = cfg.lr_plan(-(-len(x_train) // cfg.batch_size))
     bufs, cache, history, t, start = {}, {}, [], 0, 0
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = CK.load_reference(checkpoint)
@@ -184,16 +192,17 @@ def train_cram_reference(cfg, split, on_step=None, on_epoch=None, checkpoint: st
             (xb, yb), = parts
             t += 1
             params, buffers, bufs, info = cram_step(
-                params, buffers, bufs, np.asarray(xb, dtype), yb, lr=lr_at(t - 1, total, cfg.lr, cfg.lr_schedule),
+                params, buffers, bufs, np.asarray(xb, dtype), yb, lr=lr_at(t - 1, total, cfg.lr, plan),
                 momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, compressions=comps,
                 rho=cfg.cram_rho, plus=cfg.cram_plus, sparse_grad=cfg.cram_sparse_grad, t=t, seed=cfg.seed,
-                mode=cfg.cram_mode, tau=cfg.cram_tau, mask_cache=cache, prunable=prunable)
+                mode=cfg.cram_mode, tau=cfg.cram_tau, mask_cache=cache, prunable=prunable,
+                base_prob=cfg.cram_base_prob)
             cache = info["mask_cache"]
             losses.append(info["loss"])
             if on_step is not None:
                 on_step(t, params, buffers, info)
         rec = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
-               "lr": lr_at(t, total, cfg.lr, cfg.lr_schedule),
+               "lr": lr_at(t, total, cfg.lr, plan),
                **{f"test_{k}": v for k, v in evaluate(params, buffers, x_test, split.y_test).items()},
                "density": 1.0, "epoch_time": time.perf_counter() - t0}
         history.append(rec)
@@ -271,7 +280,7 @@ def one_shot_evaluation(backend, net, cfg, split) -> list[dict]:
     rows = []
     for name, pat in parse_eval_patterns(cfg.cram_eval_patterns):
         if isinstance(pat, str):
-            todo = [(float(s), CR.topk_compression(float(s), distribution=pat)) for s in cfg.cram_eval_sparsities]
+            todo = [(float(s), uniform_topk(cfg, float(s), pat)) for s in cfg.cram_eval_sparsities]
         else:
             todo = [(1.0 - pat.n / pat.m if pat.kind == "nm" else None, pat)]
         for s, comp in todo:

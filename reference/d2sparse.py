@@ -8,7 +8,8 @@ both backends run the same states, seeds, views and choices.
     D1 = T1(D), D2 = T2(D)                         two augmented views (AugMix weak / strong)
     theta <- dense warm-up on D (once)               SPEC §7.1 ambiguity 1
     for state i = 1..k at density d_i = d_final^(i/k) (geometric; linear in sparsity as a switch):
-        branch b = 1, 2: theta_b <- theta * M_b with M_b an independent random ERK mask at d_i,
+        branch b = 1, 2: theta_b <- theta * M_b with M_b an independent random ERK mask at d_i
+                         (``d2_mask_init="prune_from_previous"``: theta magnitude-pruned, see state_masks),
                          trained with RigL (the "ERK algorithm", ambiguity 3) on D_b
         for alpha in the grid [0.1, 0.25, 0.5, 0.75, 0.95]:
             theta_P = alpha theta_1 + (1 - alpha) theta_2    (Eq. 1; BN buffers with the same alpha)
@@ -121,9 +122,32 @@ def random_erk_masks(engine, cfg, net: dict, density: float, seed: int) -> dict:
     return ops.random_masks(ops.random_scores_like(weights, seed), dens)
 
 
+def state_masks(engine, cfg, net: dict, density: float, seed: int) -> dict:
+    """The initial masks of one branch (or baseline) of a state, by ``cfg.d2_mask_init``:
+
+    - "random" (default, [D2] §3 "Two random sparse binary matrices ... are initialized for each model
+      at the predefined state sparsity"): an independent exact-count random ERK mask at ``density``;
+    - "prune_from_previous" (an option, docs/methods.md §5.2): keep the previous state's learned
+      topology: magnitude-prune the incoming network (the previous state's fine-tuned network; the
+      dense warm-up before state 1) per layer to the state's ERK densities, then move
+      ``drop_fraction`` of each layer's kept weights (the smallest |w|) to random positions drawn from
+      ``seed``, so the two branches still start from different masks."""
+    if cfg.d2_mask_init == "random":
+        return random_erk_masks(engine, cfg, net, density, seed)
+    ops = engine.ops
+    weights = {n: net[n] for n in engine.prunable(net)}
+    shapes = {n: tuple(w.shape) for n, w in weights.items()}
+    kw = {"power_scale": cfg.erk_power_scale} if cfg.distribution == "erk" else {}
+    dist = cfg.distribution if cfg.distribution != "global" else "erk"
+    kept = ops.magnitude_masks(weights, layer_densities_for(dist, shapes, density, **kw))
+    counts = ops.swap_counts(kept, cfg.drop_fraction)
+    survivors = ops.drop(kept, ops.abs_all(weights), counts)
+    return ops.grow(survivors, ops.random_scores_like(weights, seed), counts)
+
+
 def phase_config(cfg, method: str, epochs: int, density: float, seed: int, lr_scale: float = 1.0):
     """The RunConfig of one training phase (fresh optimizer and LR schedule over the phase)."""
-    return replace(cfg, procedure="train", method=method, epochs=int(epochs), density=1.0 if method == "dense" else density,
+    return replace(cfg, procedure="train", method=method, epochs=int(epochs), lr_schedule=cfg.lr_schedule_name(), density=1.0 if method == "dense" else density,
                    seed=seed, lr=cfg.lr * lr_scale, suptickets=False).validate()
 
 
@@ -168,7 +192,7 @@ def run_d2(engine, cfg, on_record=None, stages=None) -> dict:
         if proc == "d2sparse":
             branches = []
             for b in (0, 1):
-                m0 = random_erk_masks(engine, cfg, net, d, derive_seed(seed, i, b, 1))
+                m0 = state_masks(engine, cfg, net, d, derive_seed(seed, i, b, 1))
                 out = train(f"branch{b + 1}", cfg.method, cfg.d2_state_epochs, masked(net, m0), m0, (b,), (i, b + 1), d)
                 branches.append(out)
                 rec[f"branch{b + 1}_test_acc"] = engine.evaluate(out["net"], *test)["acc"]
@@ -192,7 +216,7 @@ def run_d2(engine, cfg, on_record=None, stages=None) -> dict:
             out = train("finetune", cfg.method, cfg.d2_finetune_epochs, cands[j][0], cands[j][1], (0,), ft_phase, d,
                         cfg.d2_finetune_lr_scale)
         else:
-            m0 = random_erk_masks(engine, cfg, net, d, derive_seed(seed, i, 0, 1))
+            m0 = state_masks(engine, cfg, net, d, derive_seed(seed, i, 0, 1))
             used = (0, 1) if proc == "d2_baseline" else (2,)
             out = train("baseline", cfg.method, cfg.d2_baseline_epochs, masked(net, m0), m0, used, (i, 4), d)
         rec.update(density=float(ops.total_density(out["masks"])), **test_metrics(engine, out["net"], test),

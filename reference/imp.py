@@ -55,7 +55,7 @@ def run_imp(engine, cfg, on_record=None, stages=None) -> dict:
     def iteration(k, masks, trained, rewind, **kw):
         t0 = engine.clock()
         masks = prune_fraction_of_remaining(ops, masks, {n: trained[n] for n in masks}, cfg.imp_rate, cfg.imp_scope)
-        pcfg = replace(cfg, procedure="train", method="static", density=float(ops.total_density(masks)),
+        pcfg = replace(cfg, procedure="train", method="static", lr_schedule=cfg.lr_schedule_name(), density=float(ops.total_density(masks)),
                        seed=derive_seed(cfg.seed, k, 7), epochs=cfg.epochs - cfg.imp_rewind_epoch).validate()
         out = engine.train(pcfg, masked(rewind, masks), masks, lr_offset=cfg.imp_rewind_epoch * spe, **kw)
         stages.add_updates({"phase": [k], **u} for u in out["updates"])

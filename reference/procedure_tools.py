@@ -45,7 +45,8 @@ def dense_with_rewind(engine, cfg, stages, rewind_epoch: int, x_dim: int, n_clas
     net = engine.init_net(cfg, x_dim, n_classes)
 
     def dense(**kw):
-        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0).validate()
+        dense_cfg = replace(cfg, procedure="train", method="dense", density=1.0,
+                            lr_schedule=cfg.lr_schedule_name()).validate()   # the procedure's LR schedule
         out = engine.train(dense_cfg, net, None, snapshot_epoch=rewind_epoch or None, **kw)
         stages.emit({"state": 0, "phase": "dense", "density": 1.0, **test_metrics(engine, out["net"], (
             engine.split.x_test, engine.split.y_test)), "time_s": engine.clock() - t0})

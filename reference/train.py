@@ -32,7 +32,9 @@ from . import checkpoint as CK
 from .config import RunConfig, run_to_dict
 from .data import iterate_batches
 from .methods import InitContext, from_run_config
-from .nn import init_mlp, mlp_forward, mlp_loss_and_grads
+from .exploitation import exploitation_degree, exploitation_pair, grown_positions
+from .methods import DSTEE
+from .nn import init_mlp, mlp_forward, mlp_loss_and_grads, softmax_cross_entropy
 from .optim import masked_sgd_step
 from .prunable import select_prunable
 from .schedules import lr_at
@@ -119,6 +121,20 @@ def load_net(net, params: dict, buffers: dict) -> tuple[dict, dict]:
             {n: np.array(net[n], dtype=v.dtype) for n, v in buffers.items()})
 
 
+def _exploitation(params, buffers, masks, kept, grads, lr, parts, dtype) -> float:
+    """Delta L_g of [EE] Eq. (3) for the update just applied (``reference.exploitation``): the summed
+    training loss of the iteration's batch parts (training-mode BN, running statistics untouched: the
+    forward is pure) with the grown weights at 0 minus the one with them at -lr * g."""
+    names = list(masks)
+    base, probe = exploitation_pair({n: params[n] for n in names}, grads, grown_positions(masks, kept), lr)
+    losses = []
+    for net in (base, probe):
+        p = {**params, **net}
+        losses.append(sum(float(softmax_cross_entropy(mlp_forward(p, buffers, np.asarray(xb, dtype=dtype), train=True)[0],
+                                                      yb)[0]) for xb, yb in parts))
+    return exploitation_degree(*losses)
+
+
 def default_batches(cfg: RunConfig, x, y):
     """The standard pipeline: one part (xb, yb) per iteration, in the order of (seed, epoch)."""
     def batches(epoch):
@@ -158,7 +174,9 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     densities = resolve_densities(cfg, {n: params[n] for n in prunable})
     steps_per_epoch = -(-len(x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
+    plan = cfg.lr_plan(steps_per_epoch)
     method = from_run_config(cfg, total, steps_per_epoch) if method is None else method
+    measure_ee = cfg.ee_exploitation_degree and isinstance(method, DSTEE)
     masks = state = explored = None
 
     def start(grads):
@@ -203,7 +221,7 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 state = method.observe(ops, state, t, dense_grads)
 
             def mask_update():
-                nonlocal masks, state, explored
+                nonlocal masks, state, explored, grown_now
                 up = method.update(ops, t, {n: params[n] for n in prunable}, dense_grads, masks, state, cfg.seed)
                 for n in prunable:  # dropped and grown positions restart from 0, momentum too
                     params[n] = params[n] * up.survivors[n]
@@ -219,29 +237,34 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                                 **MET.mask_change(masks, up.masks)})
                 masks, state = up.masks, up.state
 
+            grown_now = False
             due = method.due(t)
             after = due and method.update_after_step(t)
             step = True
+            lr_t = method.lr_override(t)
+            lr_t = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, plan) if lr_t is None else lr_t
             if due and not after:
                 mask_update()
+                grown_now = measure_ee
                 step = method.step_on_update
             if step:
-                lr = method.lr_override(t)
-                lr = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, cfg.lr_schedule) if lr is None else lr
                 new = {}
                 for n, p in params.items():
                     m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
-                    new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr, **hp)
+                    new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr_t, **hp)
                 params = new
             if method.collects(t):
                 state = method.collect(ops, t, {**params, **buffers}, masks, state)
             if after:
                 mask_update()
+            if grown_now:   # DST-EE's exploitation degree of this update (Eq. 3), beside R
+                updates[-1]["exploitation_degree"] = _exploitation(params, buffers, masks, state["kept"], dense_grads,
+                                                                   lr_t, parts, dtype)
             losses.append(loss)
             if on_step is not None:
                 on_step(t, params, masks)
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
-                  "lr": lr_at(lr_offset + t, lr_offset + total, cfg.lr, cfg.lr_schedule) if method.lr_override(t) is None else method.lr_override(t),
+                  "lr": lr_at(lr_offset + t, lr_offset + total, cfg.lr, plan) if method.lr_override(t) is None else method.lr_override(t),
                   **{f"test_{k}": v for k, v in epoch_test_scores(cfg, params, buffers, split, epoch + 1, t, skipped).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
                   "exploration_degree": MET.exploration_degree(explored), "skipped_steps": skipped, "epoch_time": time.perf_counter() - t0}

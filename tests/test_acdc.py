@@ -26,7 +26,8 @@ from reference.engine import ReferenceEngine
 from reference.methods import ACDC, acdc_lengths, from_run_config
 
 TINY = dict(hidden=[16], train_budget=100, batch_size=25, test_per_class=20, lr=0.05, momentum=0.9,
-            weight_decay=5e-4, seed=1)  # 4 iterations per epoch
+            weight_decay=5e-4, seed=1, acdc_plan="scaled", lr_schedule="cosine")  # 4 iterations per epoch;
+# the thesis plan needs >= 40 epochs and its warm-up LR 5 epochs: these tiny runs use the scaled plan
 
 
 class Recording(ACDC):
@@ -275,12 +276,13 @@ def test_resume_mid_run_equals_uninterrupted(tmp_path, backend):
 ])
 def test_config_errors_name_the_value(kw, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
-        RunConfig(**{"method": "acdc", "density": 0.1, "epochs": 12, **kw}).validate()
+        RunConfig(**{"method": "acdc", "density": 0.1, "epochs": 12, "acdc_plan": "scaled", "lr_schedule": "cosine",
+                     **kw}).validate()
 
 
 def test_config_defaults_and_procedure_needs_acdc():
     cfg = RunConfig(method="acdc", density=0.1, epochs=100).validate()
-    assert [(p.name, p.start, p.end) for p in cfg.acdc_plan()][-3:] == [("C7", 70, 75), ("D7", 75, 85), ("C8", 85, 100)]
+    assert [(p.name, p.start, p.end) for p in cfg.acdc_phase_plan()][-3:] == [("C7", 70, 75), ("D7", 75, 85), ("C8", 85, 100)]
     assert cfg.initial_density() == 1.0
     assert acdc_lengths(100) == dict(warmup=10, compressed=5, decompressed=5, final_decompressed=10, final_compressed=15)
     with pytest.raises(ConfigError, match="set method='acdc'"):
@@ -301,7 +303,7 @@ def test_procedure_returns_both_outputs_on_both_engines():
     cfg = RunConfig(procedure="acdc", method="acdc", density=0.1, epochs=6, dtype="float64", **TINY).validate()
     split = load_split(cfg)
     outs = {k: run_acdc(E(cfg, split), cfg) for k, E in (("ref", ReferenceEngine), ("acc", AccelEngine))}
-    phases = cfg.acdc_plan()
+    phases = cfg.acdc_phase_plan()
     for key, out in outs.items():
         recs = out["records"]
         assert [r["phase"] for r in recs] == [p.name for p in phases] + ["dense_finetune", "outputs"]
@@ -331,7 +333,8 @@ def test_procedure_returns_both_outputs_on_both_engines():
 @pytest.mark.parametrize("backend", ["accel", "reference"])
 def test_cli_train_and_procedure(tmp_path, backend):
     common = ["--method", "acdc", "--density", "0.1", "--epochs", "6", "--hidden", "16", "--train-budget", "100",
-              "--batch-size", "25", "--backend", backend, "--no-progress"]
+              "--batch-size", "25", "--backend", backend, "--no-progress", "--acdc-plan", "scaled",
+              "--lr-schedule", "cosine"]
     assert main(["train", *common, "--output", str(tmp_path / "t")]) == 0
     lines = [json.loads(x) for x in (tmp_path / "t" / "run_seed0.jsonl").read_text().splitlines()]
     epochs = [x for x in lines[1:] if "mask_update" not in x]

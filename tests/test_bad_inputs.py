@@ -89,7 +89,7 @@ def _bank(tmp):
 def _snapshot(obj):
     if isinstance(obj, Sparsifier):
         return {"masks": _snapshot(obj.masks), "model": _snapshot(obj.model), "step": obj.step_count,
-                "opt": copy.deepcopy(obj.optimizer.state_dict()), "state": copy.deepcopy(obj.state)}
+                "opt": copy.deepcopy(obj.optimizer.state_dict()), "state": copy.deepcopy(obj.method_state)}
     if isinstance(obj, torch.nn.Module):
         return {k: v.detach().clone() for k, v in obj.state_dict().items()}
     if isinstance(obj, torch.Tensor):
@@ -479,7 +479,7 @@ CASES = [
     ("set_masks-non-boolean", _set_masks_non_boolean, ValueError, r"mask 'fc.1.weight' must be boolean or 0/1"),
     ("set_masks-not-a-tensor", _set_masks_not_tensor, TypeError, r"mask 'fc.1.weight' must be a torch.Tensor, got list"),
     ("step-nan-gradient", _nan_gradient, ValueError, r"gradients at iteration 2 .*non-finite"),
-    ("step-without-backward", _step_without_backward, RuntimeError, r"needs the dense gradients at iteration 1"),
+    ("step-without-backward", _step_without_backward, RuntimeError, r"no gradient on any parameter.*call loss.backward\(\) before step\(\)"),
     ("step-after-squash", _step_after_squash, RuntimeError, r"squashed"),
     ("load_state_dict-other-method", _state_of_other_method, ValueError, r"state is for method 'static'.*'rigl'"),
     ("load_state_dict-garbage", _state_garbage, ValueError, r"not a Sparsifier state dict"),
@@ -561,7 +561,7 @@ CASES = [
     ("semi-structured-here", _semi_structured_here, RuntimeError,
      r"2:4 semi-structured export (is not possible here: (no CUDA device|device cpu is not a CUDA device)|needs float16)"),
     # ---- models, merges, metrics, schedules
-    ("model-unknown-name", lambda t, w: build_model("resnet50"), ValueError, r"unknown model 'resnet50'; allowed names"),
+    ("model-unknown-name", lambda t, w: build_model("resnet51"), ValueError, r"unknown model 'resnet51'; allowed names"),
     ("mlp-wrong-input-width", lambda t, w: _mlp()(torch.randn(3, 10)), ValueError,
      r"input has shape \(3, 10\) \(10 features\) but the MLP expects 12"),
     ("interpolate-alpha-1.5", lambda t, w: MG.interpolate(w(_mlp().state_dict()), _mlp(1).state_dict(), 1.5),

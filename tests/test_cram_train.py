@@ -244,7 +244,8 @@ def test_adam_run_config_trains_on_accel():
     from accel.cram_train import train_cram_accel
     from accel.runner import load_split
     cfg = RunConfig(procedure="cram", optimizer="adam", lr=1e-3, epochs=1, hidden=[16], train_budget=100,
-                    batch_size=25, batchnorm=True, cram_compressions=["topk:0.7"]).validate()
+                    batch_size=25, batchnorm=True, cram_compressions=["topk:0.7"], lr_schedule="cosine",
+                    cram_uniform_first_last_dense=False).validate()
     out = train_cram_accel(cfg, load_split(cfg))
     assert isinstance(out["optimizer"], torch.optim.Adam) and out["cram"].t == 4
     with pytest.raises(ConfigError, match="optimizer='sgd' only"):
@@ -385,7 +386,7 @@ def test_sam_and_sgd_need_no_compressions():
 @pytest.mark.parametrize("backend", ["accel", "reference"])
 def test_cram_procedure_from_the_cli(tmp_path, backend):
     out = tmp_path / backend
-    argv = ["train", "--procedure", "cram", "--batchnorm", "--epochs", "2", "--hidden", "24", "12",
+    argv = ["train", "--procedure", "cram", "--batchnorm", "--epochs", "2", "--lr-warmup-epochs", "1", "--hidden", "24", "12",
             "--train-budget", "120", "--batch-size", "30", "--backend", backend, "--dtype", "float64",
             "--cram-compressions", "topk:0.5", "topk:0.9", "--cram-eval-sparsities", "0.5", "0.9",
             "--cram-eval-patterns", "global", "nm:2:4", "--cram-bnt-batches", "4", "--cram-bnt-samples", "100",

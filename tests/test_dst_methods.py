@@ -132,8 +132,8 @@ def test_dst_ee_counters_count_every_mask():
             for n in masks:
                 expected[n] += masks[n].long()
     for n in expected:
-        assert torch.equal(sp.state["counters"][n], expected[n])
-    explored = {n: c > 0 for n, c in sp.state["counters"].items()}
+        assert torch.equal(sp.method_state["counters"][n], expected[n])
+    explored = {n: c > 0 for n, c in sp.method_state["counters"].items()}
     assert all(torch.equal(explored[n], sp.explored[n]) for n in explored)
 
 
@@ -153,7 +153,7 @@ def test_granet_follows_the_cubic_schedule_to_the_final_density():
     d0 = sp.updates[0]["target_active"]
     assert d0 < 0.5 * n
     for u in sp.updates:
-        target = int(np.floor(gmp_density_at(u["t"], sp.state["d_init"], 0.1, 0, 10) * n + 0.5))
+        target = int(np.floor(gmp_density_at(u["t"], sp.method_state["d_init"], 0.1, 0, 10) * n + 0.5))
         assert u["target_active"] == target
         assert round(u["density"] * n) == target
     assert sp.total_density() == pytest.approx(0.1, abs=1 / n)
@@ -185,7 +185,7 @@ def _fresh_grads(model, bad=None):
 
 def _snapshot(model, o, sp):
     return (copy.deepcopy(model.state_dict()), copy.deepcopy(o.state_dict()),
-            {n: m.clone() for n, m in sp.masks.items()}, copy.deepcopy(sp.state), sp.step_count, len(sp.updates))
+            {n: m.clone() for n, m in sp.masks.items()}, copy.deepcopy(sp.method_state), sp.step_count, len(sp.updates))
 
 
 def _assert_same(a, b):
@@ -250,7 +250,7 @@ def test_state_dict_resume_reproduces_the_uninterrupted_run():
         sp.step()
     fm, fsp = full[0], full[2]
     assert all(torch.equal(fsp.masks[n], sp.masks[n]) for n in sp.masks)
-    assert all(torch.equal(fsp.state["counters"][n], sp.state["counters"][n]) for n in sp.masks)
+    assert all(torch.equal(fsp.method_state["counters"][n], sp.method_state["counters"][n]) for n in sp.masks)
     for a, b in zip(fm.parameters(), model.parameters()):
         assert torch.equal(a, b)
     assert fsp.updates == sp.updates
@@ -258,7 +258,7 @@ def test_state_dict_resume_reproduces_the_uninterrupted_run():
 
 def test_dst_ee_with_c_zero_is_rigl():
     """Eq. (1) with c = 0 leaves the exploitation term only: the run must equal RigL step for step."""
-    a = _run(methods.DSTEE(delta_t=3, drop_fraction=0.5, t_end=12, c=0.0), seed=4)
+    a = _run(methods.DSTEE(delta_t=3, drop_fraction=0.5, t_end=12, c=0.0, fraction_schedule="cosine"), seed=4)
     b = _run(methods.RigL(delta_t=3, drop_fraction=0.5, t_end=12), seed=4)
     assert all(torch.equal(a[2].masks[n], b[2].masks[n]) for n in a[2].masks)
     assert all(torch.equal(p, q) for p, q in zip(a[0].parameters(), b[0].parameters()))

@@ -97,4 +97,4 @@ def test_method_invariants(s):
         if len(sp.updates) > n_updates:
             counters = {n: c + sp.masks[n].long() for n, c in counters.items()}
     if s["name"] == "dst_ee":
-        assert all(torch.equal(sp.state["counters"][n], counters[n]) for n in counters)
+        assert all(torch.equal(sp.method_state["counters"][n], counters[n]) for n in counters)

@@ -158,7 +158,7 @@ def _fwd_bwd(model, x):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_every_model_runs_on_mnist_shape(name):
     torch.manual_seed(0)
-    kw = {} if name in ("mlp", "cnn") else {"in_channels": 1, "width": 8}
+    kw = {} if name in ("mlp", "cnn") else {"in_channels": 1, "width": 8, "num_classes": 10}
     model = build_model(name, **kw)
     assert _fwd_bwd(model, torch.randn(2, 1, 28, 28)).shape == (2, 10)
     model.zero_grad()
@@ -183,8 +183,8 @@ def test_resnet18_has_eighteen_weight_layers():
 def test_bad_inputs_raise():
     params, buffers = R.init_mlp(SIZES, batchnorm=True)
     x, y = _data()
-    with pytest.raises(ValueError, match="allowed names: mlp, cnn, resnet18, vgg16"):
-        build_model("resnet50")
+    with pytest.raises(ValueError, match="allowed names: mlp, cnn, resnet18, resnet50, vgg16"):
+        build_model("resnet51")
     with pytest.raises(ValueError, match="expects 6"):
         R.mlp_forward(params, buffers, x[:, :5], train=True)
     with pytest.raises(ValueError, match="expects 6"):

@@ -26,8 +26,10 @@ CASES = {
     "d2_baseline": dict(procedure="d2_baseline", method="rigl", density=0.3, d2_states=2, d2_warmup_epochs=1,
                         d2_baseline_epochs=2, d2_views=["cutmix", "cutmix"], delta_t=2),
     "imp": dict(procedure="imp", epochs=3, imp_iterations=2, imp_rate=0.3, imp_rewind_epoch=1),
-    "acdc": dict(procedure="acdc", method="acdc", density=0.2, epochs=6),
-    "cram": dict(procedure="cram", epochs=3, cram_eval_sparsities=[0.5, 0.8], batchnorm=True, cram_tau=3),
+    # tiny runs: AC/DC's scaled plan (the thesis plan needs >= 40 epochs) and no 5-epoch LR warm-up
+    "acdc": dict(procedure="acdc", method="acdc", density=0.2, epochs=6, acdc_plan="scaled", lr_schedule="cosine"),
+    "cram": dict(procedure="cram", epochs=3, cram_eval_sparsities=[0.5, 0.8], batchnorm=True, cram_tau=3,
+                 lr_schedule="cosine"),
     "cocktail": dict(procedure="cocktail", epochs=3, cocktail_iterations=2, cocktail_rewind_epoch=1, batchnorm=True),
 }
 

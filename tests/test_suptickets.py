@@ -88,7 +88,7 @@ def test_ultimate_ticket_invariants(base_name, averaging, scope, each_step, bn_a
         F.cross_entropy(model(torch.randn(8, 10, generator=g, dtype=torch.float64)),
                         torch.randint(0, 3, (8,), generator=g)).backward()
         sp.step()
-    state = sp.state
+    state = sp.method_state
     assert state["t"] == 3 and len(state["tickets"]) == 3
     ult, um = state["ultimate"], state["ultimate_masks"]
     active = {n: int(x.sum()) for n, x in sp.masks.items()}
@@ -130,7 +130,7 @@ def test_state_dict_holds_the_tickets():
     sp2 = Sparsifier(model2, torch.optim.SGD(model2.parameters(), lr=0.05), density=densities.erk(0.3),
                      method=SupTickets(base=methods.RigL(delta_t=4, t_end=15), total_steps=20, cycle=2, n_tickets=2))
     sp2.load_state_dict(sd)
-    assert all(torch.equal(sp2.state["ultimate"][k], sp.state["ultimate"][k]) for k in sp.state["ultimate"])
+    assert all(torch.equal(sp2.method_state["ultimate"][k], sp.method_state["ultimate"][k]) for k in sp.method_state["ultimate"])
     assert np.isclose(sp2.total_density(), sp.total_density())
 
 

@@ -34,15 +34,17 @@ __all__ = ["Method", "InitContext", "Update", "DropGrow", "Dense", "Static", "SE
 
 def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
     """The method object of a validated ``RunConfig`` for a run of ``total_steps`` iterations
-    (t_end = floor(t_end_fraction * T); GraNet's prune_end = floor(prune_end_fraction * T)); with
-    ``suptickets`` the method is wrapped in Sup-tickets (C = st_cycle_epochs epochs, at least 1 step)."""
+    (t_end = floor(t_end_fraction * T) with the method's default window, ``RunConfig.dst_window``;
+    GraNet's prune_end = floor(prune_end_fraction * T)); with ``suptickets`` the method is wrapped in
+    Sup-tickets (C = st_cycle_epochs epochs, at least 1 step)."""
     method = _base_from_run_config(cfg, total_steps, steps_per_epoch)
     if not getattr(cfg, "suptickets", False):
         return method
     return SupTickets(base=method, total_steps=total_steps, cycle=max(1, round(cfg.st_cycle_epochs * steps_per_epoch)),
                       n_tickets=cfg.st_n_tickets, explore_fraction=cfg.st_explore_fraction, averaging=cfg.st_averaging,
                       beta=cfg.st_beta, prune_scope=cfg.st_prune_scope, prune_each_step=cfg.st_prune_each_step,
-                      bn_avg=cfg.st_bn_avg, lr_low=cfg.st_lr_low, lr_high=cfg.st_lr_high)
+                      bn_avg=cfg.st_bn_avg, lr_low=cfg.st_lr_low, lr_high=cfg.st_lr_high,
+                      lr_schedule=cfg.st_lr_schedule, explore_at_stage_start=cfg.st_explore_at_stage_start)
 
 
 def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
@@ -55,8 +57,9 @@ def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Me
     if cfg.method == "gmp":
         return GMP(final_density=cfg.density, delta_t=cfg.delta_t, prune_start=cfg.t_start,
                    prune_end=max(cfg.t_start + 1, int(cfg.prune_end_fraction * total_steps)), scope=cfg.gmp_scope)
-    common = dict(delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction, fraction_schedule=cfg.fraction_schedule,
-                  t_start=cfg.t_start, t_end=int(cfg.t_end_fraction * total_steps), init=cfg.mask_init,
+    t_end_fraction, fraction_schedule = cfg.dst_window()   # DST-EE: Alg. 1's window by default
+    common = dict(delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction, fraction_schedule=fraction_schedule,
+                  t_start=cfg.t_start, t_end=int(t_end_fraction * total_steps), init=cfg.mask_init,
                   step_on_update=cfg.step_on_update)
     extra = {
         "set": {}, "rigl": {},

@@ -26,23 +26,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..acdc import acdc_phases, phase_at, phase_entered, scaled_acdc_lengths
+from ..acdc import IMAGENET_LENGTHS, acdc_phases, phase_at, phase_entered, scaled_acdc_lengths
 from .base import InitContext, Method, Update
 
 DISTRIBUTIONS = ("global", "uniform", "first_last_dense", "nm24")
 LENGTH_KEYS = ("warmup", "compressed", "decompressed", "final_decompressed", "final_compressed")
 
 
-def acdc_lengths(total_epochs: int, **given) -> dict:
+PLANS = ("thesis", "scaled")
+
+
+def acdc_lengths(total_epochs: int, plan: str = "thesis", **given) -> dict:
     """The phase lengths for ``total_epochs``: each of ``LENGTH_KEYS`` given (not None) is used as
-    is, every other one is taken from ``scaled_acdc_lengths(total_epochs)`` (the ImageNet lengths
-    10/5/5/10/15 scaled to the budget; a project choice for miniature runs, not in the thesis).
-    The plan must fit the budget exactly (``acdc_phases`` raises ValueError naming the values)."""
+    is; every other one is the thesis value (``plan="thesis"``, the default: 10/5/5/10/15 kept for
+    any budget, the alternating block grows or shrinks, [TH] §3.4.3 "preserving the duration of each
+    compressed and decompressed phase") or the thesis value scaled to the budget (``plan="scaled"``,
+    ``scaled_acdc_lengths``: a project choice for miniature runs, not in the thesis). The plan must
+    fit the budget exactly (``acdc_phases`` raises ValueError naming the values and the nearest
+    budgets that fit)."""
+    if plan not in PLANS:
+        raise ValueError(f"plan={plan!r} is not allowed; choose one of {list(PLANS)}")
     unknown = sorted(set(given) - set(LENGTH_KEYS))
     if unknown:
         raise ValueError(f"unknown AC/DC phase length(s) {unknown}; allowed: {list(LENGTH_KEYS)}")
     chosen = {k: v for k, v in given.items() if v is not None}
-    lengths = chosen if len(chosen) == len(LENGTH_KEYS) else {**scaled_acdc_lengths(total_epochs), **chosen}
+    if len(chosen) == len(LENGTH_KEYS):
+        lengths = chosen
+    else:
+        lengths = {**(IMAGENET_LENGTHS if plan == "thesis" else scaled_acdc_lengths(total_epochs)), **chosen}
     acdc_phases(total_epochs, **lengths)  # validates: the phases must fill the budget
     return lengths
 
@@ -116,7 +127,8 @@ class ACDC(Method):
 
 
 def acdc_from_run_config(cfg, steps_per_epoch: int) -> ACDC:
-    """The ACDC method of a validated ``RunConfig`` (lengths from the acdc_* fields, see ``acdc_lengths``)."""
-    lengths = acdc_lengths(cfg.epochs, **{k: getattr(cfg, f"acdc_{k}") for k in LENGTH_KEYS})
+    """The ACDC method of a validated ``RunConfig`` (lengths from the acdc_* fields and ``acdc_plan``,
+    see ``acdc_lengths``)."""
+    lengths = acdc_lengths(cfg.epochs, plan=cfg.acdc_plan, **{k: getattr(cfg, f"acdc_{k}") for k in LENGTH_KEYS})
     return ACDC(density=cfg.density, total_epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                 distribution=cfg.acdc_distribution, **lengths)

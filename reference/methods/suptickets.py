@@ -2,8 +2,9 @@
 
     for i in 1..T:
         i <= T0:  the base method's normal sparse training (its own mask updates included)
-        i >  T0:  sparse training with the cyclical LR a(i - T0) (Eq. 3), base mask updates off (R)
-                  every C iterations (after that iteration's optimizer step):
+        i >  T0:  sparse training with the cyclical LR a(i - T0) (Eq. 3; ``lr_schedule`` 'fge' / 'swa':
+                  the schedules of Table 7), base mask updates off (R)
+                  every C iterations, at the cycle's lowest LR (after that iteration's optimizer step):
                       superpose the network as the t-th cheap ticket (CIA Eq. 4; CAA, CIMA options),
                       BN statistics: running average of mean and std (option: variance),
                       magnitude-prune the superposed ticket to the target (per layer, or global),
@@ -11,7 +12,10 @@
                       method's criterion (random for static / SET bases), new weights at 0
     return the ultimate ticket (the pruned superposition with averaged BN statistics)
 
-T0 = floor(0.9 T) (Alg. 1) or T - M C when ``n_tickets`` M is given (SPEC §7.2 resolution).
+T0 = floor(0.9 T) (Alg. 1) or T - M C when ``n_tickets`` M is given (docs/methods.md §4.1).
+``explore_at_stage_start=True`` also explores at iteration T0 + 1, so every cycle starts with an
+exploration, as the text of §3.2.1 says ("in each cycle, we first significantly change the
+connectivity ..."); the default follows Alg. 1 (explore after each superposition only).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..schedules import cyclic_lr, step_seed
+from ..schedules import STAGE_LR_SCHEDULES, stage_collects, stage_lr, step_seed
 from .base import InitContext, Method, Update
 from .dynamic import DropGrow
 
@@ -48,6 +52,7 @@ class SupTickets(Method):
     lr_low: float = 0.001
     lr_high: float = 0.005
     explore_at_stage_start: bool = False
+    lr_schedule: str = "eq3"
     keep_tickets: bool = True
     name = "suptickets"
 
@@ -78,6 +83,10 @@ class SupTickets(Method):
             raise ValueError(f"prune_scope={self.prune_scope!r} is not allowed; choose one of {list(PRUNE_SCOPES)}")
         if self.bn_avg not in ("std", "var"):
             raise ValueError(f"bn_avg={self.bn_avg!r} is not allowed; choose one of ['std', 'var']")
+        if self.lr_schedule not in STAGE_LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={self.lr_schedule!r} is not allowed; choose one of {list(STAGE_LR_SCHEDULES)}")
+        if not isinstance(self.explore_at_stage_start, bool):
+            raise ValueError(f"explore_at_stage_start={self.explore_at_stage_start!r} must be True or False")
         if not 0 < self.lr_low <= self.lr_high:
             raise ValueError(f"need 0 < lr_low <= lr_high, got lr_low={self.lr_low}, lr_high={self.lr_high}")
 
@@ -103,7 +112,7 @@ class SupTickets(Method):
 
     def _ticket_time(self, t: int) -> bool:
         i = t - self.stage_start
-        return i > 0 and i % self.cycle == 0
+        return i > 0 and stage_collects(i, self.cycle, self.lr_schedule)
 
     def due(self, t: int) -> bool:
         if t <= self.stage_start:
@@ -121,7 +130,7 @@ class SupTickets(Method):
     def lr_override(self, t: int):
         if t <= self.stage_start:
             return None
-        return cyclic_lr(t - self.stage_start, self.cycle, self.lr_low, self.lr_high)
+        return stage_lr(t - self.stage_start, self.cycle, self.lr_low, self.lr_high, self.lr_schedule)
 
     # -------------------------------------------------------------- state
     def init_masks(self, ops, ctx: InitContext) -> dict:
