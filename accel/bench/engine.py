@@ -92,6 +92,7 @@ def step_rows(clock: Clock, width: int, repeats: int, opt_name: str, density: fl
     o = _optimizer(opt_name, m.parameters())
     sp = Sparsifier(m, o, density=densities.erk(density), method=methods.Static())   # only for its masks
     pairs = [(p, sp.masks[n].to(p.dtype)) for n, p in sp.params.items()]
+    sp.squash()                                            # the optimizer is the peer loop's now
 
     def peer():
         for p, mk in pairs:
