@@ -344,8 +344,9 @@ def mean_abs_over_mask(values: Mapping, masks: Mapping) -> dict:
     lay = layout_of(masks)
     m = lay.flatten(masks)
     v = torch.where(m, lay.flatten(values).abs().to(torch.float64), 0.0)
-    sums = torch.stack([part.sum() for part in v.split(lay.sizes)]).tolist()   # per layer, like the reference
-    ks = segment_sums(lay, m).tolist()
+    sums = torch.stack([part.sum() for part in v.split(lay.sizes)])   # per layer, like the reference
+    both = torch.cat([sums, segment_sums(lay, m).to(torch.float64)]).tolist()   # one read for both
+    sums, ks = both[:len(lay)], [int(k) for k in both[len(lay):]]
     return {n: float(s / k) if k else 0.0 for n, s, k in zip(lay.names, sums, ks)}
 
 
