@@ -24,17 +24,19 @@ from . import kernels as _kernels
 from ._checks import as_real_tensor, check_finite, scalar_as
 from ._exact import true_div
 from .dst import prune_to_count
-from .topk import topk_mask, topk_within
+from .flat import Layout, segment_sums
+from .masks import _require_finite_weights
+from .topk import _require_finite, select_segments, select_within, topk_mask, topk_within
 
-__all__ = ["umg_channel_scores", "umg_channel_mask", "umg_channel_masks", "imp_unstructured_masks",
+__all__ = ["umg_channel_scores", "umg_channel_scores_all", "umg_channel_mask", "umg_channel_masks", "imp_unstructured_masks",
            "dense_pivot_criterion", "dense_pivot_loss", "CANDIDATE_POOL", "greedy_interpolation",
            "greedy_interpolation_table", "choose_alpha", "interpolation_coefficients", "pivot_step",
            "unstructured_sparsity_at", "channel_sparsity_at", "nm_pattern_at", "nm_generated_at", "imp_schedule",
            "check_beta", "check_rate", "check_temperature", "check_pool", "NM_SCHEDULE"]
 
 
-def _check_umg_inputs(w, mask_u, mask_nm) -> torch.Tensor:
-    w = as_real_tensor(w, "weight")
+def _check_umg_inputs(w, mask_u, mask_nm, what: str = "weight", finite: bool = True) -> torch.Tensor:
+    w = as_real_tensor(w, what) if finite else _real_type(w, what)
     if w.dim() < 2:
         raise ValueError(f"UMG channel scores need a Linear [O, I] or Conv [O, I, kh, kw] weight, "
                          f"got shape {tuple(w.shape)}")
@@ -44,6 +46,14 @@ def _check_umg_inputs(w, mask_u, mask_nm) -> torch.Tensor:
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != w.shape:
             got = f"{m.dtype} {tuple(m.shape)}" if isinstance(m, torch.Tensor) else type(m).__name__
             raise ValueError(f"{what} must be a boolean mask of the weight's shape {tuple(w.shape)}, got {got}")
+    return w
+
+
+def _real_type(w, what: str) -> torch.Tensor:
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if w.is_complex():
+        raise TypeError(f"{what} must be a real tensor, got dtype {w.dtype}")
     return w
 
 
@@ -66,10 +76,14 @@ def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Ten
     """beta ||m^u ⊙ W_o||_1 + (1 - beta) ||m^nm ⊙ W_o||_1 per output channel ([SC] §3.4)."""
     b = check_beta(beta)
     w = _check_umg_inputs(w, mask_u, mask_nm)
-    if _kernels.on_device(w):                # CUDA + CuPy: one block per output channel (kernels/merge.cu)
+    if _kernels.on_device(w):                # CUDA + CuPy: one warp per output channel (kernels/merge.cu)
         fused = _kernels.umg_channel_scores(w, mask_u, mask_nm, b) if _kernels.usable(w) else None
         if fused is not None:
             return fused
+    return _umg_scores_torch(w, mask_u, mask_nm, b)
+
+
+def _umg_scores_torch(w, mask_u, mask_nm, b: float) -> torch.Tensor:
     a = w.abs().reshape(w.shape[0], -1)
     if not a.is_floating_point():
         a = a.to(torch.float64)
@@ -77,6 +91,31 @@ def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Ten
     su = torch.where(mask_u.reshape(a.shape), a, zero).sum(dim=1)
     snm = a.sum(dim=1) if mask_nm is None else torch.where(mask_nm.reshape(a.shape), a, zero).sum(dim=1)
     return scalar_as(b, a.dtype) * su + scalar_as(1.0 - b, a.dtype) * snm
+
+
+def _scores_all(ws: list, mus: list, mnms: list, b: float) -> list:
+    """UMG scores of validated layers: one kernel launch (per dtype) on CUDA, else per layer."""
+    if ws and _kernels.on_device(ws[0]) and all(w.device == ws[0].device for w in ws) and _kernels.usable(*ws):
+        fused = _kernels.umg_channel_scores_all(ws, mus, mnms, b)
+        if fused is not None:
+            return fused
+    return [_umg_scores_torch(w, mu, mnm, b) for w, mu, mnm in zip(ws, mus, mnms)]
+
+
+def umg_channel_scores_all(ws, masks_u, masks_nm=None, beta: float = UMG_BETA) -> list[torch.Tensor]:
+    """``umg_channel_scores`` of every layer (lists of weights and masks; ``masks_nm`` None, or a
+    list whose entries may be None, means all ones): on CUDA one kernel launch for all layers
+    (kernels/merge.cu), with one finiteness check for all weights."""
+    b = check_beta(beta)
+    ws, masks_u = list(ws), list(masks_u)
+    masks_nm = [None] * len(ws) if masks_nm is None else list(masks_nm)
+    if not len(ws) == len(masks_u) == len(masks_nm):
+        raise ValueError(f"umg_channel_scores_all needs one mask_u and one mask_nm per weight; got {len(ws)} weights, "
+                         f"{len(masks_u)} masks_u and {len(masks_nm)} masks_nm")
+    for i, (w, mu, mnm) in enumerate(zip(ws, masks_u, masks_nm)):
+        _check_umg_inputs(w, mu, mnm, f"weights[{i}]", finite=False)
+    _require_finite_weights({i: w for i, w in enumerate(ws)}, label=lambda i: f"weights[{i}]")
+    return _scores_all(ws, masks_u, masks_nm, b)
 
 
 def umg_channel_mask(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Tensor | None, channel_density: float,
@@ -105,12 +144,37 @@ def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | No
         check_layer_names(weights, masks_nm, "masks_nm")
     if alive is not None:
         check_layer_names(weights, alive, "alive")
-    check_beta(beta)
-    check_density(channel_density, "channel_density")
-    for n, w in weights.items():
-        _check_umg_inputs(w, masks_u[n], None if masks_nm is None else masks_nm[n])
-    return {n: umg_channel_mask(w, masks_u[n], None if masks_nm is None else masks_nm[n], channel_density,
-                                beta, None if alive is None else alive[n]) for n, w in weights.items()}
+    b = check_beta(beta)
+    d = check_density(channel_density, "channel_density")
+    names = list(weights)
+    for n in names:
+        _check_umg_inputs(weights[n], masks_u[n], None if masks_nm is None else masks_nm[n], f"weights[{n!r}]",
+                          finite=False)
+    _require_finite_weights(weights, label=lambda n: f"weights[{n!r}]")
+    ws = [weights[n] for n in names]
+    # every layer's scores at once (one kernel launch on CUDA), then one segmented selection
+    scores = _scores_all(ws, [masks_u[n] for n in names], [None if masks_nm is None else masks_nm[n] for n in names], b)
+    outs = [int(s.shape[0]) for s in scores]
+    ks = [count_for_density(d, o) for o in outs]
+    cands = None
+    if alive is not None:
+        cands = [_alive_channels(alive[n], o, w.shape) for n, o, w in zip(names, outs, ws)]
+        lay_c = Layout(names, [(o,) for o in outs])
+        n_alive = segment_sums(lay_c, torch.cat(cands)).tolist()             # one host read for every layer
+        for n, k, o, a in zip(names, ks, outs, n_alive):
+            if k > a:
+                raise ValueError(f"channel_density={channel_density!r} keeps {k} of {o} channels but only "
+                                 f"{a} are alive (nested channel masks cannot regrow)")
+    if len({s.dtype for s in scores}) == 1:
+        lay = Layout(names, [(o,) for o in outs])
+        flat = torch.cat(scores)
+        _require_finite(lay, flat, "UMG scores")
+        keep = select_segments(flat, None if cands is None else torch.cat(cands), lay, ks).split(outs)
+    else:                                    # layers of several dtypes: one selection each
+        keep = [topk_mask(s, k) if cands is None else select_within(s, c, k)
+                for s, k, c in zip(scores, ks, cands if cands is not None else [None] * len(ks))]
+    return {n: kp.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
+            for n, kp, w in zip(names, keep, ws)}
 
 
 def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = UNSTRUCTURED_RATE) -> dict:

@@ -100,16 +100,16 @@ def _nm_mask_torch(w: torch.Tensor, n: int, m: int, axis: str) -> torch.Tensor:
     return keep.permute(0, 3, 1, 2).contiguous()
 
 
-def _require_finite_weights(weights: Mapping[str, torch.Tensor]) -> None:
+def _require_finite_weights(weights: Mapping[str, torch.Tensor], label=lambda name: f"weight {name!r}") -> None:
     """Every weight finite, checked with one multi-tensor reduction (one host read; inside an
-    update, deferred to its commit); the error names the first bad weight."""
+    update, deferred to its commit); the error names the first bad weight (``label(name)``)."""
     names = [n for n, w in weights.items() if w.is_floating_point() and w.numel()]
     if not names:
         return
 
     def message(name):
         bad = int((~torch.isfinite(weights[name])).sum())
-        return f"weight {name!r} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed"
+        return f"{label(name)} contains {bad} non-finite value(s) (NaN or inf); only finite values are allowed"
     if deferred.active() is not None:
         for name in names:
             deferred.require_finite(weights[name], lambda name=name: message(name))

@@ -439,6 +439,95 @@ def test_dst_ee_scores_and_cia_equal_the_reference_and_umg_is_close(emulated, fo
     np.testing.assert_allclose(umg.numpy(), RCO.umg_channel_scores(w, mu, mnm, beta=0.7), rtol=2e-6, atol=1e-6)
 
 
+def _umg_layers(rng, dtype, exact):
+    """Rows of 147 (7x7x3: no 16-byte rows), 576 and 2048 (16-byte rows), 1x1; O not a multiple of
+    the 8 channels per block; exact=True: quarter-integers, whose sums are exact in any order."""
+    shapes = [(10, 3, 7, 7), (12, 64, 3, 3), (3, 2048), (9, 16, 1, 1)]
+    draw = (lambda s: rng.integers(-8, 9, s) * 0.25) if exact else rng.standard_normal
+    ws = [draw(s).astype(dtype) for s in shapes]
+    mu = [rng.random(s) < 0.3 for s in shapes]
+    mnm = [rng.random(s) < 0.5 for s in shapes]
+    mnm[2] = None                                          # all ones
+    return ws, mu, mnm
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_umg_channel_scores_all_one_launch_for_every_layer(emulated, exact):
+    from accel.cocktail_ops import umg_channel_scores_all
+    rng = np.random.default_rng(6)
+    ws, mu, mnm = _umg_layers(rng, np.float32, exact)
+    w64, mu64, mnm64 = _umg_layers(rng, np.float64, exact)
+    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    flat = torch.randn(1 + ws[1].size)                     # a weight 4 bytes past a 16-byte boundary
+    flat[1:] = torch.from_numpy(ws[1].reshape(-1))
+    tw = [t(ws[0]), flat[1:].view(ws[1].shape)] + [t(w) for w in ws[2:]] + [t(w) for w in w64]
+    with emulated(seed=1, max_blocks=3) as b:
+        got = umg_channel_scores_all(tw, [t(m) for m in mu + mu64], [t(m) for m in mnm + mnm64], beta=0.7)
+    assert sorted(k for k, _ in b.log) == ["umg_channel_scores_f32", "umg_channel_scores_f64"]
+    for g, w, a, c in zip(got, ws + w64, mu + mu64, mnm + mnm64):
+        want = RCO.umg_channel_scores(w, a, c, beta=0.7)
+        assert g.dtype == torch.from_numpy(w).dtype and g.shape == (w.shape[0],)
+        if exact:
+            assert np.array_equal(g.numpy(), want)
+        else:
+            np.testing.assert_allclose(g.numpy(), want, rtol=2e-6 if w.dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_umg_channel_masks_score_once_and_select_once(emulated):
+    """Sparse Cocktail's channel masks: one score launch for every layer, then one segmented top-k
+    chain (nested among the alive channels), equal to the reference."""
+    from accel.cocktail_ops import umg_channel_masks
+    rng = np.random.default_rng(7)
+    ws, mu, mnm = _umg_layers(rng, np.float32, True)
+    names = [f"conv{i}.weight" for i in range(len(ws))]
+    alive = {n: rng.random(w.shape[0]) < 0.8 for n, w in zip(names, ws)}
+    alive[names[0]][:] = True
+    args = ({n: w for n, w in zip(names, ws)}, {n: m for n, m in zip(names, mu)},
+            {n: (np.ones(w.shape, bool) if m is None else m) for n, w, m in zip(names, ws, mnm)})
+    want = RCO.umg_channel_masks(*args, 0.5, beta=0.6, alive=alive)
+    tt = lambda d: {k: torch.from_numpy(v) for k, v in d.items()}  # noqa: E731
+    with emulated(seed=2) as b:
+        got = umg_channel_masks(*(tt(a) for a in args), 0.5, beta=0.6, alive=tt(alive))
+    assert [k for k, _ in b.log] == ["umg_channel_scores_f32"] + kernels.topk.kernel_names(torch.float32)
+    for n in names:
+        assert np.array_equal(got[n].numpy(), want[n]), n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dst_ee_and_cia_whole_model_bit_for_bit_with_unaligned_views(emulated, dtype):
+    """Layers as views at offsets of one flat buffer (some 16-byte aligned, some not), chunks that
+    split layers and end off a vector boundary: one launch each, equal to the reference bit for
+    bit, and returned as one flat buffer."""
+    from accel.dst import dst_ee_scores
+    from accel.flat import FlatDict
+    from accel.merge import superpose_cia
+    rng = np.random.default_rng(11)
+    shapes = {"a": (3,), "b": (16, 27), "c": (33, 7), "d": (64, 3, 3), "e": (1,)}
+    sizes = [int(np.prod(s)) for s in shapes.values()]
+    def flat_views(values):
+        buf = torch.from_numpy(np.concatenate([v.reshape(-1) for v in values.values()]))
+        out, o = {}, 0
+        for (k, sh), n in zip(shapes.items(), sizes):
+            out[k] = buf[o:o + n].view(sh)
+            o += n
+        return out
+    grads = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    counters = {k: rng.integers(0, 50, s) for k, s in shapes.items()}
+    avg = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    tg, tn, ta = flat_views(grads), flat_views(counters), flat_views(avg)
+    assert any(v.data_ptr() % 16 for v in tg.values()) and any(v.data_ptr() % 16 == 0 for v in tg.values())
+    with emulated(seed=4, chunk=50, max_blocks=5) as b:
+        scores = dst_ee_scores(tg, tn, 777, 0.3, 1e-3, form="eq1")
+        cia = superpose_cia(ta, tg, 5)
+    sfx = "f32" if dtype == np.float32 else "f64"
+    assert [k for k, _ in b.log] == [f"dst_ee_scores_{sfx}", f"superpose_cia_{sfx}"]
+    assert isinstance(scores, FlatDict) and isinstance(cia, FlatDict)
+    want = RD.dst_ee_scores(grads, counters, 777, 0.3, 1e-3, form="eq1")
+    want_cia = RMG.superpose_cia(avg, grads, 5)
+    for k in shapes:
+        assert np.array_equal(scores[k].numpy(), want[k]) and np.array_equal(cia[k].numpy(), want_cia[k]), k
+
+
 def test_the_loader_passes_scalars_of_the_kernels_widths(emulated, monkeypatch):
     """A loader that rounds a float32 kernel's lr to a float64 scalar is refused (CuPy would pass
     8 bytes where the kernel reads 4)."""
@@ -561,9 +650,8 @@ def test_the_emulator_catches_a_wrong_tie_order_in_nm(tmp_path, emulated):
     assert not np.array_equal(got.numpy(), RM.nm_mask(w.numpy(), 2, 4))
 
 
-def test_the_emulator_catches_a_reused_reduction_slot_in_umg(tmp_path, emulated):
-    emu = _mutant(tmp_path, "merge.cu", "    __syncthreads();                                // warp_part is reused",
-                  "    // (barrier removed)                              warp_part is reused")
+def test_the_emulator_catches_a_short_warp_reduction_in_umg(tmp_path, emulated):
+    emu = _mutant(tmp_path, "merge.cu", "for (int d = 16; d > 0; d >>= 1) {", "for (int d = 8; d > 0; d >>= 1) {")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 600)).astype(np.float32)
     mu, mnm = rng.random(w.shape) < 0.2, rng.random(w.shape) < 0.5
@@ -571,7 +659,29 @@ def test_the_emulator_catches_a_reused_reduction_slot_in_umg(tmp_path, emulated)
     want = RCO.umg_channel_scores(w, mu, mnm, beta=0.7)
     with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
         got = kernels.umg_channel_scores(*args, beta=0.7).numpy()
-    assert not np.allclose(got, want, rtol=1e-4)
+    assert not np.allclose(got, want, rtol=1e-4)               # lanes 16..31 never reach lane 0
+
+
+def test_the_emulator_catches_swapped_counters_in_the_dst_ee_vector_path(tmp_path, emulated):
+    emu = _mutant(tmp_path, "dst.cu", "nv[2 * h] = (i64)p.x;", "nv[2 * h] = (i64)p.y;")
+    rng = np.random.default_rng(1)
+    g = {"a": rng.standard_normal((32, 9)).astype(np.float32)}
+    n = {"a": rng.integers(0, 9, (32, 9))}
+    want = RD.dst_ee_scores(g, n, 100, 0.5, 1e-3, form="text")["a"]
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        got = kernels.dst_ee_scores({"a": torch.from_numpy(g["a"])}, {"a": torch.from_numpy(n["a"])}, 100, 0.5,
+                                    1e-3, "text")["a"].numpy()
+    assert not np.array_equal(got, want)
+
+
+def test_the_emulator_catches_cia_vector_loads_without_the_alignment_check(tmp_path, emulated):
+    emu = _mutant(tmp_path, "merge.cu", "const bool vec = aligned16(A) && aligned16(B) && aligned16(O);",
+                  "const bool vec = true;")
+    buf = torch.randn(1 + 40)
+    avg, x = {"a": buf[1:].view(5, 8)}, {"a": torch.randn(5, 8)}
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        with pytest.raises(simt.LaunchError, match=r"misaligned address: __ldg"):
+            kernels.superpose_cia(avg, x, 3)
 
 
 # ----------------------------------------------------------------------------- memory checking

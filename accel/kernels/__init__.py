@@ -49,7 +49,7 @@ from .dst import dst_ee_scores
 from .loader import (CHUNK, DISABLE_ENV, DTYPES, KERNEL_DIR, KERNELS, MAX_BLOCKS, SUFFIX, THREADS, CupyBackend,  # noqa: F401
                      available, backend, chunk_plan, chunk_plan_host, launches, on_device, require, source,
                      unavailable_reason, usable, use_backend)
-from .merge import superpose_cia, umg_channel_scores
+from .merge import superpose_cia, umg_channel_scores, umg_channel_scores_all
 from .nm import nm_mask, nm_masks
 from .optim import adam_step, masked_adam_step, masked_sgd_step, masked_sgd_step_all, nonfinite_check, sgd_step
 from .topk import RADIX_BITS, radix_passes, topk_mask, topk_select
@@ -58,4 +58,5 @@ __all__ = ["available", "usable", "on_device", "use_backend", "backend", "CupyBa
            "unavailable_reason", "radix_passes", "chunk_plan", "chunk_plan_host", "source", "loader", "launches",
            "topk_select", "topk_mask", "nm_mask", "nm_masks", "sgd_step", "adam_step", "nonfinite_check", "masked_sgd_step",
            "masked_sgd_step_all", "masked_adam_step", "dst_ee_scores", "superpose_cia", "umg_channel_scores",
+           "umg_channel_scores_all",
            "KERNELS", "KERNEL_DIR", "DISABLE_ENV", "DTYPES", "SUFFIX", "THREADS", "CHUNK", "MAX_BLOCKS", "RADIX_BITS"]

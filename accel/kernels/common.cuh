@@ -31,4 +31,24 @@ __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(
 __device__ __forceinline__ float  to_t(i64 v, float)  { return __ll2float_rn(v); }
 __device__ __forceinline__ double to_t(i64 v, double) { return __ll2double_rn(v); }
 
+
+// A 16-byte vector of T (float4 / double2: N elements) for the vectorised elementwise kernels:
+// element access by a compile-time index after full unrolling. aligned16(p): whether p may be
+// accessed as such vectors (the GPU faults on a misaligned 16-byte access).
+template <typename T> struct Vec16;
+template <> struct Vec16<float> {
+    typedef float4 V; enum { N = 4 };
+    static __device__ __forceinline__ float get(const V& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+    static __device__ __forceinline__ void set(V& v, int j, float x)
+    {
+        if (j == 0) v.x = x; else if (j == 1) v.y = x; else if (j == 2) v.z = x; else v.w = x;
+    }
+};
+template <> struct Vec16<double> {
+    typedef double2 V; enum { N = 2 };
+    static __device__ __forceinline__ double get(const V& v, int j) { return j == 0 ? v.x : v.y; }
+    static __device__ __forceinline__ void set(V& v, int j, double x) { if (j == 0) v.x = x; else v.y = x; }
+};
+__device__ __forceinline__ bool aligned16(const void* p) { return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0; }
+
 #endif  // TWINSPARSE_KERNELS_COMMON_CUH

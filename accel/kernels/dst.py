@@ -10,19 +10,37 @@ from . import loader as L
 
 
 def dst_ee_scores(grads: dict, counters: dict, t: int, c: float, eps: float, form: str):
-    """Validated inputs: the [EE] Eq. 1 scores for every layer in one launch per dtype, or None
-    when some input cannot go to the kernel."""
+    """Validated inputs: the [EE] Eq. 1 scores for every layer in one launch per dtype (a FlatDict
+    over one flat buffer when the layers share a dtype), or None when some input cannot go to the
+    kernel."""
     names = list(grads)
     if not all(counters[n].dtype == torch.int64 and counters[n].device == grads[n].device and L.usable(grads[n])
                for n in names):
         return None
-    grads = {n: grads[n].contiguous() for n in names}
+    grads = {n: grads[n].detach().contiguous() for n in names}
     counters = {n: counters[n].contiguous() for n in names}
-    out = {n: torch.empty(grads[n].shape, dtype=grads[n].dtype, device=grads[n].device) for n in names}
-    for dtype in {grads[n].dtype for n in names}:
+    out = {}
+    for dtype in sorted({grads[n].dtype for n in names}, key=str):
         sel = [n for n in names if grads[n].dtype == dtype]
-        L.multi_tensor_launch("dst.cu", f"dst_ee_scores_{L.SUFFIX[dtype]}",
-                              [[d[n] for n in sel] for d in (grads, counters, out)],
-                              (L.scalar(c, dtype), L.scalar(math.log(t), dtype), L.scalar(eps, dtype),
-                               np.int32(0 if form == "eq1" else 1)))
-    return out
+        dev = grads[sel[0]].device
+        plan = L.flat_out_plan([grads[n].numel() for n in sel], dev)
+        flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)
+        if plan["n_chunks"]:
+            L.launch("dst.cu", f"dst_ee_scores_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
+                     (L.arg(L.pointer_table([grads[n] for n in sel], dev)),
+                      L.arg(L.pointer_table([counters[n] for n in sel], dev)), L.arg(flat), L.arg(plan["out_off"]),
+                      L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_start"]), L.arg(plan["sizes"]),
+                      np.int64(plan["n_chunks"]), np.int64(plan["chunk"]), L.scalar(c, dtype),
+                      L.scalar(math.log(t), dtype), L.scalar(eps, dtype), np.int32(0 if form == "eq1" else 1)))
+        part = as_flat_dict({n: grads[n] for n in sel}, flat)
+        if len(sel) == len(names):
+            return part
+        out.update(part)
+    return {n: out[n] for n in names}
+
+
+def as_flat_dict(like: dict, flat: torch.Tensor):
+    """The views of ``flat`` laid out like the tensors of ``like`` (name -> shape), as an
+    accel.flat.FlatDict, so that the next operator finds the buffer without a copy."""
+    from ..flat import layout_of             # accel.flat imports this package: import late
+    return layout_of(like).split(flat)

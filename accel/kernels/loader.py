@@ -44,7 +44,7 @@ KEY_BITS = {torch.float32: 32, torch.float64: 64}
 __all__ = ["available", "usable", "on_device", "use_backend", "CupyBackend", "require", "unavailable_reason",
            "chunk_plan", "chunk_plan_host", "pointer_table", "launch", "arg", "scalar", "multi_tensor_launch",
            "launches", "source", "KERNELS", "KERNEL_DIR", "DISABLE_ENV", "DTYPES", "SUFFIX", "THREADS", "CHUNK",
-           "MAX_BLOCKS", "graph_tables", "sm_count", "upload"]
+           "MAX_BLOCKS", "graph_tables", "sm_count", "upload", "flat_out_plan", "EW_CHUNK"]
 
 _local = threading.local()
 _cupy = None                  # the cupy module once imported; False when the import failed
@@ -334,6 +334,30 @@ def chunk_plan(sizes: Sequence[int], device: torch.device, flat: bool) -> dict:
         dev = lambda a: upload(torch.from_numpy(np.ascontiguousarray(a)), device)  # noqa: E731
         plan = {"seg": dev(h["seg"]), "start": dev(h["start"] + off), "end": dev(h["end"] + off),
                 "first": dev(h["first"]), "sizes": dev(h["sizes"]), "n_chunks": int(h["seg"].size)}
+        if len(_plans) > 64:
+            for k in list(_plans)[:32]:
+                del _plans[k]
+        _plans[key] = plan
+    return plan
+
+
+EW_CHUNK = 4096               # elements per chunk of the vectorised elementwise kernels (dst.cu, merge.cu's CIA)
+
+
+def flat_out_plan(sizes: Sequence[int], device: torch.device, chunk: Optional[int] = None) -> dict:
+    """Device chunk table (cached by the sizes) for a multi-tensor kernel whose outputs are laid end
+    to end in one flat buffer: chunk c -> tensor ``chunk_tensor[c]``, elements [chunk_start[c],
+    min(chunk_start[c] + chunk, sizes[t])) of that tensor; ``out_off[t]`` is the offset of tensor t
+    in the flat output. ``chunk`` defaults to min(CHUNK, EW_CHUNK)."""
+    chunk = min(CHUNK, EW_CHUNK) if chunk is None else int(chunk)
+    key = ("flat_out", tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), chunk)
+    plan = _plans.get(key)
+    if plan is None:
+        h = chunk_plan_host(sizes, chunk)
+        dev = lambda a: upload(torch.from_numpy(np.ascontiguousarray(a)), device)  # noqa: E731
+        plan = {"chunk_tensor": dev(h["seg"]), "chunk_start": dev(h["start"]), "sizes": dev(h["sizes"]),
+                "out_off": dev(h["offsets"]), "n_chunks": int(h["seg"].size), "chunk": chunk,
+                "split": [int(x) for x in sizes]}
         if len(_plans) > 64:
             for k in list(_plans)[:32]:
                 del _plans[k]

@@ -1,43 +1,104 @@
-"""Sup-tickets running average and Sparse-Cocktail UMG channel scores (merge.cu)."""
+"""Sup-tickets running average and Sparse-Cocktail UMG channel scores (merge.cu), each for every
+tensor of a network in one launch (per dtype)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import loader as L
+from .dst import as_flat_dict
+
+UMG_CHANNELS = 8              # channels per block (one per warp of 256 threads); must match merge.cu
 
 
 def superpose_cia(avg: dict, ticket: dict, t: int):
-    """Validated, alike dicts: ((t - 1) avg + ticket) / t for every tensor, one launch per dtype;
-    None when some tensor cannot go to the kernel (integer tensors, dtype mismatch)."""
+    """Validated, alike dicts: ((t - 1) avg + ticket) / t for every tensor, one launch per dtype
+    (a FlatDict over one flat buffer when the tensors share a dtype); None when some tensor cannot
+    go to the kernel (integer tensors, dtype mismatch)."""
     names = list(avg)
     if not all(avg[n].dtype == ticket[n].dtype and L.usable(avg[n], ticket[n]) for n in names):
         return None
-    avg = {n: avg[n].contiguous() for n in names}
-    ticket = {n: ticket[n].contiguous() for n in names}
-    out = {n: torch.empty(avg[n].shape, dtype=avg[n].dtype, device=avg[n].device) for n in names}
-    for dtype in {avg[n].dtype for n in names}:
+    avg = {n: avg[n].detach().contiguous() for n in names}
+    ticket = {n: ticket[n].detach().contiguous() for n in names}
+    out = {}
+    for dtype in sorted({avg[n].dtype for n in names}, key=str):
         sel = [n for n in names if avg[n].dtype == dtype]
-        L.multi_tensor_launch("merge.cu", f"superpose_cia_{L.SUFFIX[dtype]}",
-                              [[d[n] for n in sel] for d in (avg, ticket, out)],
-                              (L.scalar(t - 1, dtype), L.scalar(t, dtype)))
-    return out
+        dev = avg[sel[0]].device
+        plan = L.flat_out_plan([avg[n].numel() for n in sel], dev)
+        flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)
+        if plan["n_chunks"]:
+            L.launch("merge.cu", f"superpose_cia_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
+                     (L.arg(L.pointer_table([avg[n] for n in sel], dev)),
+                      L.arg(L.pointer_table([ticket[n] for n in sel], dev)), L.arg(flat), L.arg(plan["out_off"]),
+                      L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_start"]), L.arg(plan["sizes"]),
+                      np.int64(plan["n_chunks"]), np.int64(plan["chunk"]), L.scalar(t - 1, dtype), L.scalar(t, dtype)))
+        part = as_flat_dict({n: avg[n] for n in sel}, flat)
+        if len(sel) == len(names):
+            return part
+        out.update(part)
+    return {n: out[n] for n in names}
+
+
+def _umg_plan(shapes: Sequence[tuple], dev: torch.device) -> dict:
+    """Device tables (cached by the shapes): per weight its rows R, channels O and score offset;
+    per chunk its weight and first channel (UMG_CHANNELS channels per chunk)."""
+    key = ("umg", tuple(shapes), dev.index, L.backend().stream_key(dev))
+    plan = L._plans.get(key)
+    if plan is None:
+        outs = [int(s[0]) for s in shapes]
+        rows = [int(np.prod(s[1:], dtype=np.int64)) for s in shapes]
+        offs = np.concatenate([[0], np.cumsum(outs)])[:-1].astype(np.int64)
+        ch_t, ch_o = [], []
+        for k, o in enumerate(outs):
+            first = np.arange(0, o, UMG_CHANNELS, dtype=np.int64)
+            ch_t.extend([k] * first.size)
+            ch_o.extend(first.tolist())
+        dev_ = lambda a: L.upload(torch.from_numpy(np.ascontiguousarray(a)), dev)  # noqa: E731
+        plan = {"outs": outs, "out_off": dev_(offs), "rows": dev_(np.array(rows, np.int64)),
+                "n_out": dev_(np.array(outs, np.int64)), "chunk_tensor": dev_(np.array(ch_t, np.int32)),
+                "chunk_o0": dev_(np.array(ch_o, np.int64)), "n_chunks": len(ch_t)}
+        if len(L._plans) > 64:
+            for k in list(L._plans)[:32]:
+                del L._plans[k]
+        L._plans[key] = plan
+    return plan
+
+
+def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.Tensor],
+                           masks_nm: Sequence[Optional[torch.Tensor]], beta: float):
+    """Validated weights ([O, ...], one device) and boolean masks of their shapes (a mask_nm may
+    be None: all ones): the UMG score per output channel of every weight, in one launch per dtype;
+    views of one flat buffer per dtype. None when some tensor cannot go to the kernel."""
+    ws = [w.detach() for w in ws]
+    masks_nm = list(masks_nm)
+    if not ws:
+        return []
+    if not L.usable(*ws, *masks_u, *[m for m in masks_nm if m is not None]):
+        return None
+    dev = ws[0].device
+    ws = [w.contiguous() for w in ws]
+    masks_u = [m.contiguous() for m in masks_u]
+    masks_nm = [None if m is None else m.contiguous() for m in masks_nm]
+    scores: list = [None] * len(ws)
+    for dtype in sorted({w.dtype for w in ws}, key=str):
+        idx = [i for i, w in enumerate(ws) if w.dtype == dtype]
+        plan = _umg_plan([tuple(ws[i].shape) for i in idx], dev)
+        flat = torch.empty(sum(plan["outs"]), dtype=dtype, device=dev)
+        if plan["n_chunks"]:
+            L.launch("merge.cu", f"umg_channel_scores_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
+                     (L.arg(L.pointer_table([ws[i] for i in idx], dev)),
+                      L.arg(L.pointer_table([masks_u[i] for i in idx], dev)),
+                      L.arg(L.pointer_table([masks_nm[i] for i in idx], dev)), L.arg(flat), L.arg(plan["out_off"]),
+                      L.arg(plan["rows"]), L.arg(plan["n_out"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_o0"]),
+                      np.int64(plan["n_chunks"]), L.scalar(beta, dtype), L.scalar(1.0 - beta, dtype)))
+        for i, part in zip(idx, flat.split(plan["outs"])):
+            scores[i] = part
+    return scores
 
 
 def umg_channel_scores(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: Optional[torch.Tensor], beta: float):
     """Validated inputs: the UMG score per output channel, or None when the kernel cannot take them."""
-    if not L.usable(w, mask_u, mask_nm):
-        return None
-    o = w.shape[0]
-    score = torch.empty(o, dtype=w.dtype, device=w.device)
-    if o == 0:
-        return score
-    w, mask_u = w.contiguous(), mask_u.contiguous()
-    mask_nm = None if mask_nm is None else mask_nm.contiguous()
-    row = w.numel() // o
-    args = (L.arg(w), L.arg(mask_u), L.arg(mask_nm), L.arg(score), np.int64(o), np.int64(row),
-            L.scalar(beta, w.dtype), L.scalar(1.0 - beta, w.dtype))
-    L.launch("merge.cu", f"umg_channel_scores_{L.SUFFIX[w.dtype]}", w.device, o, args)
-    return score
+    out = umg_channel_scores_all([w], [mask_u], [mask_nm], beta)
+    return None if out is None else out[0]

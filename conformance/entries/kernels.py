@@ -8,6 +8,8 @@ them on the CUDA device only, marks them ``gpu`` (deselected by default; ``pytes
 skips them with the reason when CuPy or the device is missing. Inputs are the same hypothesis
 strategies as the ordinary entries (adversarial ties included); comparisons are the same rules.
 """
+from hypothesis import strategies as st
+
 import accel.cocktail_ops as ACO
 import accel.dst as AD
 import accel.masks as AM
@@ -69,3 +71,22 @@ _reg("masked_sgd_step_all", RO.masked_sgd_step_all, AO.masked_sgd_step_all, E_op
 _reg("superpose_cia", RMG.superpose_cia, AMG.superpose_cia, E_merge._superpose_cia_args)
 _reg("reprune", RMG.reprune, AMG.reprune, E_merge._reprune_args)
 _reg("cocktail.umg_channel_scores", RCO.umg_channel_scores, ACO.umg_channel_scores, E_cocktail._scores_args)
+
+
+# every layer's UMG scores in one launch: the accel operator (a list of layers) and its twin, the
+# reference's per-layer scores; registered here as an ordinary entry too (every device)
+def _umg_all_ref(ws, masks_u, masks_nm, beta):
+    return [RCO.umg_channel_scores(w, mu, mnm, beta) for w, mu, mnm in zip(ws, masks_u, masks_nm)]
+
+
+@st.composite
+def _umg_all_args(draw, dtype):
+    layers = [draw(E_cocktail._umg_layer(dtype)) for _ in range(draw(st.integers(1, 4)))]
+    return tuple([lay[i] for lay in layers] for i in range(3)), {"beta": draw(E_cocktail._beta())}
+
+
+register("cocktail.umg_channel_scores_all", _umg_all_ref, ACO.umg_channel_scores_all, _umg_all_args,
+         notes="[SC] §3.4 scores of every layer; mask_nm entries None = all-ones")
+_reg("cocktail.umg_channel_scores_all", _umg_all_ref, ACO.umg_channel_scores_all, _umg_all_args)
+# Sparse Cocktail's channel masks: one score launch for every layer, then one segmented top-k chain
+_reg("cocktail.umg_channel_masks", RCO.umg_channel_masks, ACO.umg_channel_masks, E_cocktail._masks_args)
