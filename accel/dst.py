@@ -99,12 +99,15 @@ def total(counts):
 
 
 def _require_le(names, a, a_vec, b, b_vec, message) -> None:
-    """a[i] <= b[i] for every layer: on the host when both are known, else deferred."""
+    """a[i] <= b[i] for every layer: on the host when both are known, else deferred. ``a_vec`` /
+    ``b_vec`` are device vectors or functions that build them (only called when needed)."""
     if a is not None and b is not None:
         for n, x, y in zip(names, a, b):
             if x > y:
                 raise ValueError(message(n, x, y))
         return
+    a_vec = a_vec() if callable(a_vec) else a_vec
+    b_vec = b_vec() if callable(b_vec) else b_vec
 
     def msg():
         av, bv = a_vec.tolist(), b_vec.tolist()
@@ -135,9 +138,18 @@ class _Sel:
         self.n_active = masks.counts if isinstance(masks, FlatDict) else None
         if self.n_active is None and deferred.active() is None:
             self.n_active = tuple(segment_sums(lay, self.mask).tolist())
-        self.active_vec = (_vec(dict(zip(lay.names, self.n_active)), lay, self.dev) if self.n_active is not None
-                           else (masks.device_counts() if isinstance(masks, FlatDict) else segment_sums(lay, self.mask)))
+        self._masks = masks
+        self._active_vec = None
         self.sizes_vec = lay.on(self.dev)["sizes"]
+
+    @property
+    def active_vec(self) -> torch.Tensor:
+        """The active counts on the device (built only when some count is not known on the host)."""
+        if self._active_vec is None:
+            m, lay = self._masks, self.layout
+            self._active_vec = (_vec(dict(zip(lay.names, self.n_active)), lay, self.dev) if self.n_active is not None
+                                else (m.device_counts() if isinstance(m, FlatDict) else segment_sums(lay, self.mask)))
+        return self._active_vec
 
     def scores(self, scores: Mapping, kind: str) -> torch.Tensor:
         flat = self.layout.flatten(scores)
@@ -156,22 +168,26 @@ def _add(a, b):
 def _keep(sel: _Sel, flat_scores, counts, counts_vec):
     """The drop step: keep n_active - k of the active positions (largest drop scores)."""
     names = sel.layout.names
-    _require_le(names, counts, counts_vec, sel.n_active, sel.active_vec, _drop_msg)
+    _require_le(names, counts, counts_vec, sel.n_active, lambda: sel.active_vec, _drop_msg)
     kept_counts = _sub(sel.n_active, counts)
-    ks = kept_counts if kept_counts is not None else sel.active_vec - counts_vec
+    ks = kept_counts if kept_counts is not None else sel.active_vec - _call(counts_vec)
     n_cand = sum(sel.n_active) if sel.n_active is not None else None
     return select_segments(flat_scores, sel.mask, sel.layout, ks, n_cand=n_cand), kept_counts
 
 
 def _grown(sel: _Sel, kept, kept_counts, kept_vec, flat_scores, counts, counts_vec):
-    """The grow step: counts[l] positions among the inactive ones of ``kept``, OR-ed with it."""
+    """The grow step: counts[l] positions among the inactive ones of ``kept`` (the kernel reads
+    ``kept`` inverted: no complement is built), OR-ed with it."""
     pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
-    pool_vec = sel.sizes_vec - kept_vec
-    _require_le(sel.layout.names, counts, counts_vec, pool, pool_vec, _grow_msg)
+    _require_le(sel.layout.names, counts, counts_vec, pool, lambda: sel.sizes_vec - _call(kept_vec), _grow_msg)
     n_cand = None if pool is None else sum(pool)
-    ks = counts if counts is not None else counts_vec
-    new = select_segments(flat_scores, ~kept, sel.layout, ks, n_cand=n_cand, or_with=kept)
+    ks = counts if counts is not None else _call(counts_vec)
+    new = select_segments(flat_scores, kept, sel.layout, ks, n_cand=n_cand, or_with=kept, invert=True)
     return new, _add(kept_counts, counts)
+
+
+def _call(v):
+    return v() if callable(v) else v
 
 
 def _out(sel: _Sel, flat: torch.Tensor, counts) -> FlatDict:
@@ -197,7 +213,7 @@ def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
     sel = _Sel(masks, drop_scores, "drop")
     counts = _counts_arg(counts, masks, "drop counts")
     flat = sel.scores(drop_scores, "drop")
-    keep, kept_counts = _keep(sel, flat, _host(counts), _vec(counts, sel.layout, sel.dev))
+    keep, kept_counts = _keep(sel, flat, _host(counts), lambda: _vec(counts, sel.layout, sel.dev))
     return _out(sel, keep, kept_counts)
 
 
@@ -206,8 +222,8 @@ def grow(masks: Mapping, grow_scores: Mapping, counts: Mapping) -> dict:
     sel = _Sel(masks, grow_scores, "grow")
     counts = _counts_arg(counts, masks, "grow counts")
     flat = sel.scores(grow_scores, "grow")
-    new, new_counts = _grown(sel, sel.mask, sel.n_active, sel.active_vec, flat, _host(counts),
-                             _vec(counts, sel.layout, sel.dev))
+    new, new_counts = _grown(sel, sel.mask, sel.n_active, lambda: sel.active_vec, flat, _host(counts),
+                             lambda: _vec(counts, sel.layout, sel.dev))
     return _out(sel, new, new_counts)
 
 
@@ -223,14 +239,14 @@ def drop_and_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, dr
     for n in sel.layout.names:
         check_same_shape(masks[n], _real(grow_scores[n], f"grow scores[{n!r}]"), f"mask {n!r}", f"grow scores {n!r}")
     fg = sel.scores(grow_scores, "grow")
-    dh, dv = _host(dcounts), _vec(dcounts, sel.layout, sel.dev)
-    gh, gv = _host(gcounts), _vec(gcounts, sel.layout, sel.dev)
+    dh, dv = _host(dcounts), (lambda: _vec(dcounts, sel.layout, sel.dev))
+    gh, gv = _host(gcounts), (lambda: _vec(gcounts, sel.layout, sel.dev))
     # the pool after the drop (inactive before + dropped) is checked before any selection runs
-    _require_le(sel.layout.names, dh, dv, sel.n_active, sel.active_vec, _drop_msg)
+    _require_le(sel.layout.names, dh, dv, sel.n_active, lambda: sel.active_vec, _drop_msg)
     kept_counts = _sub(sel.n_active, dh)
-    kept_vec = sel.active_vec - dv
+    kept_vec = (lambda: sel.active_vec - dv())
     pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
-    _require_le(sel.layout.names, gh, gv, pool, sel.sizes_vec - kept_vec, _grow_msg)
+    _require_le(sel.layout.names, gh, gv, pool, lambda: sel.sizes_vec - kept_vec(), _grow_msg)
     kept, _ = _keep(sel, fd, dh, dv)
     new, new_counts = _grown(sel, kept, kept_counts, kept_vec, fg, gh, gv)
     return _out(sel, new, new_counts)

@@ -178,9 +178,10 @@ def _ks_tensor(ks: Counts, device) -> torch.Tensor:
 
 def select_segments(flat_scores: torch.Tensor, candidates: Optional[torch.Tensor], layout: Layout, ks: Counts,
                     *, n_cand: Optional[int] = None, or_with: Optional[torch.Tensor] = None,
-                    strategy: str = "auto") -> torch.Tensor:
+                    strategy: str = "auto", invert: bool = False) -> torch.Tensor:
     """For every segment of ``layout``, keep its ``ks[i]`` largest scores among the candidates
-    (all positions when ``candidates`` is None); OR-ed with ``or_with`` when given. Inputs are
+    (all positions when ``candidates`` is None; the positions where it is False when ``invert``:
+    the kernels read it that way, no complement is built); OR-ed with ``or_with`` when given. Inputs are
     validated by the caller (0 <= ks[i] <= candidates of segment i, finite scores); ``ks`` may be
     a device tensor, and ``n_cand`` (the total number of candidates, when the host knows it) lets
     the sort path sort the candidates only. No host synchronisation."""
@@ -191,7 +192,10 @@ def select_segments(flat_scores: torch.Tensor, candidates: Optional[torch.Tensor
                                           and _kernels.usable(flat_scores, candidates, or_with))
     if use_kernel:
         with _kernels.require() if strategy == "kernel" else _nullcontext():
-            return _kernels.topk_select(flat_scores, layout.sizes, ks, candidates=candidates, or_with=or_with)
+            return _kernels.topk_select(flat_scores, layout.sizes, ks, candidates=candidates, invert=invert,
+                                        or_with=or_with)
+    if invert and candidates is not None:
+        candidates = ~candidates
     if strategy == "loop":
         keep = _select_loop(flat_scores, candidates, layout, ks)
     else:
