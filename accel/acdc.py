@@ -1,8 +1,7 @@
-"""AC/DC operators on torch tensors ([TH] Ch. 3, Alg. 1; SPEC §2.1, §5.4, §7.3); twin of ``reference.acdc``.
+"""AC/DC operators on torch tensors ([TH] Ch. 3, Alg. 1; docs/methods.md §1.2, §6.1, §6.2); twin of ``reference.acdc``.
 
-The phase plan is pure scalar logic and is imported from the reference (DESIGN.md "no twin, no
-drift"). The compression operators run on torch tensors with the same selection (``accel.masks``,
-tie rule of SPEC §0.3), so masks are identical to the reference's, ties included (checked by
+The phase plan is pure scalar logic and is imported from the reference (docs/methods.md §1.15). The compression operators run on torch tensors with the same selection (``accel.masks``,
+tie rule of docs/methods.md §1.2), so masks are identical to the reference's, ties included (checked by
 ``conformance/entries/acdc_cram.py``).
 """
 from __future__ import annotations
@@ -88,7 +87,7 @@ def _spans(lay, names) -> list:
 
 def topk_compress(weights: Mapping[str, torch.Tensor], sparsity: float, distribution: str = "global",
                   keep_dense: Iterable[str] = (), first_last_dense: bool = False) -> tuple[dict, dict]:
-    """T_k over the pruned layers: (compressed weights, index-set masks 1[i in A_k]) (SPEC §2.1)."""
+    """T_k over the pruned layers: (compressed weights, index-set masks 1[i in A_k]) (docs/methods.md §1.2)."""
     flat = _flat_compress(weights, sparsity, distribution, keep_dense, first_last_dense)
     if flat is not None:
         lay, out, full, _ = flat

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration for any torch model (SPEC §6.4 BNT / BnUpdate); twin of ``reference.bn``.
+"""BatchNorm recalibration for any torch model (docs/methods.md §1.13 BNT / BnUpdate); twin of ``reference.bn``.
 
 ``bn_recalibrate(model, batches)`` resets every BatchNorm module's running statistics and runs
 the batches forward in train mode under ``torch.no_grad()`` with ``momentum=None`` (cumulative

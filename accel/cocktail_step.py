@@ -1,4 +1,4 @@
-"""Sparse Cocktail's co-training step on any torch model ([SC] §3.5, Eq. 1; SPEC §4.6) and the
+"""Sparse Cocktail's co-training step on any torch model ([SC] §3.5, Eq. 1; docs/methods.md §8.2) and the
 array operators ``reference.cocktail`` calls on this backend; twin of ``reference.cocktail_step``
 (read that one for the maths).
 

@@ -1,4 +1,4 @@
-"""CrAM operators on torch tensors ([TH] Ch. 5, Alg. 2; SPEC §4.3, §4.4, §7.4); twin of ``reference.cram``.
+"""CrAM operators on torch tensors ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5); twin of ``reference.cram``.
 
 The compression specs, the seeded choice of C and the range helpers are scalar logic imported from
 the reference, and so are the operators' compositions (compress, perturb, the CrAM / SAM / C-SAM

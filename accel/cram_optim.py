@@ -1,5 +1,4 @@
-"""CrAM as an optimizer wrapper around any ``torch.optim`` optimizer ([TH] Ch. 5, Alg. 2; SPEC §4.3,
-§4.4, §7.4). The NumPy twin of one step is ``reference.cram_train.cram_step``.
+"""CrAM as an optimizer wrapper around any ``torch.optim`` optimizer ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5). The NumPy twin of one step is ``reference.cram_train.cram_step``.
 
     model, base = build(), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     opt = CrAM(model, base, ["topk:0.5", "topk:0.7", "topk:0.9"], rho=0.05)      # CrAM⁺-Multi, SG
@@ -17,7 +16,7 @@ step (mode 'cram'):
     1 g  = grad at theta                  closure #1; BN running statistics are updated as usual (l.4)
     2 C  = sample_compression(C_set, seed, t)                                                     (l.5)
     3 theta~ = C(theta + rho g), M its Top-K (or N:M) mask; with tau > 1 the Top-K mask of C is
-      reused until it is tau steps old ([TH] §5.4.1, SPEC §4.4)                                (l.6-8)
+      reused until it is tau steps old ([TH] §5.4.1, docs/methods.md §7.2)                                (l.6-8)
     4 g~ = grad at theta~                 closure #2 with every BatchNorm's running statistics frozen
       (``track_running_stats`` switched off for the pass: batch statistics are used, no buffer and
       no ``num_batches_tracked`` changes; [TH] §5.3.3 "we only track the BatchNorm statistics on the

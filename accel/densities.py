@@ -1,5 +1,5 @@
-"""Layer-wise densities for accel (SPEC §2.3): the scalar distributions imported from
-``reference.densities`` (no twin, DESIGN.md), the torch twin of ``global_magnitude_densities``,
+"""Layer-wise densities for accel (docs/methods.md §1.4): the scalar distributions imported from
+``reference.densities`` (no twin, docs/methods.md §1.15), the torch twin of ``global_magnitude_densities``,
 and the user-facing spec factories taken by the Sparsifier::
 
     Sparsifier(model, opt, density=densities.erk(0.1), ...)
@@ -27,7 +27,7 @@ __all__ = ["DISTRIBUTIONS", "uniform_densities", "er_densities", "erk_densities"
 
 
 def global_magnitude_densities(weights: Mapping[str, torch.Tensor], density: float) -> dict[str, float]:
-    """Per-layer kept fraction of a global magnitude top-k (SPEC §2.1/2.2); twin of the reference."""
+    """Per-layer kept fraction of a global magnitude top-k (docs/methods.md §1.3); twin of the reference."""
     check_layer_dict(weights, "weights")
     masks = global_magnitude_masks(weights, density)
     return {n: int(m.sum()) / m.numel() if m.numel() else 1.0 for n, m in masks.items()}
@@ -89,20 +89,20 @@ def _overrides(overrides: Optional[Mapping[str, float]]) -> dict:
 
 
 def uniform(density: float, exclude: Iterable[str] = (), allow_empty: bool = False) -> DensitySpec:
-    """The same density in every pruned layer (SPEC §2.2 uniform)."""
+    """The same density in every pruned layer (docs/methods.md §1.3 uniform)."""
     return DensitySpec("uniform", density, {"exclude": _names(exclude, "exclude")}, allow_empty)
 
 
 def er(density: float, overrides: Optional[Mapping[str, float]] = None, exclude: Iterable[str] = (),
        allow_empty: bool = False) -> DensitySpec:
-    """Erdős-Rényi densities (SPEC §2.3)."""
+    """Erdős-Rényi densities (docs/methods.md §1.4)."""
     return DensitySpec("er", density, {"overrides": _overrides(overrides), "exclude": _names(exclude, "exclude")},
                        allow_empty)
 
 
 def erk(density: float, power_scale: float = 1.0, overrides: Optional[Mapping[str, float]] = None,
         exclude: Iterable[str] = (), allow_empty: bool = False) -> DensitySpec:
-    """Erdős-Rényi-Kernel densities (SPEC §2.3). ``allow_empty``: see ``DensitySpec``."""
+    """Erdős-Rényi-Kernel densities (docs/methods.md §1.4). ``allow_empty``: see ``DensitySpec``."""
     try:
         p = float(power_scale)
     except (TypeError, ValueError):
@@ -114,7 +114,7 @@ def erk(density: float, power_scale: float = 1.0, overrides: Optional[Mapping[st
 
 
 def global_magnitude(density: float, allow_empty: bool = False) -> DensitySpec:
-    """One global magnitude top-k over all prunable weights (SPEC §2.1/2.2 global)."""
+    """One global magnitude top-k over all prunable weights (docs/methods.md §1.3 global)."""
     return DensitySpec("global_magnitude", density, {}, allow_empty)
 
 

@@ -1,4 +1,4 @@
-"""Merging sparse networks on torch tensors (SPEC §6.1, §6.2, §2.10); twin of ``reference.merge``.
+"""Merging sparse networks on torch tensors (docs/methods.md §4.3, §5.3, §1.12); twin of ``reference.merge``.
 
 Same names, arguments and operation order as the reference, so float results agree within the
 dtype tolerance (checked by ``conformance/entries/merge.py``). A "network" is a dict
@@ -161,7 +161,7 @@ def caa(tickets: Sequence[Mapping], masks: Sequence[Mapping]) -> dict:
 
 def superpose_cima(avg: Mapping | None, ticket: Mapping, beta: float) -> dict:
     """Connection-independent moving average, [ST] §3.2.2: avg_t = beta avg_{t-1} + (1 - beta) theta_t,
-    avg_1 = theta_1 (SPEC §6.1 resolution)."""
+    avg_1 = theta_1 (docs/methods.md §4.3 resolution)."""
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta={beta!r} is outside the allowed range [0, 1]")
     if avg is None:
@@ -193,7 +193,7 @@ def interpolate(a: Mapping, b: Mapping, alpha: float) -> dict:
 
 
 def merged_masks(weights: Mapping) -> dict:
-    """The support of a merged network, 1[theta != 0] (SPEC §2.10)."""
+    """The support of a merged network, 1[theta != 0] (docs/methods.md §1.12)."""
     if not isinstance(weights, Mapping):
         raise TypeError(f"weights must be a dict of name -> tensor, got {type(weights).__name__}")
     return {n: _tensor(w, f"weights[{n!r}]") != 0 for n, w in weights.items()}
@@ -201,7 +201,7 @@ def merged_masks(weights: Mapping) -> dict:
 
 def reprune(weights: Mapping, densities: Mapping | None = None, density: float | None = None) -> tuple[dict, dict]:
     """Magnitude re-pruning of a merged network back to its target: per layer to ``densities``
-    or globally to ``density`` (SPEC §6.1 ambiguity 2). Returns (pruned weights, masks)."""
+    or globally to ``density`` (docs/methods.md §4.3). Returns (pruned weights, masks)."""
     if (densities is None) == (density is None):
         raise ValueError("reprune needs exactly one of densities= (per layer) or density= (global)")
     if densities is not None:

@@ -1,4 +1,4 @@
-"""Evaluation and mask statistics (SPEC §8) on torch tensors; twin of ``reference.metrics``.
+"""Evaluation and mask statistics (docs/methods.md §1.14) on torch tensors; twin of ``reference.metrics``.
 
 Same names, same conventions, same return types (Python floats / ints / dicts of floats):
 logits [B, K] are upcast to float64 before any arithmetic (so float32 inputs give the same
@@ -96,7 +96,7 @@ def _argmax_first(z: torch.Tensor) -> torch.Tensor:
 
 
 def predictions(logits) -> torch.Tensor:
-    """argmax over classes, ties -> lowest class index (SPEC §8.1)."""
+    """argmax over classes, ties -> lowest class index (docs/methods.md §1.14)."""
     return _argmax_first(_logits(logits))
 
 
@@ -107,13 +107,13 @@ def _log_softmax(z: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- §8.1 - §8.3
 def accuracy(logits, y) -> float:
-    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1): correct count / n."""
+    """Top-1 accuracy, fraction in [0, 1] (docs/methods.md §1.14): correct count / n."""
     z = _logits(logits)
     return int((_argmax_first(z) == _labels(y, z)).count_nonzero()) / z.shape[0]
 
 
 def mean_per_class_accuracy(logits, y) -> float:
-    """Mean over the classes present in ``y`` of the per-class accuracy (SPEC §8.1)."""
+    """Mean over the classes present in ``y`` of the per-class accuracy (docs/methods.md §1.14)."""
     z = _logits(logits)
     y = _labels(y, z)
     correct = (_argmax_first(z) == y).to(torch.int64)
@@ -125,14 +125,14 @@ def mean_per_class_accuracy(logits, y) -> float:
 
 
 def nll(logits, y) -> float:
-    """Mean negative log-likelihood, natural log, via log-softmax (SPEC §8.3)."""
+    """Mean negative log-likelihood, natural log, via log-softmax (docs/methods.md §1.14)."""
     z = _logits(logits)
     y = _labels(y, z)
     return -float(_log_softmax(z).gather(1, y[:, None]).sum()) / z.shape[0]
 
 
 def ece(logits, y, n_bins: int = 15) -> float:
-    """Expected calibration error (SPEC §8.2): bins ((b-1)/B, b/B], index ceil(conf*B)-1 clipped to
+    """Expected calibration error (docs/methods.md §1.14): bins ((b-1)/B, b/B], index ceil(conf*B)-1 clipped to
     [0, B-1] in float64, exactly as in ``reference.metrics.ece``."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
         raise TypeError(f"n_bins must be an integer >= 1, got {n_bins!r}")
@@ -150,19 +150,19 @@ def ece(logits, y, n_bins: int = 15) -> float:
 
 # ----------------------------------------------------------------------------- §8.4 - §8.5
 def disagreement(logits_a, logits_b) -> float:
-    """d_dis: fraction of samples whose top-1 predictions differ (SPEC §8.4)."""
+    """d_dis: fraction of samples whose top-1 predictions differ (docs/methods.md §1.14)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
     return int((_argmax_first(za) != _argmax_first(zb)).count_nonzero()) / za.shape[0]
 
 
 def sample_agreement(logits_a, logits_b) -> float:
-    """Fraction of samples with equal top-1 predictions = 1 - d_dis (SPEC §8.5)."""
+    """Fraction of samples with equal top-1 predictions = 1 - d_dis (docs/methods.md §1.14)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
     return int((_argmax_first(za) == _argmax_first(zb)).count_nonzero()) / za.shape[0]
 
 
 def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:
-    """Mean over samples of KL(p || q) (SPEC §8.4); ``symmetric=True`` averages both directions."""
+    """Mean over samples of KL(p || q) (docs/methods.md §1.14); ``symmetric=True`` averages both directions."""
     zp, zq = _pair(logits_p, logits_q, "logits_p", "logits_q")
     lp, lq = _log_softmax(zp), _log_softmax(zq)
     n = zp.shape[0]
@@ -174,14 +174,14 @@ def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:
 
 
 def prediction_cross_entropy(logits_ref, logits_other) -> float:
-    """-(1/N) sum_i sum_c p_ref,c log p_other,c (SPEC §8.5)."""
+    """-(1/N) sum_i sum_c p_ref,c log p_other,c (docs/methods.md §1.14)."""
     zr, zo = _pair(logits_ref, logits_other, "logits_ref", "logits_other")
     return -float((_log_softmax(zr).exp() * _log_softmax(zo)).sum(dim=1).sum()) / zr.shape[0]
 
 
-# ----------------------------------------------------------------------------- §8.6 - §8.8, §0.2
+# ----------------------------------------------------------------------------- docs/methods.md §1.14, §3.4, §1.1
 def hamming_distance(masks_a: Mapping, masks_b: Mapping, normalized: bool = False):
-    """Number of differing mask positions (int), or that count / |P| (float) (SPEC §8.7)."""
+    """Number of differing mask positions (int), or that count / |P| (float) (docs/methods.md §1.14)."""
     ma, mb = _mask_pair(masks_a, masks_b, "masks_a", "masks_b")
     diff = _count([ma[n] != mb[n] for n in ma])
     if not normalized:
@@ -190,7 +190,7 @@ def hamming_distance(masks_a: Mapping, masks_b: Mapping, normalized: bool = Fals
 
 
 def exploration_degree(counters: Mapping) -> float:
-    """R = (entries with counter > 0) / (all entries) (SPEC §8.6)."""
+    """R = (entries with counter > 0) / (all entries) (docs/methods.md §3.4)."""
     if not isinstance(counters, Mapping):
         raise TypeError(f"counters must be a dict of layer name -> counter tensor, got {type(counters).__name__}")
     check_nonempty(counters, "dict of counters")
@@ -207,7 +207,7 @@ def exploration_degree(counters: Mapping) -> float:
 
 
 def mask_change(mask_prev: Mapping, mask_new: Mapping) -> dict[str, float]:
-    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (SPEC §8.8).
+    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (docs/methods.md §1.14).
     One flat reduction each; inside a Sparsifier update the two ratios are 0-d device tensors,
     read when the update commits (``accel.deferred``)."""
     mp, mn = _mask_pair(mask_prev, mask_new, "mask_prev", "mask_new")
@@ -234,7 +234,7 @@ def mask_change(mask_prev: Mapping, mask_new: Mapping) -> dict[str, float]:
 
 
 def layer_densities(masks: Mapping) -> dict[str, float]:
-    """Kept fraction of each mask (SPEC §0.2); empty masks are an error."""
+    """Kept fraction of each mask (docs/methods.md §1.1); empty masks are an error."""
     ms = _masks(masks, "masks")
     for name, m in ms.items():
         if m.numel() == 0:
@@ -244,13 +244,13 @@ def layer_densities(masks: Mapping) -> dict[str, float]:
 
 
 def total_density(masks: Mapping) -> float:
-    """Kept entries over all entries of all masks (SPEC §0.2)."""
+    """Kept entries over all entries of all masks (docs/methods.md §1.1)."""
     ms = _masks(masks, "masks")
     return _count(list(ms.values())) / sum(m.numel() for m in ms.values())
 
 
 def zero_fraction(weights) -> float:
-    """Fraction of exactly-zero weights (SPEC §0.2, §8.10); one tensor or a dict of tensors."""
+    """Fraction of exactly-zero weights (docs/methods.md §1.1, §1.14); one tensor or a dict of tensors."""
     tensors = dict(weights) if isinstance(weights, Mapping) else {"weights": weights}
     check_nonempty(tensors, "dict of weights")
     for name, w in tensors.items():

@@ -1,5 +1,5 @@
 """Symmetric per-output-channel quantization on torch tensors; twin of ``reference.quantize``
-(SPEC §2.9, [TH] §5.4.1). ``torch.round`` rounds half to even, like the reference's ``np.rint``;
+(docs/methods.md §1.11, [TH] §5.4.1). ``torch.round`` rounds half to even, like the reference's ``np.rint``;
 every step is one IEEE operation in the weight's dtype, so codes and values are bit-identical.
 Both divisions go through ``true_div``: CUDA would compute ``max|W_c| / q_max`` (a Python scalar
 divisor) as ``max|W_c| * fl(1 / q_max)``, one ulp off, and a weight exactly half-way between two

@@ -1,4 +1,4 @@
-"""Per-weight scores on torch tensors (SPEC §2.2, §2.7, §3.2); twin of ``reference.scores``."""
+"""Per-weight scores on torch tensors (docs/methods.md §1.3, §1.10, §2.1); twin of ``reference.scores``."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -12,17 +12,17 @@ from .topk import topk_masks_global
 
 
 def magnitude_scores(w: torch.Tensor) -> torch.Tensor:
-    """|w| (SPEC §2.2)."""
+    """|w| (docs/methods.md §1.3)."""
     return as_real_tensor(w, "weight").abs()
 
 
 def gradient_scores(g: torch.Tensor) -> torch.Tensor:
-    """|g| (SPEC §3.2, RigL grow criterion)."""
+    """|g| (docs/methods.md §2.1, RigL grow criterion)."""
     return as_real_tensor(g, "gradient").abs()
 
 
 def snip_scores(w: torch.Tensor, g: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """|w * g|, optionally divided by its sum over all entries (SPEC §2.7)."""
+    """|w * g|, optionally divided by its sum over all entries (docs/methods.md §1.10)."""
     w, g = as_real_tensor(w, "weight"), as_real_tensor(g, "gradient")
     check_same_shape(w, g, "weight", "gradient")
     if not isinstance(normalize, bool):
@@ -38,7 +38,7 @@ def snip_scores(w: torch.Tensor, g: torch.Tensor, normalize: bool = False) -> to
 
 
 def snip_masks(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
-    """Global top-k of |w * g| over all layers (SPEC §2.7 RESOLUTION, tie rule §0.3)."""
+    """Global top-k of |w * g| over all layers (docs/methods.md §1.10; tie rule §1.2)."""
     check_layer_dict(weights, "weights")
     check_layer_dict(grads, "grads")
     if list(weights) != list(grads):

@@ -51,7 +51,7 @@ def build_optimizer(cfg: RunConfig, model) -> torch.optim.Optimizer:
 
 
 def density_spec(cfg: RunConfig):
-    """The initial-mask densities (GraNet starts at init_density; SPEC §2.3)."""
+    """The initial-mask densities (GraNet starts at init_density; docs/methods.md §1.4)."""
     if cfg.method == "dense":
         return None
     d = cfg.initial_density()

@@ -1,1 +1,1 @@
-"""Twin conformance: every accel operator against its NumPy reference (DESIGN.md "conformance/")."""
+"""Twin conformance: every accel operator against its NumPy reference (docs/methods.md §1.15)."""

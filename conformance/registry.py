@@ -1,4 +1,4 @@
-"""The operator registry, in the shape of PyTorch's OpInfo (DESIGN.md).
+"""The operator registry, in the shape of PyTorch's OpInfo (docs/methods.md §1.15).
 
 Each entry names the reference function, its accel twin, a hypothesis strategy that draws
 inputs for a given float dtype, and the comparison rule. Adding an operator means adding one

@@ -1,4 +1,4 @@
-"""Trajectory checks for CrAM ([TH] Alg. 2; SPEC §4.3, §4.4, §7.4): the same training run on both backends.
+"""Trajectory checks for CrAM ([TH] Alg. 2; docs/methods.md §7.1, §7.2, §7.5): the same training run on both backends.
 
 float64 tiny MLP, same init (reference.nn.init_mlp), same NumPy batches, 30 iterations of
 ``reference.cram_train.cram_step`` vs the ``accel.cram_optim.CrAM`` wrapper around torch SGD. After every

@@ -1,4 +1,4 @@
-"""The one place where arithmetic tolerances are defined (DESIGN.md "Comparisons").
+"""The one place where arithmetic tolerances are defined (docs/methods.md §1.15).
 
 Masks and integer results are compared exactly; floating results with the tolerance
 of their dtype below.

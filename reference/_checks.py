@@ -47,7 +47,7 @@ def check_count(k: int, n: int, name: str = "k") -> int:
 
 
 def check_finite(a: np.ndarray, what: str) -> None:
-    """NaN or inf in scores, weights or gradients is an error (DESIGN.md tie rule)."""
+    """NaN or inf in scores, weights or gradients is an error (docs/methods.md §1.15)."""
     a = np.asarray(a)
     if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
@@ -71,14 +71,14 @@ def check_nonempty(layers: Mapping, what: str = "prunable set") -> None:
 
 
 def count_for_density(density: float, n: int) -> int:
-    """SPEC §0.3 count rounding: k = floor(d * n + 0.5), computed in float64."""
+    """docs/methods.md §1.2 count rounding: k = floor(d * n + 0.5), computed in float64."""
     d = check_density(density)
     return int(math.floor(np.float64(d) * np.float64(n) + np.float64(0.5)))
 
 
 def imp_keep_count(rate: float, n: int) -> int:
     """IMP's "prune ``rate`` of the remaining weights" ([TH] §2.2.2, [SC] §3.1) on ``n`` active weights:
-    floor(rate * n + 0.5) go (SPEC §0.3 rounding of the pruned count), the rest stay. The one rule for
+    floor(rate * n + 0.5) go (docs/methods.md §1.2 rounding of the pruned count), the rest stay. The one rule for
     the IMP procedure (``reference.imp``) and Sparse Cocktail's unstructured masks."""
     return int(n) - count_for_density(rate, n)
 

@@ -1,20 +1,20 @@
 """AC/DC -- Alternating Compressed / DeCompressed training: the operators, NumPy reference.
 
-[TH] Ch. 3 (Alg. 1, §3.3.2, §3.4.1, App. A.2.1); SPEC §2.1, §5.4, §7.3. Two parts:
+[TH] Ch. 3 (Alg. 1, §3.3.2, §3.4.1, App. A.2.1); docs/methods.md §1.2, §6.1, §6.2. Two parts:
 
-(a) The phase plan -- pure scalar logic, written once here; ``accel.acdc`` imports it (DESIGN.md
+(a) The phase plan -- pure scalar logic, written once here; ``accel.acdc`` imports it (docs/methods.md §1.15
     "no twin, no drift"). A dense warm-up of Δw epochs, then compressed (Δc) and decompressed (Δd)
     phases alternate, starting and ending with a compressed one, then a longer final decompressed
     phase ΔD and a final compressed fine-tuning phase ΔF ([TH] §3.3.2, §3.4.1). Epochs are 0-based,
     phases end-exclusive. Defaults = the ImageNet schedule: 10 / 5 / 5 / 10 / 15 over 100 epochs
-    (SPEC §5.4 table: W 0-9, C1 10-14, D1 15-19, ..., C7 70-74, D7 75-84, C8 85-99). For another
-    budget the phase lengths are kept and the alternating block grows or shrinks (SPEC §5.4 general
+    (docs/methods.md §6.1 table: W 0-9, C1 10-14, D1 15-19, ..., C7 70-74, D7 75-84, C8 85-99). For another
+    budget the phase lengths are kept and the alternating block grows or shrinks (docs/methods.md §6.1 general
     rule; [TH] §3.4.3 "preserving the duration of each compressed and decompressed phase"), or
     ``scaled_acdc_lengths(E)`` scales the ImageNet lengths to a small budget (miniature runs).
 
 (b) The compression operator applied when a compressed phase is entered, Alg. 1 l.4-5:
         theta <- T_k(theta);   m <- 1[theta_i != 0]
-    i.e. the mask is taken from the NON-ZEROS of the compressed weights (SPEC §2.1 resolution for
+    i.e. the mask is taken from the NON-ZEROS of the compressed weights (docs/methods.md §1.2 resolution for
     AC/DC, literal): a selected entry that is exactly zero (dead filter) is not in the mask, so the
     mask may hold fewer than k ones. (CrAM instead uses the index-set mask 1[i in A_k], which
     ``topk_compress`` returns.) Global Top-K over all pruned layers is the default ([TH] §3.3.2);
@@ -46,7 +46,7 @@ IMAGENET_EPOCHS = 100
 
 @dataclass(frozen=True)
 class Phase:
-    """One AC/DC phase: ``kind`` 'dense' | 'sparse', epochs [start, end), and its SPEC §5.4 name
+    """One AC/DC phase: ``kind`` 'dense' | 'sparse', epochs [start, end), and its docs/methods.md §6.1 name
     ('W' warm-up, 'C1', 'D1', ...; the last 'D' is the final decompressed phase ΔD, the last 'C' the
     final compressed fine-tuning phase ΔF)."""
     kind: str
@@ -61,7 +61,7 @@ class Phase:
 
 def acdc_phases(total_epochs: int = IMAGENET_EPOCHS, warmup: int = 10, compressed: int = 5,
                 decompressed: int = 5, final_decompressed: int = 10, final_compressed: int = 15) -> list[Phase]:
-    """The AC/DC phase list for ``total_epochs`` ([TH] Alg. 1, §3.3.2, §3.4.1; SPEC §5.4).
+    """The AC/DC phase list for ``total_epochs`` ([TH] Alg. 1, §3.3.2, §3.4.1; docs/methods.md §6.1).
 
     W (``warmup`` epochs, dense; omitted when 0), then C, D, C, ..., C (n + 1 compressed phases of
     ``compressed`` epochs and n decompressed phases of ``decompressed`` epochs, n >= 0), then the
@@ -226,10 +226,10 @@ def _apply(weights: Mapping, keep: Mapping) -> dict:
 
 def topk_compress(weights: Mapping[str, np.ndarray], sparsity: float, distribution: str = "global",
                   keep_dense: Iterable[str] = (), first_last_dense: bool = False) -> tuple[dict, dict]:
-    """T_k over the pruned layers ([TH] Eq. 3.2, SPEC §2.1): (compressed weights, index-set masks).
+    """T_k over the pruned layers ([TH] Eq. 3.2, docs/methods.md §1.2): (compressed weights, index-set masks).
 
     k = floor((1 - s) * N + 0.5) of the N pruned weights (global, one top-k over the concatenation
-    in dict order) or per layer (uniform); ties -> smaller flat index (SPEC §0.3). The mask is
+    in dict order) or per layer (uniform); ties -> smaller flat index (docs/methods.md §1.2). The mask is
     1[i in A_k] (CrAM's M_t); layers kept dense get all-True masks and unchanged weights."""
     keep, _, _ = _selection(weights, sparsity, distribution, keep_dense, first_last_dense, None, "reduction")
     full = {n: keep.get(n, np.ones(np.shape(w), dtype=bool)) for n, w in weights.items()}

@@ -1,5 +1,5 @@
 """AC/DC's two outputs as a procedure over an engine (``reference.engine`` / ``accel.engine``):
-[TH] §3.3.2, §3.4.1, App. A.2.1; SPEC §7.3, §8.5, §8.8.
+[TH] §3.3.2, §3.4.1, App. A.2.1; docs/methods.md §6.2, §1.14.
 
     phases <- the AC/DC plan of cfg (W, C1, D1, ..., C_n, D_last, C_last; RunConfig.acdc_plan)
     train the whole AC/DC run (method 'acdc'); keep theta_dense = the network at the end of D_last
@@ -11,9 +11,9 @@
     records: one per phase of the AC/DC run (test metrics at the phase's end), one for the
         dense-finetuned model, and the outputs record: the sparse model's test metrics (so a
         results table reads the sparse model) with the dense model's, the dense snapshot's before
-        fine-tuning, sparse/dense sample agreement and prediction cross-entropy (SPEC §8.5, both
+        fine-tuning, sparse/dense sample agreement and prediction cross-entropy (docs/methods.md §1.14, both
         directions, dense as the reference first), the change between consecutive compression
-        masks (SPEC §8.8) and the fraction of exactly-zero prunable weights of the dense model
+        masks (docs/methods.md §1.14) and the fraction of exactly-zero prunable weights of the dense model
         ([TH] Table A.1).
 
 The fine-tune starts a fresh optimizer (momentum 0): an engine network holds weights and BN

@@ -2,7 +2,7 @@
 
 [D2] builds two transformed copies D1 = T1(D), D2 = T2(D) "using different spatial augmentation
 strategies"; App. B.2.1 compares CutMix/CutMix, AugMix/AugMix "with varying strengths" (the default)
-and CutMix/AugMix. The strengths are NOT GIVEN (SPEC §7.1); the presets here are
+and CutMix/AugMix. The strengths are NOT GIVEN (docs/methods.md §5.1); the presets here are
 ``AUGMIX_WEAK`` (severity 1, width 2) and ``AUGMIX_STRONG`` (severity 3, width 3).
 
 This is shared data-pipeline code (NumPy + SciPy only), deterministic given an explicit

@@ -1,10 +1,10 @@
-"""BatchNorm recalibration (SPEC §6.4), NumPy reference for the MLP of ``reference.nn``.
+"""BatchNorm recalibration (docs/methods.md §1.13), NumPy reference for the MLP of ``reference.nn``.
 
 BNT ([TH] §5.3.3) and BnUpdate ([SC] §3.6) are the same operator with different batch lists:
 reset every BN layer's running statistics, then run forward passes in train mode with a
 cumulative moving average (PyTorch ``momentum=None``), weights untouched. ``bnt_batches`` and
 ``bnupdate_batches`` produce those batch lists as index arrays; they are pure index logic, so
-accel imports them (DESIGN.md: no twin, no drift).
+accel imports them (docs/methods.md §1.15: no twin, no drift).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _check_batches(batches, width: int, dtype) -> list:
 
 
 def bn_recalibrate(params, buffers, batches, bn_eps: float = 1e-5) -> dict:
-    """New BN buffers after recalibration on ``batches`` (SPEC §6.4 BNT / BnUpdate).
+    """New BN buffers after recalibration on ``batches`` (docs/methods.md §1.13 BNT / BnUpdate).
 
     Every BN layer is reset (running_mean 0, running_var 1, num_batches_tracked 0), then each
     batch x runs ``mlp_forward(params, buffers, x, train=True, bn_momentum=None)``: after b
@@ -68,7 +68,7 @@ def _int(v, name: str, lo: int) -> int:
 
 def bnt_batches(n_train: int, n_samples: int = 1000, n_batches: int = 100, batch_size: int = 128,
                 seed: int = 0) -> list[np.ndarray]:
-    """BNT batch indices (SPEC §6.4 resolution): a fixed random subset of ``min(n_samples, n_train)``
+    """BNT batch indices (docs/methods.md §1.13 resolution): a fixed random subset of ``min(n_samples, n_train)``
     training indices (drawn without replacement, sorted), then ``n_batches`` batches of
     ``batch_size`` indices drawn with replacement from that subset, all from
     ``np.random.default_rng(seed)``. Returns a list of int64 arrays."""
@@ -81,7 +81,7 @@ def bnt_batches(n_train: int, n_samples: int = 1000, n_batches: int = 100, batch
 
 
 def bnupdate_batches(n_train: int, batch_size: int = 128) -> list[np.ndarray]:
-    """BnUpdate batch indices (SPEC §6.3 l.8 resolution): one pass over 0..n_train-1 in order, in
+    """BnUpdate batch indices (docs/methods.md §1.13, §8.3): one pass over 0..n_train-1 in order, in
     batches of ``batch_size``; a last batch of a single sample is joined to the one before it
     (BatchNorm in train mode needs >= 2 samples). Returns a list of int64 arrays."""
     n_train = _int(n_train, "n_train", 2)

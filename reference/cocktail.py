@@ -1,6 +1,6 @@
 """Sparse Cocktail ([SC] Li et al., ICML 2024), procedure 'cocktail', written once over the engines
 (``reference.engine`` / ``accel.engine``); the per-backend co-training step and array operators live
-in ``reference.cocktail_step`` / ``accel.cocktail_step``. SPEC §7.6 (pipeline), §2.5, §2.6(b) (UMG),
+in ``reference.cocktail_step`` / ``accel.cocktail_step``. docs/methods.md §8.1 (pipeline), §2.5, §2.6(b) (UMG),
 §4.6 (dense pivot), §5.6 (schedule), §6.3 (Alg. 1), §6.4 (BnUpdate).
 
     T = the training set; B = its last 5% per class (hold-out, [SC] Table 5), T' = T \\ B  (see below)
@@ -17,11 +17,11 @@ in ``reference.cocktail_step`` / ``accel.cocktail_step``. SPEC §7.6 (pipeline),
     D_best <- D_1; for k = 2..N: alpha_k <- argmax_{alpha in C} sum_{j<=k} sum_{m in {u_j, c_j, nm_j}}
               ValAcc_B[(alpha D_best + (1 - alpha) D_k) ⊙ m];  D_best <- alpha_k D_best + (1 - alpha_k) D_k
     BnUpdate: for each subnetwork (dense, u_1..u_N, c_1..c_N, 1:2, 2:4, 4:8) its own BN statistics,
-              one pass over T' in train mode (App. C Alg. 1 l.8, SPEC §6.3)
+              one pass over T' in train mode (App. C Alg. 1 l.8, docs/methods.md §8.3)
 
 Output: ONE shared weight set D_best, a bank of masks (24 at N = 10: 1 dense (all-ones) + 10
 unstructured + 10 channel + 3 N:M, [SC] §4 "24 networks at once") and one BN-statistics set per
-subnetwork. Decisions (SPEC resolutions unless stated):
+subnetwork. Decisions (docs/methods.md §8 explains each):
 - Hold-out: [SC] says "last 5% of training set". MNIST-5k is stored sorted by label, so the literal
   last 5% would be digit 9 only; we take the last 5% *of each class* in native order (the paper's
   intent on CIFAR-10, whose order is not sorted). It is never trained on (dense stage included),

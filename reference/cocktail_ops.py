@@ -1,23 +1,23 @@
 """Sparse Cocktail operators ([SC] Li et al.), NumPy reference: UMG channel masks, the dense-pivot
 distillation loss (Eq. 1), the greedy interpolation choice (App. C Alg. 1) and the IMP schedules.
 
-SPEC §2.6(b), §4.6, §5.6, §6.3, §7.6. Array operators have twins in ``accel.cocktail_ops``; the
+docs/methods.md §1.7, §8.2, §8.1, §8.3. Array operators have twins in ``accel.cocktail_ops``; the
 scalar logic (schedules, greedy choice, pivot step order) is written once here and imported there.
 The GMP cubic schedule is ``reference.schedules.gmp_density_at`` (not repeated here).
 
-Resolutions used (SPEC):
+Resolutions used (docs/methods.md §8):
 - UMG score ([SC] §3.4): score_o = beta * ||m^u ⊙ W_o||_1 + (1 - beta) * ||m^nm ⊙ W_o||_1, beta = 0.8;
-  a missing N:M mask (IMP iteration 1) is all-ones ("1:1" dense, §2.6(b) resolution 2); keep the top
-  floor(d * O + 0.5) output channels per layer, same ratio in every layer (resolution 3), optionally
-  only among the channels still alive (nested, resolution 1). Ties -> lower channel index.
+  a missing N:M mask (IMP iteration 1) is all-ones ("1:1" dense, docs/methods.md §1.7); keep the top
+  floor(d * O + 0.5) output channels per layer, same ratio in every layer (§1.7), optionally
+  only among the channels still alive (nested, §1.7). Ties -> lower channel index.
 - Eq. 1: L = 1/2 [CE(S(X), Y) + L_soft(S(X), stopgrad(D(X)))] with L_soft the soft-target cross-entropy
-  -sum_c softmax(D(X)/T)_c log softmax(S(X)/T)_c, T = 1, batch mean (SPEC §4.6 resolution 1; T is a
+  -sum_c softmax(D(X)/T)_c log softmax(S(X)/T)_c, T = 1, batch mean (docs/methods.md §8.2; T is a
   parameter because it is NOT GIVEN; for T != 1 the term is not rescaled by T^2).
-- Alg. 1 argmax ties -> the LARGEST alpha (keeps D_best; SPEC §6.3 resolution 5).
-- IMP (SPEC §5.6): s^u_k = 1 - 0.8^k, s^c_k = 1 - 0.9^k; N:M 1:2 for k in 2..4, 2:4 for 5..7,
+- Alg. 1 argmax ties -> the LARGEST alpha (keeps D_best; docs/methods.md §8.3).
+- IMP (docs/methods.md §8.1): s^u_k = 1 - 0.8^k, s^c_k = 1 - 0.9^k; N:M 1:2 for k in 2..4, 2:4 for 5..7,
   4:8 from 8 (masks generated at P_2, P_5, P_8, "keep them unchanged elsewhere"); none at k = 1.
   The unstructured masks are nested: keep floor(0.8 * |m^u_{k-1}| + 0.5) of the previous support,
-  global magnitude (SPEC §7.6 resolution 1).
+  global magnitude (docs/methods.md §8.1).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | No
 
 
 def imp_unstructured_masks(weights: Mapping, prev_masks: Mapping, rate: float = UNSTRUCTURED_RATE) -> dict:
-    """IMP step P_k of the unstructured pattern ([SC] §3.1, §4; SPEC §7.6): keep the
+    """IMP step P_k of the unstructured pattern ([SC] §3.1, §4; docs/methods.md §8.1): keep the
     |m_{k-1}| - floor(rate |m_{k-1}| + 0.5) largest |W| among the previously kept weights
     (``imp_keep_count``: "prune rate of the remaining", as the IMP procedure), globally over all
     layers (dict order, tie rule). ``prev_masks`` all-True at k = 1."""
@@ -196,7 +196,7 @@ def dense_pivot_loss(sparse_logits, dense_logits, y, temperature: float = 1.0):
 
 
 def pivot_step(i: int, patterns: Sequence[str]) -> str:
-    """Dense-pivot co-training order ([SC] §3.5, App. E; SPEC §4.6 resolution 3): iteration i (1-based)
+    """Dense-pivot co-training order ([SC] §3.5, App. E; docs/methods.md §8.2): iteration i (1-based)
     is 'dense' when odd; even iterations cycle round-robin over ``patterns`` (e.g. ['u', 'c', 'nm'])."""
     i = check_int(i, "i", 1)
     pats = list(patterns)
@@ -237,7 +237,7 @@ def nm_generated_at(k: int, schedule=NM_SCHEDULE) -> bool:
 
 def imp_schedule(n_iterations: int = IMP_ITERATIONS, unstructured_rate: float = UNSTRUCTURED_RATE,
                  channel_rate: float = CHANNEL_RATE, schedule=NM_SCHEDULE) -> list[dict]:
-    """The SPEC §5.6 table: one dict per k = 1..n with 'k', 'unstructured', 'channel', 'nm', 'nm_new'."""
+    """The docs/methods.md §8.1 table: one dict per k = 1..n with 'k', 'unstructured', 'channel', 'nm', 'nm_new'."""
     n = check_int(n_iterations, "n_iterations", 1)
     return [dict(k=k, unstructured=unstructured_sparsity_at(k, unstructured_rate),
                  channel=channel_sparsity_at(k, channel_rate), nm=nm_pattern_at(k, schedule),
@@ -259,7 +259,7 @@ def check_pool(pool: Iterable[float]) -> tuple[float, ...]:
 
 
 def choose_alpha(scores: Mapping[float, float]) -> float:
-    """argmax over alpha of the objective; ties -> the largest alpha (SPEC §6.3 resolution 5). NaN is an error."""
+    """argmax over alpha of the objective; ties -> the largest alpha (docs/methods.md §8.3). NaN is an error."""
     if not scores:
         raise ValueError("no candidate scores to choose from")
     vals = {float(a): float(v) for a, v in scores.items()}

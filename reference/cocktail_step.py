@@ -1,4 +1,4 @@
-"""Sparse Cocktail's co-training step for the NumPy MLP ([SC] §3.5, Eq. 1, Fig. 2; SPEC §4.5, §4.6)
+"""Sparse Cocktail's co-training step for the NumPy MLP ([SC] §3.5, Eq. 1, Fig. 2; docs/methods.md §1.9, §8.2)
 and the array operators the procedure (``reference.cocktail``, written once) calls on this backend.
 Twin: ``accel.cocktail_step``.
 
@@ -8,14 +8,14 @@ One shared weight set W (the dense network D_k); a subnetwork S_k = D_k ⊙ m sh
     sparse step (i even): S = W ⊙ m; L = 1/2 [CE(S(X_i), Y_i) + CE_soft(S(X_i), stopgrad(D(X_i)))] (Eq. 1)
                           g = m ⊙ dL/d(W ⊙ m); only the entries on m take the step (weights AND
                           momentum), entries off m keep their values: the shared dense weights are
-                          never zeroed by a sparse step (unlike the masked step of SPEC §4.5, which
+                          never zeroed by a sparse step (unlike the masked step of docs/methods.md §1.9, which
                           re-masks the weights: that is for a network that *is* sparse)
     AST-style step (ablation, no dense pivot): the sparse forward with plain CE, no distillation
 
-SGD with PyTorch's convention (SPEC §0.3): d = g + wd w; b <- mu b + d (b = 0 after a rewind, so
+SGD with PyTorch's convention (docs/methods.md §1.9): d = g + wd w; b <- mu b + d (b = 0 after a rewind, so
 the first step gives b = d exactly as torch.optim.SGD); d <- d + mu b (Nesterov) or b; w <- w - lr d.
 Biases and BatchNorm parameters are never masked. The teacher D(X_i) runs in train mode (batch
-statistics) without updating the running statistics (SPEC §4.6 resolution 2); the student's forward
+statistics) without updating the running statistics (docs/methods.md §8.2); the student's forward
 updates the shared running statistics (BnUpdate per subnetwork fixes them at the end, [SC] §3.6).
 """
 from __future__ import annotations

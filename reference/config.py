@@ -112,7 +112,7 @@ class RunConfig:
     acdc_final_decompressed: Optional[int] = None
     acdc_final_compressed: Optional[int] = None
     acdc_distribution: str = "global"
-    # Sup-tickets around the method ([ST] Alg. 1; SPEC §5.1, §6.1, §7.2)
+    # Sup-tickets around the method ([ST] Alg. 1; docs/methods.md §4.2, §4.3, §4.1)
     suptickets: bool = False
     st_cycle_epochs: float = 0.5
     st_n_tickets: Optional[int] = None
@@ -131,7 +131,7 @@ class RunConfig:
     st_explore_at_stage_start: bool = False
     # DST-EE exploitation degree ([EE] Eq. 2-3) of every mask update, logged beside R
     ee_exploitation_degree: bool = True
-    # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; SPEC §5.7, §6.2, §7.1); procedure 'train' = one run
+    # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; docs/methods.md §5.1, §5.3); procedure 'train' = one run
     procedure: str = "train"
     d2_states: int = 10
     d2_schedule: str = "geometric"
@@ -148,12 +148,12 @@ class RunConfig:
     # each state's initial masks: "random" ERK masks ([D2] §3, literal) or the previous state's network
     # magnitude-pruned to the state's density, then drop_fraction of it re-grown at random per branch
     d2_mask_init: str = "random"
-    # IMP with weight rewinding (SPEC §7.7): N iterations pruning imp_rate of the remaining weights
+    # IMP with weight rewinding (docs/methods.md §2.5): N iterations pruning imp_rate of the remaining weights
     imp_iterations: int = 10
     imp_rate: float = 0.2
     imp_rewind_epoch: int = 1
     imp_scope: str = "global"
-    # CrAM ([TH] Ch. 5 Alg. 2; SPEC §4.3, §4.4, §7.4; reference.cram_spec): procedure 'cram' trains a dense
+    # CrAM ([TH] Ch. 5 Alg. 2; docs/methods.md §7.1, §7.2, §7.5; reference.cram_spec): procedure 'cram' trains a dense
     # model with cram_mode, then prunes it one-shot at cram_eval_sparsities (+ BNT on cram_bnt_samples)
     cram_mode: str = "cram"
     cram_rho: float = 0.05
@@ -171,7 +171,7 @@ class RunConfig:
     # uniform Top-K (training compressions ':uniform' and the one-shot 'uniform' pattern) keeps the first
     # and the last layer dense ([TH] §5.4.1: "we keep the first and last layers dense"); False prunes them
     cram_uniform_first_last_dense: bool = True
-    # Sparse Cocktail ([SC] §3-4, App. C, F; SPEC §7.6): N IMP iterations of UMG masks + dense-pivot
+    # Sparse Cocktail ([SC] §3-4, App. C, F; docs/methods.md §8.1): N IMP iterations of UMG masks + dense-pivot
     # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail)
     cocktail_iterations: int = 10
     cocktail_rewind_epoch: int = 1

@@ -1,6 +1,6 @@
 """CrAM -- Compression-Aware Minimization: the operators of one step, NumPy reference.
 
-[TH] Ch. 5: Eq. 5.1-5.9, Alg. 2, §5.3, §5.6.2; SPEC §4.3, §4.4, §7.4. Pure functions on dicts
+[TH] Ch. 5: Eq. 5.1-5.9, Alg. 2, §5.3, §5.6.2; docs/methods.md §7.1, §7.2, §7.5. Pure functions on dicts
 name -> array; the caller computes the gradients (a forward/backward at each point) and runs the
 optimizer. One CrAM / CrAM⁺ step (Alg. 2) in terms of these operators:
 
@@ -16,11 +16,11 @@ THE PERTURBATION IS NOT NORMALIZED: Eq. 5.2/5.6 and Alg. 2 l.6 use theta + rho *
 rho * g / ||g||, [TH] App. C Eq. C.2, is ``sam_point``; C-SAM, Eq. 5.7, uses it; ``cram_point``
 offers it with ``normalize=True`` only as a switch.) Top-K (Eq. 5.8) and Top-K⁺ (Eq. 5.9) are
 ``cram_point`` with rho = 0. Norms are the l2 norm over every tensor of the gradient dict
-(SPEC §4.3: all trainable parameters), accumulated in float64.
+(docs/methods.md §7.1: all trainable parameters), accumulated in float64.
 
 Compressions (``Compression``, scalar config shared with accel) act on the ``prunable`` tensors only;
-the other tensors (BN, biases) pass through C unchanged (SPEC §4.4). Top-K returns the index-set mask
-1[i in A_k] (SPEC §2.1 resolution for CrAM; "M_t ... the linear projection operator onto the support
+the other tensors (BN, biases) pass through C unchanged (docs/methods.md §7.2). Top-K returns the index-set mask
+1[i in A_k] (docs/methods.md §1.2 resolution for CrAM; "M_t ... the linear projection operator onto the support
 of the largest K coordinates", Alg. 2 l.8); N:M returns its pattern mask; quantization has no mask
 (Alg. 2 l.11: no sparse gradient).
 """
@@ -48,7 +48,7 @@ COMPRESSION_KINDS = ("topk", "nm", "quant")
 class Compression:
     """One compression operator C of Alg. 2 ([TH] §5.3.3, §5.4.1). Build with ``topk_compression``,
     ``nm_compression`` or ``quant_compression``. ``sparsity`` is the fraction of zeros ("CrAM-k50
-    indicates that the Top-K operator with k=50% was used", i.e. k50 = 50% sparsity, SPEC §2.1)."""
+    indicates that the Top-K operator with k=50% was used", i.e. k50 = 50% sparsity, docs/methods.md §1.2)."""
     kind: str
     sparsity: float | None = None
     distribution: str = "global"
@@ -88,7 +88,7 @@ def quant_compression(bits: int = 4) -> Compression:
 
 
 def percent_range(lo: int, hi: int) -> tuple[float, ...]:
-    """Sparsities {lo%, lo+1%, ..., hi%} (SPEC §4.4 resolution of "sampled uniformly at random in the
+    """Sparsities {lo%, lo+1%, ..., hi%} (docs/methods.md §7.2 resolution of "sampled uniformly at random in the
     range 30%-90%": the integer percentages of the range)."""
     lo, hi = check_int(lo, "lo (percent)", 0, 99), check_int(hi, "hi (percent)", 0, 99)
     if hi < lo:
@@ -105,7 +105,7 @@ def sample_compression(compressions: Sequence, seed: int, t: int):
     """Alg. 2 l.5 "Uniformly choose a compression method C in the set": the element chosen at step t.
 
     A deterministic function of (seed, t) (``np.random.default_rng(step_seed(seed, t))``), so both
-    backends, resumed runs and every DDP rank choose the same C (DESIGN.md pitfalls). An empty set
+    backends, resumed runs and every DDP rank choose the same C (docs/methods.md §1.15). An empty set
     is an error."""
     comps = list(compressions)
     if not comps:
@@ -170,7 +170,7 @@ def _prunable(params: Mapping, prunable) -> list[str]:
 
 
 def grad_norm(grads: Mapping[str, np.ndarray]) -> float:
-    """Global l2 norm over every tensor of the dict, accumulated in float64 (SPEC §4.3)."""
+    """Global l2 norm over every tensor of the dict, accumulated in float64 (docs/methods.md §7.1)."""
     return math.sqrt(sum(float(np.sum(np.square(np.asarray(g, dtype=np.float64)))) for g in grads.values()))
 
 
@@ -231,7 +231,7 @@ def perturb(params: Mapping, grads: Mapping, rho: float, normalize: bool = False
 
 
 def sam_point(params: Mapping, grads: Mapping, rho: float, backend=None) -> dict:
-    """SAM's perturbed point theta + rho * g / ||g|| ([TH] §5.2, App. C Eq. C.2; SPEC §4.3)."""
+    """SAM's perturbed point theta + rho * g / ||g|| ([TH] §5.2, App. C Eq. C.2; docs/methods.md §7.1)."""
     return perturb(params, grads, rho, normalize=True, backend=backend)
 
 
@@ -281,7 +281,7 @@ def sparse_grads(grads: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
 def cram_update_grads(grad_tilde: Mapping, grad: Mapping | None = None, masks: Mapping | None = None,
                       plus: bool = True, backend=None) -> dict:
     """The gradient fed to the optimizer (Alg. 2 l.9-14): g~ = grad L(theta~), masked by M_t when
-    ``masks`` is given (sparse intermediate gradients, SPEC §4.4 flag ``sparse_grad``), plus the
+    ``masks`` is given (sparse intermediate gradients, docs/methods.md §7.2 flag ``sparse_grad``), plus the
     dense gradient g = grad L(theta) for CrAM⁺ (Eq. 5.4; ``plus=True`` needs ``grad``)."""
     b = backend or _NUMPY
     if not isinstance(plus, bool):

@@ -1,11 +1,11 @@
 """CrAM run options as scalar logic (written once, imported by accel): the text form of a
 compression set, the update modes, and the checks of the ``cram_*`` fields of ``RunConfig``.
 
-[TH] Ch. 5, Alg. 2; SPEC §4.3, §4.4, §7.4. A compression is written as a string:
+[TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5. A compression is written as a string:
 
     "topk:0.7"            Top-K at 70% sparsity, global magnitude (the thesis' default, [TH] §5.4)
     "topk:0.7:uniform"    the same sparsity in every prunable layer
-    "topk:0.3-0.9"        every integer percentage 30%, 31%, ..., 90% (SPEC §4.4 resolution of
+    "topk:0.3-0.9"        every integer percentage 30%, 31%, ..., 90% (docs/methods.md §7.2 resolution of
                           "sampled uniformly at random in the range 30%-90%"; one Compression each)
     "nm:2:4"              N:M keeping 2 of every 4 along the reduction axis (CrAM⁺-N:M)
     "quant:4"             symmetric per-channel 4-bit quantization (CrAM⁺-4Bits)
@@ -131,7 +131,7 @@ def check_mode(mode) -> str:
 
 
 def parse_eval_patterns(patterns) -> list[tuple[str, object]]:
-    """The one-shot patterns of the evaluation protocol (SPEC §7.4): 'global' / 'uniform' (Top-K at
+    """The one-shot patterns of the evaluation protocol (docs/methods.md §7.5): 'global' / 'uniform' (Top-K at
     every evaluation sparsity) or a fixed compression string of kind nm / quant ('nm:2:4', 'quant:4').
     Returns [(name, 'global' | 'uniform' | Compression)]."""
     if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
@@ -212,7 +212,7 @@ def validate_cram_fields(cfg, error=ValueError) -> None:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s < 1.0):
             raise error(f"cram_eval_sparsities entry {s!r} is outside the allowed range [0, 1)")
     if cfg.procedure == "cram" and (cfg.method != "dense" or cfg.suptickets):
-        raise error(f"procedure='cram' trains a dense model (one-shot pruned after training, SPEC §7.4): leave "
+        raise error(f"procedure='cram' trains a dense model (one-shot pruned after training, docs/methods.md §7.5): leave "
                     f"method='dense' and density=1.0 (got method={cfg.method!r})")
 
 

@@ -1,7 +1,7 @@
 """CrAM training, NumPy reference: one step of Alg. 2 for the MLP, a small training loop, and the
 "cram" procedure (training + the one-shot evaluation protocol), written once for both backends.
 
-[TH] Ch. 5, Alg. 2, Eq. 5.2-5.9, §5.3.3, §5.4.1, §5.6; SPEC §4.3, §4.4, §6.4, §7.4.
+[TH] Ch. 5, Alg. 2, Eq. 5.2-5.9, §5.3.3, §5.4.1, §5.6; docs/methods.md §7.1, §7.2, §1.13, §7.5.
 
 One step, ``cram_step`` (mode 'cram'; the operators are ``reference.cram``):
 
@@ -12,9 +12,9 @@ One step, ``cram_step`` (mode 'cram'; the operators are ``reference.cram``):
     g~           = grad L(theta~; x), BN in train mode (batch statistics) but its
                    running statistics NOT updated ("we only track the BatchNorm statistics
                    on the dense model, before applying the compression perturbation", §5.3.3)
-    g~           <- M * g~ if sparse_grad and C has a mask (Top-K; N:M too, SPEC §4.4)   (l.9)
+    g~           <- M * g~ if sparse_grad and C has a mask (Top-K; N:M too, docs/methods.md §7.2)   (l.9)
     g~           <- g~ + g  for CrAM⁺                                                 (l.14)
-    theta'       = SGD step from theta with g~ (PyTorch convention, SPEC §0.3; masked_sgd_step
+    theta'       = SGD step from theta with g~ (PyTorch convention, docs/methods.md §1.9; masked_sgd_step
                    with all-ones masks, so weight decay and momentum are the usual ones)     (l.16)
 
 Mode 'sam' ([TH] Eq. C.2): theta~ = theta + rho g / ||g|| (l2 over every parameter), update g~.
@@ -61,7 +61,7 @@ def _compressions(compressions) -> tuple:
 
 def cached_cram_point(params: Mapping, grads: Mapping, rho: float, compression, prunable, t: int, tau: int,
                       mask_cache: Mapping | None) -> tuple[dict, dict | None, dict, bool]:
-    """theta~ = C(theta + rho g) with SPEC §4.4's tau-infrequent Top-K masks ([TH] §5.4.1, Table 5.6):
+    """theta~ = C(theta + rho g) with docs/methods.md §7.2's tau-infrequent Top-K masks ([TH] §5.4.1, Table 5.6):
     one cached mask per Top-K compression, recomputed from |theta + rho g| when it is drawn at step t
     and was computed tau or more steps ago (tau = 1: every step); otherwise theta~ = M_old * (theta + rho g).
     N:M and quantization are recomputed every step. Returns (theta~, mask, new cache, refreshed)."""
@@ -266,10 +266,10 @@ class ReferenceCramBackend:
 # ----------------------------------------------------------------------------- procedure
 
 def one_shot_evaluation(backend, net, cfg, split) -> list[dict]:
-    """SPEC §7.4 evaluation protocol: for each pattern of ``cfg.cram_eval_patterns`` ('global' and
+    """docs/methods.md §7.5 evaluation protocol: for each pattern of ``cfg.cram_eval_patterns`` ('global' and
     'uniform' magnitude Top-K at each of ``cfg.cram_eval_sparsities``; fixed N:M / quantization
     strings) prune the trained network in one shot (prunable set only), report the test accuracy and
-    NLL before and -- for networks with BatchNorm -- after BNT (SPEC §6.4: running statistics reset,
+    NLL before and -- for networks with BatchNorm -- after BNT (docs/methods.md §1.13: running statistics reset,
     then ``cram_bnt_batches`` train-mode batches of ``cram_bnt_batch_size`` drawn with replacement
     from a fixed random subset of ``cram_bnt_samples`` training samples; seed = the run seed; no
     augmentation, the MNIST-5k pipeline has none). One record per (pattern, sparsity)."""
@@ -303,7 +303,7 @@ def make_cram_backend(cfg, split):
 
 
 def run_cram(engine, cfg, on_record=None, backend=None, stages=None) -> dict:
-    """The 'cram' procedure ([TH] Alg. 2 training, then SPEC §7.4's one-shot protocol): one record per
+    """The 'cram' procedure ([TH] Alg. 2 training, then docs/methods.md §7.5's one-shot protocol): one record per
     training epoch (the dense model's test metrics); the last one also holds ``oneshot``, the list of
     one-shot pruned results (``one_shot_evaluation``). ``engine`` supplies the split and the clock.
     ``stages`` (``reference.stages.Stages``): training (epochs checkpointed) and the one-shot

@@ -1,4 +1,4 @@
-"""D²-Sparse and its baselines ([D2] §3, §4.1-4.2, App. A-B; SPEC §5.7, §6.2, §7.1), written once.
+"""D²-Sparse and its baselines ([D2] §3, §4.1-4.2, App. A-B; docs/methods.md §5.1, §5.3), written once.
 
 The procedure is scalar logic over an *engine* (``reference.engine.ReferenceEngine`` for the
 NumPy MLP, ``accel.engine.AccelEngine`` for torch models) that trains a phase, evaluates a
@@ -6,14 +6,14 @@ network and takes SNIP gradients; every array step goes through the engine's twi
 both backends run the same states, seeds, views and choices.
 
     D1 = T1(D), D2 = T2(D)                         two augmented views (AugMix weak / strong)
-    theta <- dense warm-up on D (once)               SPEC §7.1 ambiguity 1
+    theta <- dense warm-up on D (once)               docs/methods.md §5.1
     for state i = 1..k at density d_i = d_final^(i/k) (geometric; linear in sparsity as a switch):
         branch b = 1, 2: theta_b <- theta * M_b with M_b an independent random ERK mask at d_i
                          (``d2_mask_init="prune_from_previous"``: theta magnitude-pruned, see state_masks),
-                         trained with RigL (the "ERK algorithm", ambiguity 3) on D_b
+                         trained with RigL (the "ERK algorithm", docs/methods.md §5.1) on D_b
         for alpha in the grid [0.1, 0.25, 0.5, 0.75, 0.95]:
             theta_P = alpha theta_1 + (1 - alpha) theta_2    (Eq. 1; BN buffers with the same alpha)
-            M_S = SNIP(theta_P, d_i, one batch of D1)        (global |w g|, SPEC §2.7)
+            M_S = SNIP(theta_P, d_i, one batch of D1)        (global |w g|, docs/methods.md §1.10)
             score = accuracy of theta_P * M_S on D (un-augmented training data, never the test set)
         alpha* = the best score, first in grid order on ties
         theta <- fine-tune theta_P(alpha*) * M_S with RigL on D1 (5 epochs)
@@ -22,7 +22,7 @@ both backends run the same states, seeds, views and choices.
 
 Baseline LB: the same states, one branch on D (no merge, no SNIP); Baseline: each iteration sums
 the losses of a batch of D1 and the same batch of D2 (two forwards, one backward). Both train
-``d2_baseline_epochs`` (55 = 50 + 5, SPEC §7.1 ambiguity 4) per state. Each phase (warm-up,
+``d2_baseline_epochs`` (55 = 50 + 5, docs/methods.md §5.4) per state. Each phase (warm-up,
 branch, fine-tune, baseline state) is a fresh run of the training loop: its own optimizer
 (momentum from 0) and its own LR schedule over the phase.
 
@@ -47,7 +47,7 @@ ALPHA_GRID = (0.1, 0.25, 0.5, 0.75, 0.95)
 
 
 def state_densities(final_density: float, k: int, schedule: str = "geometric") -> list:
-    """Target densities d_1..d_k of the states (SPEC §5.7): geometric d_i = d_final^(i/k), or
+    """Target densities d_1..d_k of the states (docs/methods.md §5.1): geometric d_i = d_final^(i/k), or
     linear in sparsity 1 - (1 - d_final) i / k. The last one is d_final exactly."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r} states must be an integer >= 1")
@@ -64,7 +64,7 @@ def state_densities(final_density: float, k: int, schedule: str = "geometric") -
 
 
 def best_alpha(alphas, scores) -> tuple:
-    """(alpha*, index): the highest score, the first in grid order on ties (SPEC §6.2)."""
+    """(alpha*, index): the highest score, the first in grid order on ties (docs/methods.md §5.3)."""
     if len(alphas) == 0 or len(alphas) != len(scores):
         raise ValueError(f"need one score per alpha, got {len(scores)} scores for {len(alphas)} alphas")
     i = max(range(len(scores)), key=lambda j: (scores[j], -j))

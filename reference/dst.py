@@ -1,4 +1,4 @@
-"""Dynamic sparse training operators, NumPy reference (SPEC §3.2, §3.3, §5.5, §8.6).
+"""Dynamic sparse training operators, NumPy reference (docs/methods.md §2.1, §3.2, §2.4, §3.4).
 
 The prune-and-grow exploration of [ST] §3.1 Eq. (1)-(2), in jaxpruner's contract
 (score -> exact top-k -> mask), per layer:
@@ -8,7 +8,7 @@ The prune-and-grow exploration of [ST] §3.1 Eq. (1)-(2), in jaxpruner's contrac
     theta_s   = theta_s' U Phi(., p)          grow: the k largest grow scores among the positions
                                               inactive *after* the drop (just-dropped may regrow)
 
-with k = floor(f * n_active) (SPEC §3.2 resolution: per layer, equal counts). Every selection uses
+with k = floor(f * n_active) (docs/methods.md §2.1 resolution: per layer, equal counts). Every selection uses
 the tie rule of ``reference.topk`` (larger score wins, ties -> smaller flat index). Functions are
 pure; dicts map layer name -> array in layer order.
 """
@@ -61,7 +61,7 @@ def check_iteration(t) -> int:
 
 
 def swap_counts(masks: Mapping, fraction: float) -> dict:
-    """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2)."""
+    """k_l = floor(f * n_active_l) for every layer (docs/methods.md §2.1)."""
     masks = _bool_masks(masks)
     check_fraction(fraction)
     return {n: int(math.floor(float(fraction) * int(m.sum()))) for n, m in masks.items()}
@@ -69,7 +69,7 @@ def swap_counts(masks: Mapping, fraction: float) -> dict:
 
 def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
     """Drop counts[l] active weights per layer: the kept set is the top (n_active - k) drop scores
-    among the active positions (SPEC §0.3: "drop the k smallest" = complement of a keep set)."""
+    among the active positions (docs/methods.md §1.2: "drop the k smallest" = complement of a keep set)."""
     masks = _bool_masks(masks)
     counts = check_counts(counts, masks, "drop counts")
     check_layer_names(masks, drop_scores, "drop scores")
@@ -111,7 +111,7 @@ def drop_and_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, dr
 # ----------------------------------------------------------------------------- DST-EE ([EE] Eq. 1)
 
 def init_counters(masks: Mapping, init: str = "mask") -> dict:
-    """Activation counter N (SPEC §3.3 ambiguity 2): Alg. 1 N_0 = M_0 ('mask', default) or the
+    """Activation counter N (docs/methods.md §3.2 item 2): Alg. 1 N_0 = M_0 ('mask', default) or the
     text's zero tensor ('zeros'). Integer counts."""
     masks = _bool_masks(masks)
     if init not in COUNTER_INITS:
@@ -120,7 +120,7 @@ def init_counters(masks: Mapping, init: str = "mask") -> dict:
 
 
 def increment_counters(counters: Mapping, masks: Mapping) -> dict:
-    """N <- N + M_new (SPEC §3.3 ambiguity 3: the mask after drop and grow)."""
+    """N <- N + M_new (docs/methods.md §3.2 item 3: the mask after drop and grow)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, counters, "counters")
     out = {}
@@ -146,7 +146,7 @@ def check_exploration(c: float, eps: float, form: str) -> None:
 def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: float, form: str = "eq1") -> dict:
     """DST-EE acquisition function, [EE] Eq. (1):  S = |dL/dW| + c * ln(t) / (N + eps).
 
-    ``form='text'`` is the printed exploration term ln(t) / (N + c) (SPEC §3.3 ambiguity 1; the
+    ``form='text'`` is the printed exploration term ln(t) / (N + c) (docs/methods.md §3.2 item 1; the
     default follows Eq. 1 / Alg. 1, where a larger c means more exploration as Fig. 3 states).
     The score is computed in the gradient's dtype.
     """
@@ -217,7 +217,7 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
 
 
 def explored_union(explored: Mapping, masks: Mapping) -> dict:
-    """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; SPEC §8.6)."""
+    """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; docs/methods.md §3.4)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, explored, "explored")
     return {n: np.asarray(explored[n], dtype=bool) | m for n, m in masks.items()}

@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning with weight rewinding (lottery tickets; SPEC §7.7: [TH] §2.2.2
+"""Iterative magnitude pruning with weight rewinding (lottery tickets; docs/methods.md §2.5: [TH] §2.2.2
 quoting Frankle & Carbin, weight rewinding of Frankle et al. 2020; [SC] §3.1), written once over an
 engine (``reference.engine`` / ``accel.engine``).
 
@@ -6,7 +6,7 @@ engine (``reference.engine`` / ``accel.engine``).
     train densely for E epochs; keep theta_r, the network after the rewind epoch r
         (r = 0: rewind to theta_0, the original lottery-ticket reset)
     for k = 1..N:
-        prune p of the remaining weights by |theta| (global over the prunable layers, SPEC §7.7 [SC];
+        prune p of the remaining weights by |theta| (global over the prunable layers, docs/methods.md §2.5 [SC];
             or per layer): m_k subset of m_{k-1} (nested), exactly floor(p n + 0.5) of the n remaining go
         theta <- theta_r * m_k; retrain E - r epochs with the mask fixed, the LR schedule entered at
             epoch r (the same schedule as the dense run from the rewind point on)

@@ -1,7 +1,7 @@
-"""Mask operators (SPEC §2.1-2.6): magnitude, N:M, channel and random masks, NumPy reference.
+"""Mask operators (docs/methods.md §1.2-§1.7): magnitude, N:M, channel and random masks, NumPy reference.
 
 Every mask is a bool array of its weight's shape; dicts map layer name -> array and keep their
-order (SPEC §0.2). Every selection goes through ``reference.topk`` (SPEC §0.3 tie rule: larger
+order (docs/methods.md §1.1). Every selection goes through ``reference.topk`` (docs/methods.md §1.2 tie rule: larger
 score wins, ties -> smaller flat index) and every density becomes a count with
 k = floor(d * n + 0.5). Functions are pure: inputs are never modified.
 """
@@ -19,7 +19,7 @@ NM_AXES = ("reduction", "rows")
 
 
 # ----------------------------------------------------------------------------- shared checks
-# (pure scalar logic on names and shapes; accel imports these, DESIGN.md "no twin, no drift")
+# (pure scalar logic on names and shapes; accel imports these, docs/methods.md §1.15)
 
 def check_layer_dict(layers, what: str) -> None:
     if not isinstance(layers, Mapping):
@@ -39,7 +39,7 @@ def check_layer_names(layers: Mapping, per_layer: Mapping, what: str) -> None:
 
 
 def check_nm(n, m) -> tuple[int, int]:
-    """SPEC §2.5: keep n of every m consecutive weights, 0 <= n <= m, m >= 1."""
+    """docs/methods.md §1.6: keep n of every m consecutive weights, 0 <= n <= m, m >= 1."""
     for name, v in (("n", n), ("m", m)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"N:M {name} must be an integer, got {v!r}")
@@ -96,14 +96,14 @@ def check_seed(seed) -> int:
 def magnitude_mask(w: np.ndarray, density: float) -> np.ndarray:
     """Uniform magnitude pruning of one layer: keep the k = floor(d*n+0.5) largest |w|.
 
-    SPEC §2.1 (T_k, [TH] Eq. 3.2) and §2.2; ties -> smaller flat index (SPEC §0.3).
+    docs/methods.md §1.2 (T_k, [TH] Eq. 3.2) and §2.2; ties -> smaller flat index (docs/methods.md §1.2).
     """
     w = as_real_array(w, "weight")
     return topk_mask(np.abs(w), count_for_density(density, w.size))
 
 
 def magnitude_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Per-layer magnitude masks, layer l keeping floor(d_l*n_l+0.5) weights (SPEC §2.2 uniform)."""
+    """Per-layer magnitude masks, layer l keeping floor(d_l*n_l+0.5) weights (docs/methods.md §1.3 uniform)."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
     for n, d in densities.items():
@@ -115,7 +115,7 @@ def magnitude_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, f
 def global_magnitude_masks(weights: Mapping[str, np.ndarray], density: float) -> dict[str, np.ndarray]:
     """Global magnitude pruning: one top-k of |w| over the concatenation of all layers.
 
-    SPEC §2.1/2.2 ([TH] AC/DC and CrAM default); k = floor(d * N + 0.5) with N the total
+    docs/methods.md §1.3 ([TH] AC/DC and CrAM default); k = floor(d * N + 0.5) with N the total
     count; the tie rule's flat index is the index within the concatenation (dict order).
     """
     check_layer_dict(weights, "weights")
@@ -136,7 +136,7 @@ def _keep_n_per_row(groups: np.ndarray, n: int) -> np.ndarray:
 
 
 def nm_mask(w: np.ndarray, n: int, m: int, axis: str = "reduction") -> np.ndarray:
-    """N:M mask: keep n of every m consecutive weights (SPEC §2.5, [TH] §2.2.3, [SC] §3.4).
+    """N:M mask: keep n of every m consecutive weights (docs/methods.md §1.6, [TH] §2.2.3, [SC] §3.4).
 
     ``axis="reduction"`` (default, the GEMM reduction dimension): Linear [O, I] -> groups of
     m consecutive input features per row; Conv [O, I, kh, kw] -> viewed channels-last
@@ -159,7 +159,7 @@ def nm_mask(w: np.ndarray, n: int, m: int, axis: str = "reduction") -> np.ndarra
 
 def nm_masks(weights: Mapping[str, np.ndarray], n: int, m: int,
              axis: str = "reduction") -> tuple[dict[str, np.ndarray], list[str]]:
-    """N:M masks for every layer; returns ``(masks, dense_layers)`` (SPEC §2.5).
+    """N:M masks for every layer; returns ``(masks, dense_layers)`` (docs/methods.md §1.6).
 
     A layer whose group axis is not divisible by m is left dense (all-True mask), listed in
     ``dense_layers`` and named in a warning -- never silently padded.
@@ -181,7 +181,7 @@ def nm_masks(weights: Mapping[str, np.ndarray], n: int, m: int,
 
 
 def warn_dense_layers(dense_shapes: Mapping[str, tuple], m: int, axis: str) -> None:
-    """Name the layers that N:M left dense (SPEC §2.5: reported, never silently padded)."""
+    """Name the layers that N:M left dense (docs/methods.md §1.6: reported, never silently padded)."""
     if dense_shapes:
         warnings.warn(f"N:M with m={m} along axis={axis!r} left {len(dense_shapes)} layer(s) dense because "
                       f"their group axis is not divisible by {m}: {dict(dense_shapes)}", UserWarning, stacklevel=3)
@@ -198,7 +198,7 @@ def _check_channel_weight(w, what: str = "weight") -> np.ndarray:
 
 
 def channel_scores(w: np.ndarray) -> np.ndarray:
-    """L1 norm of each output filter / row: score[o] = sum |w[o]| (SPEC §2.6a, [TH] §2.2.1)."""
+    """L1 norm of each output filter / row: score[o] = sum |w[o]| (docs/methods.md §1.7, [TH] §2.2.1)."""
     w = _check_channel_weight(w)
     return np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
 
@@ -212,7 +212,7 @@ def channel_mask(w: np.ndarray, density: float) -> np.ndarray:
 
 
 def channel_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Per-layer channel masks (SPEC §2.6a), layer l keeping floor(d_l*O_l+0.5) filters."""
+    """Per-layer channel masks (docs/methods.md §1.7), layer l keeping floor(d_l*O_l+0.5) filters."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
     for name, w in weights.items():
@@ -224,7 +224,7 @@ def channel_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, flo
 # ----------------------------------------------------------------------------- random (§2.4)
 
 def random_scores(shapes: Mapping[str, tuple], seed: int) -> dict[str, np.ndarray]:
-    """Explicit randomness for random masks (SPEC §0.3, §2.4): float64 uniform [0, 1) scores.
+    """Explicit randomness for random masks (docs/methods.md §1.2, §1.5): float64 uniform [0, 1) scores.
 
     Drawn with ``np.random.default_rng(seed)`` layer by layer in dict order; accel copies these
     arrays to its device so both backends select the same positions.
@@ -235,13 +235,13 @@ def random_scores(shapes: Mapping[str, tuple], seed: int) -> dict[str, np.ndarra
 
 
 def random_mask(random_scores: np.ndarray, density: float) -> np.ndarray:
-    """Exactly k = floor(d*n+0.5) random positions: top-k of the given random scores (SPEC §2.4)."""
+    """Exactly k = floor(d*n+0.5) random positions: top-k of the given random scores (docs/methods.md §1.5)."""
     s = as_real_array(random_scores, "random scores")
     return topk_mask(s, count_for_density(density, s.size))
 
 
 def random_masks(random_scores: Mapping[str, np.ndarray], densities: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Per-layer random masks with exact counts (SPEC §2.4), from explicit random scores."""
+    """Per-layer random masks with exact counts (docs/methods.md §1.5), from explicit random scores."""
     check_layer_dict(random_scores, "random scores")
     check_layer_names(random_scores, densities, "densities")
     for name, d in densities.items():

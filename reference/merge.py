@@ -1,5 +1,5 @@
 """Merging sparse networks: Sup-tickets superposition and D²-Sparse interpolation, NumPy reference
-(SPEC §6.1, §6.2, §2.10).
+(docs/methods.md §4.3, §5.3, §1.12).
 
 A "network" here is a dict name -> array holding every parameter (prunable weights with zeros at
 inactive positions, dense biases and BN affine parameters) and, where a rule says so, the BN
@@ -90,7 +90,7 @@ def caa(tickets: Sequence[Mapping], masks: Sequence[Mapping]) -> dict:
 
 def superpose_cima(avg: Mapping | None, ticket: Mapping, beta: float) -> dict:
     """Connection-independent moving average, [ST] §3.2.2:  avg_t = beta avg_{t-1} + (1 - beta) theta_t,
-    avg_1 = theta_1 (SPEC §6.1 resolution)."""
+    avg_1 = theta_1 (docs/methods.md §4.3 resolution)."""
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta={beta!r} is outside the allowed range [0, 1]")
     if avg is None:
@@ -127,13 +127,13 @@ def interpolate(a: Mapping, b: Mapping, alpha: float) -> dict:
 
 
 def merged_masks(weights: Mapping) -> dict:
-    """The support of a merged network, 1[theta != 0] (SPEC §2.10)."""
+    """The support of a merged network, 1[theta != 0] (docs/methods.md §1.12)."""
     return {n: np.asarray(w) != 0 for n, w in weights.items()}
 
 
 def reprune(weights: Mapping, densities: Mapping | None = None, density: float | None = None) -> tuple[dict, dict]:
     """Magnitude re-pruning of a merged network back to its target: per layer to ``densities``
-    (SPEC §6.1 resolution: the current layer densities) or globally to ``density``.
+    (docs/methods.md §4.3 resolution: the current layer densities) or globally to ``density``.
     Returns (pruned weights, masks)."""
     if (densities is None) == (density is None):
         raise ValueError("reprune needs exactly one of densities= (per layer) or density= (global)")

@@ -1,9 +1,9 @@
-"""Evaluation and mask statistics (SPEC §8), NumPy reference; twin of ``accel.metrics``.
+"""Evaluation and mask statistics (docs/methods.md §1.14), NumPy reference; twin of ``accel.metrics``.
 
 Conventions shared with the twin:
 - logits are [B, K] floats, labels y are [B] integers in [0, K); every computation runs in
   float64 (float32 logits are upcast first, so both twins see the same softmax).
-- predictions are the argmax with ties going to the lowest class index (SPEC §8.1).
+- predictions are the argmax with ties going to the lowest class index (docs/methods.md §1.14).
 - results are Python floats (counts: Python ints; mask statistics: dicts of floats).
 - a fraction of counted samples (accuracy, disagreement, agreement) is the integer count divided by
   n as Python ``int / int``, the correctly rounded float64 quotient, so the twin -- whatever device
@@ -77,7 +77,7 @@ def _mask_pair(a: Mapping, b: Mapping, what_a: str, what_b: str):
 
 # ----------------------------------------------------------------------------- helpers
 def predictions(logits) -> np.ndarray:
-    """argmax over classes, ties -> lowest class index (SPEC §8.1; np.argmax returns the first max)."""
+    """argmax over classes, ties -> lowest class index (docs/methods.md §1.14; np.argmax returns the first max)."""
     return np.argmax(_logits(logits), axis=1)
 
 
@@ -88,13 +88,13 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- §8.1 - §8.3
 def accuracy(logits, y) -> float:
-    """Top-1 accuracy, fraction in [0, 1] (SPEC §8.1): correct count / n."""
+    """Top-1 accuracy, fraction in [0, 1] (docs/methods.md §1.14): correct count / n."""
     z = _logits(logits)
     return int(np.count_nonzero(np.argmax(z, axis=1) == _labels(y, z))) / z.shape[0]
 
 
 def mean_per_class_accuracy(logits, y) -> float:
-    """Mean over the classes present in ``y`` of the per-class accuracy (SPEC §8.1, [TH] Table 4.2)."""
+    """Mean over the classes present in ``y`` of the per-class accuracy (docs/methods.md §1.14, [TH] Table 4.2)."""
     z = _logits(logits)
     y = _labels(y, z)
     correct = np.argmax(z, axis=1) == y
@@ -103,14 +103,14 @@ def mean_per_class_accuracy(logits, y) -> float:
 
 
 def nll(logits, y) -> float:
-    """Mean negative log-likelihood, natural log, via log-softmax (SPEC §8.3)."""
+    """Mean negative log-likelihood, natural log, via log-softmax (docs/methods.md §1.14)."""
     z = _logits(logits)
     y = _labels(y, z)
     return float(-np.mean(_log_softmax(z)[np.arange(z.shape[0]), y]))
 
 
 def ece(logits, y, n_bins: int = 15) -> float:
-    """Expected calibration error (SPEC §8.2, [D2] App. B.1).
+    """Expected calibration error (docs/methods.md §1.14, [D2] App. B.1).
 
     confidence = max softmax (float64); bin b (1-based) = ((b-1)/B, b/B], the first bin includes 0,
     i.e. 0-based index ceil(conf * B) - 1 clipped to [0, B-1]; ECE = sum_b |M_b|/N |acc(b) - conf(b)|
@@ -132,19 +132,19 @@ def ece(logits, y, n_bins: int = 15) -> float:
 
 # ----------------------------------------------------------------------------- §8.4 - §8.5
 def disagreement(logits_a, logits_b) -> float:
-    """d_dis: fraction of samples whose top-1 predictions differ (SPEC §8.4, Fort et al. 2019)."""
+    """d_dis: fraction of samples whose top-1 predictions differ (docs/methods.md §1.14, Fort et al. 2019)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
     return int(np.count_nonzero(np.argmax(za, axis=1) != np.argmax(zb, axis=1))) / za.shape[0]
 
 
 def sample_agreement(logits_a, logits_b) -> float:
-    """Fraction of samples with equal top-1 predictions = 1 - d_dis (SPEC §8.5; x100 for %)."""
+    """Fraction of samples with equal top-1 predictions = 1 - d_dis (docs/methods.md §1.14; x100 for %)."""
     za, zb = _pair(logits_a, logits_b, "logits_a", "logits_b")
     return int(np.count_nonzero(np.argmax(za, axis=1) == np.argmax(zb, axis=1))) / za.shape[0]
 
 
 def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:
-    """Mean over samples of KL(p || q) = sum_c p_c (log p_c - log q_c) (SPEC §8.4);
+    """Mean over samples of KL(p || q) = sum_c p_c (log p_c - log q_c) (docs/methods.md §1.14);
     ``symmetric=True`` averages KL(p||q) and KL(q||p)."""
     zp, zq = _pair(logits_p, logits_q, "logits_p", "logits_q")
     lp, lq = _log_softmax(zp), _log_softmax(zq)
@@ -156,14 +156,14 @@ def kl_divergence(logits_p, logits_q, symmetric: bool = False) -> float:
 
 
 def prediction_cross_entropy(logits_ref, logits_other) -> float:
-    """-(1/N) sum_i sum_c p_ref,c log p_other,c (SPEC §8.5; dense model as the reference)."""
+    """-(1/N) sum_i sum_c p_ref,c log p_other,c (docs/methods.md §1.14; dense model as the reference)."""
     zr, zo = _pair(logits_ref, logits_other, "logits_ref", "logits_other")
     return float(-np.mean(np.sum(np.exp(_log_softmax(zr)) * _log_softmax(zo), axis=1)))
 
 
-# ----------------------------------------------------------------------------- §8.6 - §8.8, §0.2
+# ----------------------------------------------------------------------------- docs/methods.md §1.14, §3.4, §1.1
 def hamming_distance(masks_a: Mapping, masks_b: Mapping, normalized: bool = False):
-    """Number of positions where two mask dicts differ (int), or that count / |P| (float) (SPEC §8.7)."""
+    """Number of positions where two mask dicts differ (int), or that count / |P| (float) (docs/methods.md §1.14)."""
     ma, mb = _mask_pair(masks_a, masks_b, "masks_a", "masks_b")
     diff = sum(int(np.count_nonzero(ma[n] != mb[n])) for n in ma)
     if not normalized:
@@ -172,7 +172,7 @@ def hamming_distance(masks_a: Mapping, masks_b: Mapping, normalized: bool = Fals
 
 
 def exploration_degree(counters: Mapping) -> float:
-    """R = (entries with counter > 0) / (all entries) over a dict of counter arrays (SPEC §8.6, [EE])."""
+    """R = (entries with counter > 0) / (all entries) over a dict of counter arrays (docs/methods.md §3.4, [EE])."""
     if not isinstance(counters, Mapping):
         raise TypeError(f"counters must be a dict of layer name -> counter array, got {type(counters).__name__}")
     check_nonempty(counters, "dict of counters")
@@ -192,7 +192,7 @@ def exploration_degree(counters: Mapping) -> float:
 
 
 def mask_change(mask_prev: Mapping, mask_new: Mapping) -> dict[str, float]:
-    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (SPEC §8.8)."""
+    """XOR count of consecutive masks over the kept weights of ``mask_prev`` and over |P| (docs/methods.md §1.14)."""
     mp, mn = _mask_pair(mask_prev, mask_new, "mask_prev", "mask_new")
     xor = sum(int(np.count_nonzero(mp[n] ^ mn[n])) for n in mp)
     kept = sum(int(np.count_nonzero(m)) for m in mp.values())
@@ -203,7 +203,7 @@ def mask_change(mask_prev: Mapping, mask_new: Mapping) -> dict[str, float]:
 
 
 def layer_densities(masks: Mapping) -> dict[str, float]:
-    """Kept fraction of each mask (SPEC §0.2: density counted from the mask); empty masks are an error."""
+    """Kept fraction of each mask (docs/methods.md §1.1: density counted from the mask); empty masks are an error."""
     ms = _masks(masks, "masks")
     for name, m in ms.items():
         if m.size == 0:
@@ -212,13 +212,13 @@ def layer_densities(masks: Mapping) -> dict[str, float]:
 
 
 def total_density(masks: Mapping) -> float:
-    """Kept entries over all entries of all masks (SPEC §0.2)."""
+    """Kept entries over all entries of all masks (docs/methods.md §1.1)."""
     ms = _masks(masks, "masks")
     return sum(int(np.count_nonzero(m)) for m in ms.values()) / sum(m.size for m in ms.values())
 
 
 def zero_fraction(weights) -> float:
-    """Fraction of weights that are exactly zero ("actual zero weights", SPEC §0.2, §8.10);
+    """Fraction of weights that are exactly zero ("actual zero weights", docs/methods.md §1.1, §1.14);
     ``weights`` is one array or a dict of arrays (counted together)."""
     arrays = dict(weights) if isinstance(weights, Mapping) else {"weights": weights}
     check_nonempty(arrays, "dict of weights")

@@ -1,4 +1,4 @@
-"""A tiny NumPy MLP with a hand-written backward pass (DESIGN.md, "reference/" row).
+"""A tiny NumPy MLP with a hand-written backward pass (docs/methods.md §1.15).
 
 Architecture (twin of ``accel.models.MLP``): for every hidden layer
 ``Linear -> BatchNorm1d (optional) -> ReLU``; the last ``Linear`` gives the logits.

@@ -1,4 +1,4 @@
-"""Masked (sparse-support) SGD step, SPEC §4.5 with the optimizer convention of SPEC §0.3.
+"""Masked (sparse-support) SGD step, docs/methods.md §1.9 (with its optimizer convention).
 
 PyTorch convention (a documented deviation from [TH] §2.1.2, which writes
 v <- mu v - eta g, theta <- theta + v; the two agree only for a constant learning rate):

@@ -1,6 +1,6 @@
 """Selecting the prunable set by name (pure name logic; accel applies it to a torch model).
 
-SPEC §0.2/§0.4: conv and linear weights by default. ``include`` / ``exclude`` take parameter
+docs/methods.md §1.1: conv and linear weights by default. ``include`` / ``exclude`` take parameter
 names (``fc.0.weight``), module names (``fc.0``), fnmatch patterns (``layer4.*``) or the tokens
 ``"first"`` / ``"last"`` (first / last prunable layer in registration order). A pattern that
 matches nothing is an error, so a typo never silently changes what is pruned.

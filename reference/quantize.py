@@ -2,7 +2,7 @@
 
 [TH] §5.4.1 "Quantization": "the compression operator C is the symmetric per-channel weight
 quantization to 4 bits (round to nearest integer)". The integer range and the scale are NOT GIVEN;
-SPEC §2.9 resolution (symmetric, zero maps to zero, 2^b - 1 levels):
+docs/methods.md §1.11 resolution (symmetric, zero maps to zero, 2^b - 1 levels):
 
     q_max = 2^(b-1) - 1  (= 7 for b = 4)
     s_c   = max |W_c| / q_max                       per output channel c (dim 0)
@@ -58,7 +58,7 @@ def quantize_codes(w: np.ndarray, bits: int = 4) -> tuple[np.ndarray, np.ndarray
 
 
 def quantize_dequantize(w: np.ndarray, bits: int = 4) -> np.ndarray:
-    """Q(W): the quantized weight as a float array of w's shape and dtype (SPEC §2.9)."""
+    """Q(W): the quantized weight as a float array of w's shape and dtype (docs/methods.md §1.11)."""
     codes, scales = quantize_codes(w, bits)
     flat = codes.reshape(codes.shape[0], -1).astype(scales.dtype) * scales[:, None]
     return flat.reshape(codes.shape)

@@ -118,7 +118,7 @@ DROP_FRACTION_SCHEDULES = ("constant", "cosine", "linear")
 
 
 def check_update_schedule(delta_t, t_start, t_end, drop_fraction, fraction_schedule) -> None:
-    """Validate a drop-and-grow schedule (SPEC §3.2: all of these are NOT GIVEN, hence parameters)."""
+    """Validate a drop-and-grow schedule (docs/methods.md §2.1: all of these are NOT GIVEN, hence parameters)."""
     if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t <= 0:
         raise ValueError(f"delta_t={delta_t!r} is not allowed: the update interval must be an integer >= 1")
     for name, v in (("t_start", t_start), ("t_end", t_end)):
@@ -152,7 +152,7 @@ def drop_fraction_at(t: int, f0: float, schedule: str, t_start: int, t_end: int)
 
 
 def gmp_density_at(t: int, d_init: float, d_final: float, t_start: int, t_end: int) -> float:
-    """GMP cubic schedule, SPEC §5.5 (Zhu & Gupta 2017, EXTERNAL form), written in densities:
+    """GMP cubic schedule, docs/methods.md §2.4 (Zhu & Gupta 2017, EXTERNAL form), written in densities:
     s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_end - t0))^3, clamped to [t0, t_end]."""
     x = min(max((t - t_start) / (t_end - t_start), 0.0), 1.0)
     s_i, s_f = 1.0 - d_init, 1.0 - d_final

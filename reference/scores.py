@@ -1,7 +1,7 @@
-"""Per-weight scores (SPEC §2.2, §2.7, §3.2), NumPy reference.
+"""Per-weight scores (docs/methods.md §1.3, §1.10, §2.1), NumPy reference.
 
 A score has the weight's shape; larger = more important. Selection on scores always goes
-through ``reference.topk`` (SPEC §0.3 tie rule). NaN/inf inputs are errors.
+through ``reference.topk`` (docs/methods.md §1.2 tie rule). NaN/inf inputs are errors.
 """
 from __future__ import annotations
 
@@ -15,17 +15,17 @@ from .topk import topk_masks_global
 
 
 def magnitude_scores(w: np.ndarray) -> np.ndarray:
-    """|w| -- the magnitude criterion ([TH] §2.2.1; SPEC §2.2)."""
+    """|w| -- the magnitude criterion ([TH] §2.2.1; docs/methods.md §1.3)."""
     return np.abs(as_real_array(w, "weight"))
 
 
 def gradient_scores(g: np.ndarray) -> np.ndarray:
-    """|g| -- RigL's grow criterion, "top-k absolute largest gradients" ([EE]; SPEC §3.2)."""
+    """|g| -- RigL's grow criterion, "top-k absolute largest gradients" ([EE]; docs/methods.md §2.1)."""
     return np.abs(as_real_array(g, "gradient"))
 
 
 def snip_scores(w: np.ndarray, g: np.ndarray, normalize: bool = False) -> np.ndarray:
-    """SNIP connection sensitivity |w * g| (SPEC §2.7, EXTERNAL form of Lee et al. 2019).
+    """SNIP connection sensitivity |w * g| (docs/methods.md §1.10, EXTERNAL form of Lee et al. 2019).
 
     ``normalize=True`` divides by the sum over all entries (s_j = sal_j / sum_k sal_k); a zero
     sum is an error since the normalized score is then undefined.
@@ -45,10 +45,10 @@ def snip_scores(w: np.ndarray, g: np.ndarray, normalize: bool = False) -> np.nda
 
 
 def snip_masks(weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], density: float) -> dict[str, np.ndarray]:
-    """SNIP pruning: one global top-k of |w * g| over all layers (SPEC §2.7 RESOLUTION).
+    """SNIP pruning: one global top-k of |w * g| over all layers (docs/methods.md §1.10 RESOLUTION).
 
     k = floor(d * N + 0.5) over the concatenation in dict order; weights that are already 0
-    score 0 and go first, ties by flat index (SPEC §0.3). Selection uses the unnormalized
+    score 0 and go first, ties by flat index (docs/methods.md §1.2). Selection uses the unnormalized
     scores: dividing by a positive sum does not change the order.
     """
     check_layer_dict(weights, "weights")

@@ -1,4 +1,4 @@
-"""Exact top-k selection with the project's tie rule (SPEC §0.3, §2.1; DESIGN.md "Tie rule").
+"""Exact top-k selection with the project's tie rule (docs/methods.md §1.2, §1.15).
 
 The keep set of a top-k selection is the first k elements of a stable sort by the key
 (-score, flat index): larger score wins, and among equal scores the smaller flat index
@@ -26,7 +26,7 @@ def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """Boolean mask (same shape as ``scores``) with exactly ``k`` True entries.
 
     [TH] §3.3.1 Eq. 3.2 (T_k keeps the k largest entries), App. C.1.2 ("ties broken
-    lexicographically"); SPEC §0.3 resolution: stable sort by (-score, flat index).
+    lexicographically"); docs/methods.md §1.2 resolution: stable sort by (-score, flat index).
     """
     scores = np.asarray(scores)
     k = check_count(k, scores.size)
@@ -41,7 +41,7 @@ def topk_mask(scores: np.ndarray, k: int) -> np.ndarray:
 def topk_masks_global(scores: Mapping[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
     """One top-k over the concatenation of all tensors (dict order, each flattened in C order).
 
-    SPEC §2.1 "global" variant ([TH] AC/DC and CrAM default); the flat index used by the tie
+    docs/methods.md §1.2 "global" variant ([TH] AC/DC and CrAM default); the flat index used by the tie
     rule is the index within the concatenation.
     """
     check_nonempty(scores, "set of score tensors")
@@ -56,7 +56,7 @@ def topk_masks_global(scores: Mapping[str, np.ndarray], k: int) -> dict[str, np.
 
 
 def topk_masks_per_layer(scores: Mapping[str, np.ndarray], densities: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Per-layer top-k with k_l = floor(d_l * n_l + 0.5) (SPEC §0.3, §2.2 "uniform" variant)."""
+    """Per-layer top-k with k_l = floor(d_l * n_l + 0.5) (docs/methods.md §1.2, §1.3 "uniform" variant)."""
     check_nonempty(scores, "set of score tensors")
     missing = [n for n in scores if n not in densities]
     if missing:

@@ -3,16 +3,16 @@
 Readable on purpose: one loop, the paper operators called by name, the method (written once,
 backend-agnostic, in ``reference.methods``) driving the masks through ``reference.ops``.
 
-    masks  <- method.init_masks: random ERK / uniform / magnitude (SPEC §2.3, §2.4), or SNIP at the
+    masks  <- method.init_masks: random ERK / uniform / magnitude (docs/methods.md §1.4, §1.5), or SNIP at the
               first batch (§2.7); state <- method.init_state (e.g. DST-EE counters N = M)
     for t = 1, 2, ... over the mini-batches (the shared NumPy pipeline, reference.data):
         loss, grads <- hand-written forward/backward of the MLP (reference.nn); grads are dense
-        if method.due(t):   new masks from the dense gradients (drop -> score -> grow, SPEC §3.2);
+        if method.due(t):   new masks from the dense gradients (drop -> score -> grow, docs/methods.md §2.1);
                             weights and momentum kept only on the survivors (grown ones start at 0)
                             and, unless step_on_update, no SGD step at t (RigL / DST-EE Alg. 1)
-        else:               every parameter <- masked SGD step (SPEC §4.5, PyTorch convention §0.3);
-                            biases and BatchNorm parameters use an all-ones mask (never pruned, §0.2)
-    evaluate on the test split after every epoch (SPEC §8)
+        else:               every parameter <- masked SGD step (docs/methods.md §1.9, PyTorch's convention);
+                            biases and BatchNorm parameters use an all-ones mask (never pruned, docs/methods.md §1.1)
+    evaluate on the test split after every epoch (docs/methods.md §1.14)
 
 The accel engine (``accel.train`` + ``accel.Sparsifier``) runs the same procedure on torch; for the
 MLP both start from ``reference.nn.init_mlp(seed)`` and read the same batches, so their runs can be
@@ -41,7 +41,7 @@ from .schedules import lr_at
 
 
 def resolve_densities(cfg: RunConfig, weights: dict) -> dict:
-    """Per-layer densities of the initial masks (SPEC §2.3; 'global' = global magnitude); a layer
+    """Per-layer densities of the initial masks (docs/methods.md §1.4; 'global' = global magnitude); a layer
     left with 0 weights is an error (``densities.check_keeps_weights``)."""
     if cfg.method == "dense":
         return {n: 1.0 for n in weights}
@@ -90,7 +90,7 @@ def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
 
 def ticket_report(predict_net, state: dict, y) -> dict:
     """Sup-tickets: the ultimate ticket's and every cheap ticket's test metrics, and the tickets'
-    diversity (mean pairwise disagreement, symmetric KL; SPEC §8.4)."""
+    diversity (mean pairwise disagreement, symmetric KL; docs/methods.md §1.14)."""
     ult = predict_net(state["ultimate"])
     logits = [predict_net(tk) for tk in state["tickets"]]
     pairs = [(a, b) for i, a in enumerate(logits) for b in logits[i + 1:]]

@@ -1,5 +1,5 @@
 """AC/DC phase plan and compression, 4-bit quantization and the CrAM operators ([TH] Ch. 3, 5;
-SPEC §2.1, §2.9, §4.3, §4.4, §5.4): hand-checked values, invariants (exact counts, N:M pattern,
+docs/methods.md §1.2, §1.11, §7.1, §7.2, §6.1): hand-checked values, invariants (exact counts, N:M pattern,
 <= 16 quantization levels per channel), bad input with clear errors, inputs never mutated.
 Array operators run on both twins (reference NumPy, accel torch).
 """
@@ -57,7 +57,7 @@ def be(request):
 # ============================================================================ (a) AC/DC phase plan
 
 def test_imagenet_phase_table():
-    """SPEC §5.4 table: W 0-9, C1 10-14, D1 15-19, ..., C7 70-74, D7 75-84, C8 85-99; 50/50 epochs."""
+    """docs/methods.md §6.1 table: W 0-9, C1 10-14, D1 15-19, ..., C7 70-74, D7 75-84, C8 85-99; 50/50 epochs."""
     ph = RA.acdc_phases()
     got = [(p.name, p.kind, p.start, p.end) for p in ph]
     expect = [("W", "dense", 0, 10)]
@@ -192,7 +192,7 @@ def test_nm_variant_pattern(be):
     with pytest.warns(UserWarning, match="odd"):
         comp, masks = be.acdc.acdc_compress(be.conv(w), nm=(2, 4))
     comp, masks = out_np(comp), out_np(masks)
-    groups = masks["conv"].transpose(0, 2, 3, 1).reshape(-1, 4)      # reduction axis (SPEC §2.5)
+    groups = masks["conv"].transpose(0, 2, 3, 1).reshape(-1, 4)      # reduction axis (docs/methods.md §1.6)
     assert (groups.sum(axis=1) == 2).all()
     assert (masks["fc"].reshape(-1, 4).sum(axis=1) == 2).all()
     assert masks["odd"].all() and np.array_equal(comp["odd"], w["odd"])   # 6 % 4 != 0: left dense
@@ -296,7 +296,7 @@ def test_cram_rho_zero_is_topk(be):
 
 
 def test_cram_index_set_mask_keeps_selected_zeros(be):
-    """CrAM's M_t is 1[i in A_k] (SPEC §2.1): a selected zero stays in the mask, unlike AC/DC."""
+    """CrAM's M_t is 1[i in A_k] (docs/methods.md §1.2): a selected zero stays in the mask, unlike AC/DC."""
     p = {"w": [3.0, 0.0, 0.0, 1.0]}
     _, masks = be.cram.cram_point(be.conv(p), be.conv({"w": [0.0] * 4}), 0.1, RC.topk_compression(0.25))
     np.testing.assert_array_equal(out_np(masks)["w"], [True, True, False, True])

@@ -1,4 +1,4 @@
-"""BatchNorm recalibration (SPEC §6.4): reference vs torch, cumulative averages by hand, state
+"""BatchNorm recalibration (docs/methods.md §1.13): reference vs torch, cumulative averages by hand, state
 restored, bad inputs, and the BNT / BnUpdate batch lists."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Sparse Cocktail operators ([SC] §3.4-3.6, Eq. 1, App. C Alg. 1; SPEC §2.6(b), §4.6, §5.6, §6.3):
+"""Sparse Cocktail operators ([SC] §3.4-3.6, Eq. 1, App. C Alg. 1; docs/methods.md §1.7, §8.2, §8.1, §8.3):
 UMG channel scores / masks, nested IMP masks, the dense-pivot loss, greedy interpolation and the IMP
 schedules. Hand-checked values, invariants, bad input with clear errors. Array operators run on both
 twins (reference NumPy, accel torch).

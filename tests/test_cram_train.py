@@ -1,4 +1,4 @@
-"""CrAM training ([TH] Alg. 2; SPEC §4.3, §4.4, §7.4): the accel optimizer wrapper, the reference step,
+"""CrAM training ([TH] Alg. 2; docs/methods.md §7.1, §7.2, §7.5): the accel optimizer wrapper, the reference step,
 the 'cram' procedure from the CLI, and bad input."""
 import copy
 import json
@@ -193,7 +193,7 @@ def test_tau_keeps_one_mask_per_sparsity_level():
     comps = parse_compressions(["topk:0.5", "topk:0.9"])
     opt = CrAM(model, torch.optim.SGD(model.parameters(), lr=0.1), comps, rho=0.1, tau=4, seed=11)
     born, want, got = {}, [], []
-    for t in range(1, 16):          # SPEC §4.4: a level's mask is recomputed when drawn and >= tau steps old
+    for t in range(1, 16):          # docs/methods.md §7.2: a level's mask is recomputed when drawn and >= tau steps old
         c = sample_compression(comps, 11, t)
         fresh = c not in born or t - born[c] >= 4
         if fresh:

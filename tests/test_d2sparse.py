@@ -23,7 +23,7 @@ TINY = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_
 # ----------------------------------------------------------------------------- scalar logic
 
 def test_geometric_schedule_matches_spec_example():
-    d = state_densities(0.05, 10)  # SPEC §5.7 lists 0.068 for d_9; 0.05 ** 0.9 = 0.06746
+    d = state_densities(0.05, 10)  # docs/methods.md §5.1 lists 0.068 for d_9; 0.05 ** 0.9 = 0.06746
     assert d == pytest.approx([0.741, 0.549, 0.407, 0.302, 0.224, 0.166, 0.123, 0.091, 0.0675, 0.05], abs=6e-4)
     assert d[-1] == 0.05
     assert all(a > b for a, b in zip(d, d[1:]))

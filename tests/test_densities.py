@@ -1,4 +1,4 @@
-"""Layer-wise densities (SPEC §2.3): uniform, ER, ERK, global magnitude, and the accel specs."""
+"""Layer-wise densities (docs/methods.md §1.4): uniform, ER, ERK, global magnitude, and the accel specs."""
 import copy
 import dataclasses
 import math
@@ -36,7 +36,7 @@ def kept(shapes, dens, names=None):
 def assert_hits_target(shapes, dens, density, names=None):
     names = list(shapes) if names is None else names
     total = sum(math.prod(shapes[n]) for n in names)
-    # exact in densities, and within one weight per layer once rounded to counts (SPEC §0.3)
+    # exact in densities, and within one weight per layer once rounded to counts (docs/methods.md §1.2)
     assert kept(shapes, dens, names) == pytest.approx(density * total, rel=1e-9, abs=1e-6)
     counts = sum(math.floor(dens[n] * math.prod(shapes[n]) + 0.5) for n in names)
     assert abs(counts - density * total) <= len(names)

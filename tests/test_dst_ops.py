@@ -1,5 +1,5 @@
 """Dynamic sparse training operators, both twins: hand-checked drop/grow, DST-EE scores, counters,
-SNFS/GraNet/ITOP helpers, and bad input (SPEC §3.2, §3.3)."""
+SNFS/GraNet/ITOP helpers, and bad input (docs/methods.md §2.1, §3.2)."""
 import copy
 import math
 

@@ -1,4 +1,4 @@
-"""Mask operators (SPEC §2.1-2.6): exact counts, hand-checked N:M and channel cases, errors.
+"""Mask operators (docs/methods.md §1.2-§1.7): exact counts, hand-checked N:M and channel cases, errors.
 
 Each behavioural test runs on both twins: ``reference.masks`` (NumPy) and ``accel.masks`` (torch).
 """

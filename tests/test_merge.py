@@ -1,4 +1,4 @@
-"""Merge operators (SPEC §6.1, §6.2): hand-checked values, exact re-pruning counts, bad inputs,
+"""Merge operators (docs/methods.md §4.3, §5.3): hand-checked values, exact re-pruning counts, bad inputs,
 inputs never mutated. Every behavioural test runs on both twins (reference NumPy, accel torch).
 """
 import copy

@@ -1,4 +1,4 @@
-"""Metric values on hand-computed examples and error handling (SPEC §8), for both twins."""
+"""Metric values on hand-computed examples and error handling (docs/methods.md §1.14), for both twins."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Per-weight scores and SNIP (SPEC §2.2, §2.7, §3.2) on both twins."""
+"""Per-weight scores and SNIP (docs/methods.md §1.3, §1.10, §2.1) on both twins."""
 import math
 
 import numpy as np

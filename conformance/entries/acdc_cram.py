@@ -1,4 +1,4 @@
-"""AC/DC, CrAM and 4-bit quantization operators ([TH] Ch. 3, 5; SPEC §2.1, §2.9, §4.3, §4.4).
+"""AC/DC, CrAM and 4-bit quantization operators ([TH] Ch. 3, 5; docs/methods.md §1.2, §1.11, §7.1, §7.2).
 
 Masks are compared exactly. Weights are drawn with frequent ties and exact zeros (the AC/DC mask is
 the support of the compressed weights), sparsities include 0 (k = n) and values that round k to 0.

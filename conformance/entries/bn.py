@@ -1,4 +1,4 @@
-"""BatchNorm recalibration (SPEC §6.4 BNT / BnUpdate): NumPy MLP against the torch MLP with
+"""BatchNorm recalibration (docs/methods.md §1.13 BNT / BnUpdate): NumPy MLP against the torch MLP with
 ``momentum=None`` BatchNorm modules.
 
 A small MLP with BatchNorm gets 1-4 batches of 2-8 samples. Examples are kept only with a margin

@@ -1,4 +1,4 @@
-"""Sparse Cocktail operators ([SC] §3.4-3.5; SPEC §2.6(b), §4.6, §5.6): UMG channel scores and masks,
+"""Sparse Cocktail operators ([SC] §3.4-3.5; docs/methods.md §1.7, §8.2, §8.1): UMG channel scores and masks,
 the nested IMP unstructured step, and the dense-pivot distillation loss (Eq. 1).
 
 UMG selections rank per-channel sums; weights are halves in [-3, 3] so every sum is exact in either

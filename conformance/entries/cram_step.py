@@ -1,4 +1,4 @@
-"""One CrAM training step ([TH] Alg. 2, Eq. 5.2-5.9, C.2; SPEC §4.3, §4.4): ``reference.cram_train.cram_step``
+"""One CrAM training step ([TH] Alg. 2, Eq. 5.2-5.9, C.2; docs/methods.md §7.1, §7.2): ``reference.cram_train.cram_step``
 (NumPy MLP, hand-written backward, masked_sgd_step) vs ``accel.cram_train.cram_step`` (the ``CrAM`` wrapper
 around torch SGD on ``accel.models.MLP``).
 

@@ -1,4 +1,4 @@
-"""Global-magnitude density split (SPEC §2.1/2.2). The shape-based distributions (uniform, ER,
+"""Global-magnitude density split (docs/methods.md §1.3). The shape-based distributions (uniform, ER,
 ERK) are scalar logic written once in reference and imported by accel, so they have no twin."""
 from hypothesis import strategies as st
 

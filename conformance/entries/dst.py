@@ -1,4 +1,4 @@
-"""Dynamic sparse training operators (SPEC §3.2, §3.3): prune-and-grow, DST-EE, SNFS/GraNet helpers.
+"""Dynamic sparse training operators (docs/methods.md §2.1, §3.2): prune-and-grow, DST-EE, SNFS/GraNet helpers.
 
 Masks from drop / grow / drop_and_grow / prune_to_count / topk_within are compared exactly: their
 scores are inputs (drawn with adversarial ties), never arithmetic, so both twins rank identical

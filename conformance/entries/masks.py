@@ -1,4 +1,4 @@
-"""Mask operators (SPEC §2.1-2.6): magnitude, N:M, channel and random masks.
+"""Mask operators (docs/methods.md §1.2-§1.7): magnitude, N:M, channel and random masks.
 
 Masks are compared exactly. Magnitude, N:M and random selections depend only on |w| or on the
 given scores, which are identical on both backends. Channel selection depends on per-filter L1

@@ -1,4 +1,4 @@
-"""Merge operators (SPEC §6.1, §6.2, §2.10): Sup-tickets CIA / CAA / CIMA, D²-Sparse interpolation,
+"""Merge operators (docs/methods.md §4.3, §5.3, §1.12): Sup-tickets CIA / CAA / CIMA, D²-Sparse interpolation,
 merged masks, magnitude re-pruning and BN-statistics averaging.
 
 Networks are dicts of 1-3 tensors with 1-D, 2-D or 4-D shapes. Averages are compared within the

@@ -1,4 +1,4 @@
-"""Evaluation metrics and mask statistics (SPEC §8, §0.2).
+"""Evaluation metrics and mask statistics (docs/methods.md §1.14, §1.1).
 
 Both twins upcast logits to float64 before the softmax, so float32 entries agree to float64
 rounding and the ECE bin of a confidence lying exactly on a bin edge is the same in both.

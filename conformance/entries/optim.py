@@ -1,4 +1,4 @@
-"""Masked SGD step (SPEC §4.5, §0.3)."""
+"""Masked SGD step (docs/methods.md §1.9)."""
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

@@ -1,4 +1,4 @@
-"""Per-weight scores (SPEC §2.2, §2.7, §3.2) and SNIP's global selection.
+"""Per-weight scores (docs/methods.md §1.3, §1.10, §2.1) and SNIP's global selection.
 
 |w * g| is one correctly rounded multiplication, bit-identical on both backends, so snip_masks
 needs no margin. The normalized SNIP score divides by a sum (order-dependent rounding) and is

@@ -1,4 +1,4 @@
-"""Top-k selection with the tie rule (SPEC §0.3, §2.1)."""
+"""Top-k selection with the tie rule (docs/methods.md §1.2)."""
 from hypothesis import strategies as st
 
 import accel.topk as A

@@ -1,4 +1,4 @@
-"""Summarize the Sparse Cocktail miniature (SPEC §9.7: [SC] Table 1, Table 7, Fig. 3).
+"""Summarize the Sparse Cocktail miniature (docs/methods.md §11.6: [SC] Table 1, Table 7, Fig. 3).
 
     python experiments/cocktail/summarize.py [RESULTS_FOLDER]     (default experiments/results/cocktail)
 

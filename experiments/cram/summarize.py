@@ -1,4 +1,4 @@
-"""Summarize the CrAM miniature (SPEC §7.4, §9.5) from its JSON-lines logs.
+"""Summarize the CrAM miniature (docs/methods.md §7.5, §11.4) from its JSON-lines logs.
 
     python experiments/cram/summarize.py [RESULTS_FOLDER]
 

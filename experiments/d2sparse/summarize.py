@@ -1,4 +1,4 @@
-"""Summarize the D²-Sparse miniature (SPEC §9.1 claims 1, 5, 7).
+"""Summarize the D²-Sparse miniature (docs/methods.md §11.1 claims 1, 5, 7).
 
     python experiments/d2sparse/summarize.py
 
@@ -134,7 +134,7 @@ def main():
                 lines.append(f"| {b} | {name} | " + " | ".join(f"{100 * a:.1f}" for a in acc) + " |")
     lit = os.path.join(ROOT, "literal_density095_budget_500")
     if os.path.isdir(lit):
-        lines += ["", "## The literal reading of \"5% sparsity\" (final density 0.95, budget 500; SPEC §5.7)", "",
+        lines += ["", "## The literal reading of \"5% sparsity\" (final density 0.95, budget 500; docs/methods.md §5.1)", "",
                   "| procedure | final-state test acc (%) | ECE |", "|---|---|---|"]
         for label, name in PROCS:
             finals = []

@@ -1,4 +1,4 @@
-"""Summarize the Sup-tickets miniature (SPEC §9.2 claims 1, 6, 8, 11).
+"""Summarize the Sup-tickets miniature (docs/methods.md §11.2 claims 1, 6, 8, 11).
 
     python experiments/suptickets/summarize.py
 
@@ -101,7 +101,7 @@ def main():
     L = []
     w = lambda s="": L.append(s)
     seeds = sorted(next(iter(base.values())))
-    w("# Sup-tickets miniature (SPEC §9.2): MNIST-5k, MLP 784-300-100-10 with BatchNorm")
+    w("# Sup-tickets miniature (docs/methods.md §11.2): MNIST-5k, MLP 784-300-100-10 with BatchNorm")
     w()
     w(f"15 epochs x 55 iterations (T = 825), SGD 0.05 / momentum 0.9 / wd 5e-4, cosine, ERK random init, "
       f"delta_t 25, drop 0.3, t_end 0.75; GraNet 0.5 -> target by 50% of training. Sup-tickets: C = 28 "
@@ -225,7 +225,7 @@ def main():
     w("(Paper Table 6, WRN28-10 CIFAR-10: d_dis 0.015-0.017, d_KL 0.015 for SET/RigL + Sup-tickets.)")
     w()
     # ---------------------------------------------------------------- (e)
-    w("## (e) Verdicts on SPEC §9.2 (mechanical; pooled paired differences, significant = |mean| > 2 SE)")
+    w("## (e) Verdicts on docs/methods.md §11.2 (mechanical; pooled paired differences, significant = |mean| > 2 SE)")
     w()
 
     def verdict(diffs, want_positive, extra_ok=True):

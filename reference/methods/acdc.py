@@ -1,5 +1,5 @@
 """AC/DC -- Alternating Compressed / DeCompressed training as a method ([TH] Ch. 3, Alg. 1,
-§3.3.2, §3.4.1; SPEC §5.4, §7.3).
+§3.3.2, §3.4.1; docs/methods.md §6.1, §6.2).
 
 The phase plan (``reference.acdc.acdc_phases``, epochs) is turned into iterations with
 ``steps_per_epoch``: epoch e covers iterations e*S+1 .. (e+1)*S (1-based t). A mask update is due
@@ -10,7 +10,7 @@ at the first iteration of every phase except the initial dense warm-up (masks st
         and last layer dense, or 2:4; the mask is the support of the compressed weights, so it
         holds fewer than k ones when selected weights are exactly 0). survivors = m: pruned
         weights and their optimizer state become 0, the momentum of the kept ones is kept
-        (SPEC §5.4: "reset at compression starts: NOT GIVEN -> no reset, buffers masked").
+        (docs/methods.md §6.1: "reset at compression starts: NOT GIVEN -> no reset, buffers masked").
     entering a decompressed phase (Alg. 1 l.7-8): m <- 1 and every optimizer state slot of every
         parameter <- 0 ("We reset SGD momentum at the beginning of every decompression phase",
         [TH] §3.4.1) -- ``Update.reset_optimizer_state``, honoured by both training loops.
@@ -19,7 +19,7 @@ The optimizer steps on update iterations too (the phase's first mini-batch is tr
 support, Alg. 1 l.10-13). ``density`` is the target density of the compressed phases (of the
 pruned layers with 'first_last_dense'; 'nm24' keeps 2 of every 4, density 0.5). The update info
 carries the phase index, whether it compresses, and, from the second compression on, the change
-between consecutive compression masks (SPEC §8.8: XOR over the previous mask's kept weights and
+between consecutive compression masks (docs/methods.md §1.14: XOR over the previous mask's kept weights and
 over |P|); the method state keeps the last compression mask for that.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The method contract, written once and run on either backend (DESIGN.md, jaxpruner-style).
+"""The method contract, written once and run on either backend (docs/methods.md §1.15, jaxpruner-style).
 
 A method never touches arrays itself: it calls the twin operators through an ``ops`` namespace
 (``reference.ops`` for NumPy, ``accel.ops`` for torch) that holds the same function names on both
@@ -43,7 +43,7 @@ class Update:
 
 
 def initial_masks(ops, ctx: InitContext, init: str) -> dict:
-    """Masks at initialisation: exact-count random (SPEC §2.4), per-layer magnitude (§2.2), or SNIP
+    """Masks at initialisation: exact-count random (docs/methods.md §1.5), per-layer magnitude (§1.3), or SNIP
     (§2.7: global |w g| at the overall density of the resolved distribution)."""
     if init == "random":
         return ops.random_masks(ops.random_scores_like(ctx.weights, ctx.seed), ctx.densities)

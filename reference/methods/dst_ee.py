@@ -3,8 +3,8 @@
     S = |dL/dW| + c * ln(t) / (N + eps)
 
 with the activation counter N initialised to the mask (Alg. 1; ``counter_init="zeros"`` is the
-text's version) and incremented with the new mask after every update (SPEC §3.3 resolutions 2-4).
-``form="text"`` uses the printed exploration term ln(t) / (N + c) instead (ambiguity 1).
+text's version) and incremented with the new mask after every update (docs/methods.md §3.2 resolutions 2-4).
+``form="text"`` uses the printed exploration term ln(t) / (N + c) instead (docs/methods.md §3.2 item 1).
 c and eps are NOT GIVEN in the paper: they are parameters, reported with every result.
 
 The update window is Alg. 1's by default: updates every ΔT while t < T_end, T_end the total number

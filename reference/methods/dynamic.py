@@ -1,4 +1,4 @@
-"""The shared drop-and-grow machinery of dynamic sparse training (SPEC §3.2, [ST] §3.1 Eq. 1-2).
+"""The shared drop-and-grow machinery of dynamic sparse training (docs/methods.md §2.1, [ST] §3.1 Eq. 1-2).
 
 Every ``delta_t`` iterations in [t_start, t_end) (RigL / DST-EE Alg. 1), per layer:
 drop k = floor(f_t * n_active) active weights with the smallest drop score (|w|), then grow k

@@ -1,10 +1,10 @@
 """Gradual magnitude pruning (GMP) on the cubic schedule: the baseline of [TH] §2.2.2 / Table 3.9
-(SPEC §5.5, §7.9; Zhu & Gupta 2017 form, EXTERNAL).
+(docs/methods.md §2.4; Zhu & Gupta 2017 form, EXTERNAL).
 
 Starts dense. Every ``delta_t`` iterations in [prune_start, prune_end] (and at prune_end itself)
 the target density is d_t = gmp_density_at(t, 1, final_density, prune_start, prune_end) and the
 smallest |w| among the active weights are pruned: over all layers together (scope 'global',
-SPEC §2.2) or each layer to d_t of its own size (scope 'layer', uniform). Masks only shrink
+docs/methods.md §1.3) or each layer to d_t of its own size (scope 'layer', uniform). Masks only shrink
 (nested); pruned weights and their optimizer state become 0 and never return. The optimizer step
 runs on update iterations too, on the pruned weights.
 """

@@ -1,5 +1,5 @@
 """GraNet as Sup-tickets uses it ([ST] §4 base method): gradual magnitude pruning from the initial
-density to ``final_density`` on the cubic schedule (SPEC §5.5, Zhu & Gupta form), combined with
+density to ``final_density`` on the cubic schedule (docs/methods.md §2.4, Zhu & Gupta form), combined with
 RigL-style regrowth (magnitude drop and |gradient| growth at the drop fraction) at every update.
 
 At each update t: target density d_t = gmp_density_at(t, d_init, final_density, prune_start,

@@ -1,6 +1,6 @@
 """Any method started from given masks instead of its own initialisation.
 
-D²-Sparse ([D2] §3, SPEC §7.1) starts every branch from a random ERK mask drawn by the procedure
+D²-Sparse ([D2] §3, docs/methods.md §5.1) starts every branch from a random ERK mask drawn by the procedure
 and the post-merge fine-tune from the SNIP mask of the merged network; the base method (RigL by
 default) then evolves those masks as usual. ``Preset(base, masks)`` is that: ``init_masks``
 returns ``masks`` (on the caller's backend), every other hook is the base method's.

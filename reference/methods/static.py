@@ -1,5 +1,5 @@
 """Static sparse training: one mask at initialisation, fixed for the whole run ([ST] §4 "ERK",
-"SNIP" baselines): random at the layer densities (SPEC §2.4), per-layer magnitude (§2.2), or
+"SNIP" baselines): random at the layer densities (docs/methods.md §1.5), per-layer magnitude (§1.3), or
 SNIP at the first step's gradient (§2.7)."""
 from dataclasses import dataclass
 

@@ -1,4 +1,4 @@
-"""Sup-tickets ([ST] Algorithm 1, §3.2, Eq. 3-4, §5; SPEC §5.1, §6.1, §7.2) around any base method.
+"""Sup-tickets ([ST] Algorithm 1, §3.2, Eq. 3-4, §5; docs/methods.md §4.2, §4.3, §4.1) around any base method.
 
     for i in 1..T:
         i <= T0:  the base method's normal sparse training (its own mask updates included)
@@ -152,7 +152,7 @@ class SupTickets(Method):
         kept = ops.drop(masks, ops.abs_all(weights), counts)
         if isinstance(self.base, DropGrow) and not self.base.name == "set":
             scores = self.base.grow_scores(ops, t, weights, grads, kept, state["base"], seed)
-        else:  # static (ERK / SNIP) and SET bases: random growth (SPEC §7.2: NOT GIVEN, SET-style)
+        else:  # static (ERK / SNIP) and SET bases: random growth (docs/methods.md §4.1: NOT GIVEN, SET-style)
             scores = ops.random_scores_like(weights, step_seed(seed, t))
         new = ops.grow(kept, scores, counts)
         base_state = self.base.after_update(ops, state["base"], new) if isinstance(self.base, DropGrow) else state["base"]
