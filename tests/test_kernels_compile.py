@@ -223,3 +223,52 @@ def test_source_inlines_each_local_header_once(tmp_path, monkeypatch):
     assert text.count("#define FROM_HEADER 1") == 1 and "#include" not in text
     with pytest.raises(FileNotFoundError, match="missing.cuh"):
         kernels.source("bad.cu")
+
+
+def test_host_constants_match_the_sources():
+    """The numbers the wrappers size launches with are the ones the kernels were written for."""
+    from accel.kernels import merge, nm, topk
+    src = {f: (kernels.KERNEL_DIR / f).read_text() for f in ("topk.cu", "nm_mask.cu", "merge.cu")}
+    assert f"#define TOPK_MIN_BLOCKS {topk.BLOCKS_PER_SM}" in src["topk.cu"]
+    assert f"#define TOPK_FILTER_MIN_BLOCKS {topk.FILTER_BLOCKS_PER_SM}" in src["topk.cu"]
+    assert f"#define TOPK_THREADS {kernels.THREADS}" in src["topk.cu"]
+    assert f"#define NM_CHUNK_GROUPS {nm.NM_CHUNK_GROUPS}" in src["nm_mask.cu"]
+    assert f"#define UMG_CHANNELS {kernels.THREADS // 32}" in src["merge.cu"] and merge.UMG_CHANNELS == kernels.THREADS // 32
+    assert topk.TOPK_CHUNK <= 65536                         # 16-bit offsets within a chunk
+
+
+def ptxas_report(src: Path, arch: str, tmp_path: Path) -> dict:
+    """{kernel: (registers, shared bytes, spill bytes)} from ``nvcc -Xptxas -v`` on the text NVRTC gets."""
+    expanded = tmp_path / src.name
+    expanded.write_text(kernels.source(src.name))
+    r = subprocess.run([NVCC, f"-arch={arch}", "-cubin", "-std=c++17", "-Xptxas", "-v", "-o",
+                        str(tmp_path / "out.cubin"), str(expanded)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    out, name, spill = {}, None, 0
+    for line in r.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            name, spill = m.group(1), 0
+            continue
+        m = re.search(r"(\d+) bytes spill stores", line)
+        if m and name:
+            spill = int(m.group(1))
+        m = re.search(r"Used (\d+) registers.*?(?:(\d+) bytes smem)?$", line)
+        if m and name:
+            out[name] = (int(m.group(1)), int(m.group(2) or 0), spill)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_persistent_grid_kernels_fit_their_resident_blocks(arch, tmp_path):
+    """topk.cu launches BLOCKS_PER_SM (filter: FILTER_BLOCKS_PER_SM) blocks per multiprocessor and
+    relies on all of them being resident (__launch_bounds__): registers and shared memory allow it."""
+    if NVCC is None:
+        pytest.skip("nvcc not found: the resource report needs it")
+    from accel.kernels import topk
+    rep = ptxas_report(kernels.KERNEL_DIR / "topk.cu", arch, tmp_path)
+    assert set(rep) == set(kernels.KERNELS["topk.cu"])
+    for name, (regs, smem, spill) in rep.items():
+        blocks = topk.FILTER_BLOCKS_PER_SM if "_filter_" in name else topk.BLOCKS_PER_SM
+        assert regs * kernels.THREADS * blocks <= 65536, (name, regs)
+        assert smem * blocks <= 227 * 1024 and spill == 0, (name, smem, spill)

@@ -60,7 +60,7 @@ def emulated(monkeypatch):
 def test_emulator_registers_every_kernel_the_loader_launches():
     names = set(simt.emulator().kernel_names())
     assert names == {k for ks in kernels.KERNELS.values() for k in ks}
-    assert simt.emulator().signature("topk_ties_f32") == ["p", "p", "i8", "p", "p", "p", "p", "p"]
+    assert simt.emulator().signature("topk_ties_f32") == ["p", "p", "i8", "p", "p", "p", "p", "p", "p", "p"]
 
 
 def test_thread_and_block_indices_with_a_grid_stride_loop(probes):
@@ -216,6 +216,24 @@ def test_topk_all_equal_scores_keep_the_smallest_indices(emulated, value):
         with emulated(seed=k, sm_count=3):
             out = kernels.topk_mask(s, k).numpy()
         assert out.sum() == k and out[:k].all(), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_topk_of_pruned_magnitudes_around_the_nonzero_count(emulated, dtype):
+    """|w| of a 10%-dense layer: k below the non-zeros (T among the small magnitudes) and above
+    them (T = 0: the bucket is every zero, chunks of one key, settled without reading them), in
+    segments with per-segment k, mixing chunks of ties, chunks wholly kept or dropped and chunks
+    that must be ranked."""
+    g = torch.Generator().manual_seed(12)
+    sizes = [4100, 2999, 1]
+    n = sum(sizes)
+    s = (torch.randn(n, generator=g, dtype=dtype) * (torch.rand(n, generator=g) < 0.1)).abs()
+    bounds = np.cumsum([0] + sizes)
+    nnz = [int((s[a:b] != 0).sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    for ks in ([max(0, z - 17) for z in nnz], [min(sz, z + 300) for z, sz in zip(nnz, sizes)], [z for z in nnz]):
+        with emulated(seed=sum(ks), sm_count=2):
+            out = kernels.topk_select(s, sizes, ks).numpy()
+        check_segmented(out, s, None, sizes, ks)
 
 
 def test_inverted_candidates_with_or_with_is_the_grow_step(emulated):
@@ -595,10 +613,15 @@ def test_the_emulator_catches_a_missing_barrier_in_the_tie_ranks(tmp_path, emula
     barrier = re.search(r"\n *__syncthreads\(\); *// warp_cnt is rewritten by the next call\n",
                         (kernels.KERNEL_DIR / "topk.cu").read_text()).group(0)
     emu = _mutant(tmp_path, "topk.cu", barrier, "\n")
-    # three values: the tied bucket holds about a third of each 1000-element chunk (two tiles of 256)
-    s = torch.randint(0, 3, (5000,), generator=torch.Generator().manual_seed(0)).float()
     with emulated():
-        assert _topk_wrong(emu, s, 2500, range(4)) > 0
+        assert _topk_wrong(emu, _one_bucket_three_keys(5000), 2500, range(4)) > 0
+
+
+def _one_bucket_three_keys(n, seed=0):
+    """Scores 1.0, 1.0625, 1.125: one digit-0 bucket holding three distinct keys in every chunk, so
+    the resolve ranks ties among larger and smaller keys (more than one tile of 256 per chunk)."""
+    vals = torch.tensor([1.0, 1.0625, 1.125])
+    return vals[torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))]
 
 
 def test_the_emulator_catches_an_unsynchronised_histogram_clear(tmp_path, emulated):
@@ -623,10 +646,21 @@ def test_the_emulator_catches_a_segment_scanned_before_its_last_block(tmp_path, 
 
 def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):
     emu = _mutant(tmp_path, "topk.cu", "(tie && rank < k)", "(tie && rank <= k)")
-    s = torch.zeros(300)
+    s = _one_bucket_three_keys(3000, seed=1)
     with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
-        out = kernels.topk_mask(s, 100)
-    assert int(out.sum()) == 101                            # the mutant keeps one tie too many
+        out = kernels.topk_mask(s, 1500)
+    assert int(out.sum()) == 1501                           # the mutant keeps one tie too many
+
+
+def test_the_emulator_catches_an_off_by_one_in_a_chunk_of_ties(tmp_path, emulated):
+    """A chunk whose bucket entries all equal T keeps its first k - (ties before) entries without
+    ranking them one by one (the ties of pruned zeros)."""
+    emu = _mutant(tmp_path, "topk.cu", "(k - base < ne ? k - base : ne)", "(k - base < ne ? k - base + 1 : ne)")
+    s = torch.zeros(3000)
+    s[::7] = 1.0
+    with emulated(), kernels.use_backend(simt.SimtBackend(emu=emu)):
+        out = kernels.topk_mask(s, 1000)
+    assert int(out.sum()) == 1001
 
 
 def test_the_emulator_catches_nm_vector_loads_without_the_alignment_check(tmp_path, emulated):

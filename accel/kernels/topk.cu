@@ -71,6 +71,7 @@
 #define TOPK_THREADS 256                    // every topk kernel runs with blockDim.x == 256
 #define BINS_PER_THREAD (RADIX / TOPK_THREADS)
 #define TOPK_MIN_BLOCKS 4                   // resident blocks per multiprocessor the host's grid assumes
+#define TOPK_FILTER_MIN_BLOCKS 3            // ... for topk_filter_* (more registers: 85 at most)
 #define TOPK_UNROLL 2                       // 16-byte groups per thread in flight in the full passes
 
 // the key of a float given by its bits
@@ -334,13 +335,15 @@ __device__ __forceinline__ void filter_impl(
     i64 n_chunks, const i64* __restrict__ seg_nch, u64* __restrict__ hist, u64* __restrict__ done,
     const u64* __restrict__ prefix_in, const i64* __restrict__ krem_in, u64* __restrict__ prefix_out,
     i64* __restrict__ krem_out, int shift, int width, typename Tr<T>::K* __restrict__ ckeys,
-    unsigned short* __restrict__ coff, int* __restrict__ cnt, u8* __restrict__ out)
+    unsigned short* __restrict__ coff, int* __restrict__ cnt, typename Tr<T>::K* __restrict__ cmin,
+    typename Tr<T>::K* __restrict__ cmax, u8* __restrict__ out)
 {
     typedef Tr<T> X;
     typedef typename X::K K;
     __shared__ u32 sh[RADIX];
     __shared__ u64 warp_tot[32];
     __shared__ int warp_cnt[32];
+    __shared__ K wmin[32], wmax[32];
     __shared__ int last;
     const u32 dmask = (1u << width) - 1u;
     const K hm = high_mask<K>(shift + width);       // the bits of digit 0
@@ -365,6 +368,7 @@ __device__ __forceinline__ void filter_impl(
         const i64 lo = chunk_start[c], hi = chunk_end[c];
         const i64 glo = lo / X::VEC, ghi = (hi + X::VEC - 1) / X::VEC;
         int running = 0;                            // bucket entries of this chunk so far (block-uniform)
+        K kmin = ~K(0), kmax = K(0);                // this thread's smallest / largest bucket key
         for (i64 gb = glo; gb < ghi; gb += TOPK_UNROLL * blockDim.x) {
             K key[TOPK_UNROLL][X::VEC];
             bool ok[TOPK_UNROLL][X::VEC];
@@ -423,13 +427,38 @@ __device__ __forceinline__ void filter_impl(
                         ckeys[lo + pos] = key[u][j];
                         coff[lo + pos] = (unsigned short)(i0 + j - lo);
                         ++pos;
+                        kmin = key[u][j] < kmin ? key[u][j] : kmin;
+                        kmax = key[u][j] > kmax ? key[u][j] : kmax;
                     }
                 }
                 before_part += (tile >> (16 * u)) & 0xffff;
             }
             running += before_part;
         }
-        if (threadIdx.x == 0) cnt[c] = running;
+        // the chunk's key range: later passes settle a chunk whose entries share their upper bits
+        // (all equal keys: the ties of pruned zeros) or lie wholly above / below T without reading them
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const K a = __shfl_down_sync(0xffffffffu, kmin, o), b = __shfl_down_sync(0xffffffffu, kmax, o);
+            kmin = a < kmin ? a : kmin;
+            kmax = b > kmax ? b : kmax;
+        }
+        if ((threadIdx.x & 31) == 0) {
+            wmin[threadIdx.x >> 5] = kmin;
+            wmax[threadIdx.x >> 5] = kmax;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            K a = ~K(0), b = K(0);
+            for (int w = 0; w < (int)(blockDim.x >> 5); ++w) {
+                a = wmin[w] < a ? wmin[w] : a;
+                b = wmax[w] > b ? wmax[w] : b;
+            }
+            cnt[c] = running;
+            cmin[c] = a;
+            cmax[c] = b;
+        }
+        __syncthreads();                            // wmin / wmax are rewritten by the next chunk
     }
     if (cur >= 0)
         flush_segment(cur, mine, sh, hist, done, seg_nch, prefix_in, krem_in, prefix_out, krem_out, shift, warp_tot,
@@ -442,7 +471,8 @@ __device__ __forceinline__ void refine_impl(
     const int* __restrict__ chunk_seg, const i64* __restrict__ chunk_start, i64 n_chunks,
     const i64* __restrict__ seg_nch, u64* __restrict__ hist, u64* __restrict__ done,
     const u64* __restrict__ prefix_in, const i64* __restrict__ krem_in, u64* __restrict__ prefix_out,
-    i64* __restrict__ krem_out, int shift, int width, const K* __restrict__ ckeys, const int* __restrict__ cnt)
+    i64* __restrict__ krem_out, int shift, int width, const K* __restrict__ ckeys, const int* __restrict__ cnt,
+    const K* __restrict__ cmin, const K* __restrict__ cmax)
 {
     __shared__ u32 sh[RADIX];
     __shared__ u64 warp_tot[32];
@@ -465,10 +495,16 @@ __device__ __forceinline__ void refine_impl(
             mine = 0;
         }
         ++mine;
-        if (krem_in[s] <= 0) continue;
-        const K pre = (K)prefix_in[s];
-        const K* ck = ckeys + chunk_start[c];
         const int ne = cnt[c];
+        if (krem_in[s] <= 0 || ne == 0) continue;   // block-uniform
+        const K pre = (K)prefix_in[s];
+        const K lo_k = cmin[c], hi_k = cmax[c];
+        if ((hi_k & hm) < pre || (lo_k & hm) > pre) continue;   // no entry of this chunk has the prefix
+        if ((lo_k >> shift) == (hi_k >> shift)) {   // every entry has the prefix and the same digit
+            if (threadIdx.x == 0) atomicAdd(&sh[(int)((lo_k >> shift) & (K)dmask)], (u32)ne);
+            continue;
+        }
+        const K* ck = ckeys + chunk_start[c];
         for (int eb = 0; eb < ne; eb += blockDim.x) {
             const int e = eb + threadIdx.x;
             int bin = -1;
@@ -489,20 +525,27 @@ template <typename K>
 __device__ __forceinline__ void ties_impl(
     const int* __restrict__ chunk_seg, const i64* __restrict__ chunk_start, i64 n_chunks,
     const u64* __restrict__ prefix, const i64* __restrict__ krem, const K* __restrict__ ckeys,
-    const int* __restrict__ cnt, int* __restrict__ ties)
+    const int* __restrict__ cnt, const K* __restrict__ cmin, const K* __restrict__ cmax, int* __restrict__ ties)
 {
     __shared__ int warp_cnt[32];
     i64 c0, c1;
     block_range(n_chunks, &c0, &c1);
     for (i64 c = c0; c < c1; ++c) {
         const int s = chunk_seg[c];
-        int mine = 0;
-        if (krem[s] > 0) {
-            const K thr = (K)prefix[s];
-            const K* ck = ckeys + chunk_start[c];
-            const int ne = cnt[c];
-            for (int e = threadIdx.x; e < ne; e += blockDim.x) mine += ck[e] == thr ? 1 : 0;
+        const int ne = cnt[c];
+        const K thr = (K)prefix[s];
+        const K lo_k = cmin[c], hi_k = cmax[c];
+        if (krem[s] <= 0 || ne == 0 || thr < lo_k || thr > hi_k) {     // block-uniform: no tie here
+            if (threadIdx.x == 0) ties[c] = 0;
+            continue;
         }
+        if (lo_k == hi_k) {                         // every entry equals T
+            if (threadIdx.x == 0) ties[c] = ne;
+            continue;
+        }
+        int mine = 0;
+        const K* ck = ckeys + chunk_start[c];
+        for (int e = threadIdx.x; e < ne; e += blockDim.x) mine += ck[e] == thr ? 1 : 0;
         int tot;
         block_exclusive_scan<int>(mine, warp_cnt, &tot);
         if (threadIdx.x == 0) ties[c] = tot;
@@ -514,8 +557,8 @@ template <typename K>
 __device__ __forceinline__ void resolve_impl(
     const int* __restrict__ chunk_seg, const i64* __restrict__ chunk_start, const i64* __restrict__ chunk_first,
     i64 n_chunks, const u64* __restrict__ prefix, const i64* __restrict__ krem, const K* __restrict__ ckeys,
-    const unsigned short* __restrict__ coff, const int* __restrict__ cnt, const int* __restrict__ ties,
-    u8* __restrict__ out)
+    const unsigned short* __restrict__ coff, const int* __restrict__ cnt, const K* __restrict__ cmin,
+    const K* __restrict__ cmax, const int* __restrict__ ties, u8* __restrict__ out)
 {
     __shared__ int warp_cnt[32];
     __shared__ i64 warp_sum[32];
@@ -535,6 +578,14 @@ __device__ __forceinline__ void resolve_impl(
         const K thr = (K)prefix[s];
         const i64 lo = chunk_start[c];
         const int ne = cnt[c];
+        const K lo_k = cmin[c], hi_k = cmax[c];
+        if (ne == 0 || hi_k < thr) continue;        // block-uniform: nothing kept, no tie
+        if (lo_k > thr || lo_k == hi_k) {           // all kept (no tie), or all tied at T (kept in index order)
+            const i64 take = lo_k > thr ? ne : (k - base < 0 ? 0 : (k - base < ne ? k - base : ne));
+            for (int e = threadIdx.x; e < take; e += blockDim.x) out[lo + coff[lo + e]] = 1;
+            if (lo_k == hi_k && lo_k == thr) base += ne;
+            continue;
+        }
         for (int eb = 0; eb < ne; eb += blockDim.x) {
             const int e = eb + threadIdx.x;
             K key = K(0);
@@ -550,6 +601,7 @@ __device__ __forceinline__ void resolve_impl(
 
 // ------------------------------------------------------------------------------------- entry points
 #define TOPK_KERNEL extern "C" __global__ void __launch_bounds__(TOPK_THREADS, TOPK_MIN_BLOCKS)
+#define TOPK_FILTER_KERNEL extern "C" __global__ void __launch_bounds__(TOPK_THREADS, TOPK_FILTER_MIN_BLOCKS)
 
 TOPK_KERNEL topk_hist_f32(const float* scores, const u8* cand, int invert, int vec, const int* chunk_seg,
                           const i64* chunk_start, const i64* chunk_end, i64 n_chunks, const i64* seg_nch, const i64* ks,
@@ -567,64 +619,70 @@ TOPK_KERNEL topk_hist_f64(const double* scores, const u8* cand, int invert, int 
                       prefix_out, krem_out, shift, width);
 }
 
-TOPK_KERNEL topk_filter_f32(const float* scores, const u8* cand, int invert, const u8* or_with, int vec,
+TOPK_FILTER_KERNEL topk_filter_f32(const float* scores, const u8* cand, int invert, const u8* or_with, int vec,
                             const int* chunk_seg, const i64* chunk_start, const i64* chunk_end, i64 n_chunks,
                             const i64* seg_nch, u64* hist, u64* done, const u64* prefix_in, const i64* krem_in,
                             u64* prefix_out, i64* krem_out, int shift, int width, u32* ckeys, unsigned short* coff,
-                            int* cnt, u8* out)
+                            int* cnt, u32* cmin, u32* cmax, u8* out)
 {
     filter_impl<float>(scores, cand, invert, or_with, vec, chunk_seg, chunk_start, chunk_end, n_chunks, seg_nch, hist,
-                       done, prefix_in, krem_in, prefix_out, krem_out, shift, width, ckeys, coff, cnt, out);
+                       done, prefix_in, krem_in, prefix_out, krem_out, shift, width, ckeys, coff, cnt, cmin, cmax, out);
 }
 
-TOPK_KERNEL topk_filter_f64(const double* scores, const u8* cand, int invert, const u8* or_with, int vec,
+TOPK_FILTER_KERNEL topk_filter_f64(const double* scores, const u8* cand, int invert, const u8* or_with, int vec,
                             const int* chunk_seg, const i64* chunk_start, const i64* chunk_end, i64 n_chunks,
                             const i64* seg_nch, u64* hist, u64* done, const u64* prefix_in, const i64* krem_in,
                             u64* prefix_out, i64* krem_out, int shift, int width, u64* ckeys, unsigned short* coff,
-                            int* cnt, u8* out)
+                            int* cnt, u64* cmin, u64* cmax, u8* out)
 {
     filter_impl<double>(scores, cand, invert, or_with, vec, chunk_seg, chunk_start, chunk_end, n_chunks, seg_nch,
-                        hist, done, prefix_in, krem_in, prefix_out, krem_out, shift, width, ckeys, coff, cnt, out);
+                        hist, done, prefix_in, krem_in, prefix_out, krem_out, shift, width, ckeys, coff, cnt, cmin, cmax, out);
 }
 
 TOPK_KERNEL topk_refine_f32(const int* chunk_seg, const i64* chunk_start, i64 n_chunks, const i64* seg_nch, u64* hist,
                             u64* done, const u64* prefix_in, const i64* krem_in, u64* prefix_out, i64* krem_out,
-                            int shift, int width, const u32* ckeys, const int* cnt)
+                            int shift, int width, const u32* ckeys, const int* cnt, const u32* cmin,
+                            const u32* cmax)
 {
     refine_impl<u32>(chunk_seg, chunk_start, n_chunks, seg_nch, hist, done, prefix_in, krem_in, prefix_out, krem_out,
-                     shift, width, ckeys, cnt);
+                     shift, width, ckeys, cnt, cmin, cmax);
 }
 
 TOPK_KERNEL topk_refine_f64(const int* chunk_seg, const i64* chunk_start, i64 n_chunks, const i64* seg_nch, u64* hist,
                             u64* done, const u64* prefix_in, const i64* krem_in, u64* prefix_out, i64* krem_out,
-                            int shift, int width, const u64* ckeys, const int* cnt)
+                            int shift, int width, const u64* ckeys, const int* cnt, const u64* cmin,
+                            const u64* cmax)
 {
     refine_impl<u64>(chunk_seg, chunk_start, n_chunks, seg_nch, hist, done, prefix_in, krem_in, prefix_out, krem_out,
-                     shift, width, ckeys, cnt);
+                     shift, width, ckeys, cnt, cmin, cmax);
 }
 
 TOPK_KERNEL topk_ties_f32(const int* chunk_seg, const i64* chunk_start, i64 n_chunks, const u64* prefix,
-                          const i64* krem, const u32* ckeys, const int* cnt, int* ties)
+                          const i64* krem, const u32* ckeys, const int* cnt, const u32* cmin, const u32* cmax,
+                          int* ties)
 {
-    ties_impl<u32>(chunk_seg, chunk_start, n_chunks, prefix, krem, ckeys, cnt, ties);
+    ties_impl<u32>(chunk_seg, chunk_start, n_chunks, prefix, krem, ckeys, cnt, cmin, cmax, ties);
 }
 
 TOPK_KERNEL topk_ties_f64(const int* chunk_seg, const i64* chunk_start, i64 n_chunks, const u64* prefix,
-                          const i64* krem, const u64* ckeys, const int* cnt, int* ties)
+                          const i64* krem, const u64* ckeys, const int* cnt, const u64* cmin, const u64* cmax,
+                          int* ties)
 {
-    ties_impl<u64>(chunk_seg, chunk_start, n_chunks, prefix, krem, ckeys, cnt, ties);
+    ties_impl<u64>(chunk_seg, chunk_start, n_chunks, prefix, krem, ckeys, cnt, cmin, cmax, ties);
 }
 
 TOPK_KERNEL topk_resolve_f32(const int* chunk_seg, const i64* chunk_start, const i64* chunk_first, i64 n_chunks,
                              const u64* prefix, const i64* krem, const u32* ckeys, const unsigned short* coff,
-                             const int* cnt, const int* ties, u8* out)
+                             const int* cnt, const u32* cmin, const u32* cmax, const int* ties, u8* out)
 {
-    resolve_impl<u32>(chunk_seg, chunk_start, chunk_first, n_chunks, prefix, krem, ckeys, coff, cnt, ties, out);
+    resolve_impl<u32>(chunk_seg, chunk_start, chunk_first, n_chunks, prefix, krem, ckeys, coff, cnt, cmin, cmax,
+                      ties, out);
 }
 
 TOPK_KERNEL topk_resolve_f64(const int* chunk_seg, const i64* chunk_start, const i64* chunk_first, i64 n_chunks,
                              const u64* prefix, const i64* krem, const u64* ckeys, const unsigned short* coff,
-                             const int* cnt, const int* ties, u8* out)
+                             const int* cnt, const u64* cmin, const u64* cmax, const int* ties, u8* out)
 {
-    resolve_impl<u64>(chunk_seg, chunk_start, chunk_first, n_chunks, prefix, krem, ckeys, coff, cnt, ties, out);
+    resolve_impl<u64>(chunk_seg, chunk_start, chunk_first, n_chunks, prefix, krem, ckeys, coff, cnt, cmin, cmax,
+                      ties, out);
 }

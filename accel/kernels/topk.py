@@ -16,6 +16,7 @@ KEY_BITS = {torch.float32: 32, torch.float64: 64}
 VEC = {torch.float32: 4, torch.float64: 2}      # elements per 16-byte vector (topk.cu Tr<T>::VEC)
 TOPK_CHUNK = 4096             # elements per chunk (<= 65536: offsets within a chunk are 16-bit)
 BLOCKS_PER_SM = 4             # = TOPK_MIN_BLOCKS in topk.cu (__launch_bounds__): the persistent grid is resident
+FILTER_BLOCKS_PER_SM = 3      # = TOPK_FILTER_MIN_BLOCKS (topk_filter_* needs more registers)
 
 
 def radix_passes(dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -123,12 +124,16 @@ def topk_select(flat_scores: torch.Tensor, sizes: Sequence[int], ks: Union[Seque
     krem = [ws[o + p * nseg: o + (p + 1) * nseg] for p in range(P + 1)]
     per_chunk = torch.empty(2 * nch, dtype=torch.int32, device=dev)
     cnt, ties = per_chunk[:nch], per_chunk[nch:]
-    ckeys = torch.empty(n, dtype=torch.int32 if dtype == torch.float32 else torch.int64, device=dev)
+    kdt = torch.int32 if dtype == torch.float32 else torch.int64
+    crange = torch.empty(2 * nch, dtype=kdt, device=dev)          # per chunk: smallest / largest bucket key
+    cmin, cmax = crange[:nch], crange[nch:]
+    ckeys = torch.empty(n, dtype=kdt, device=dev)
     coff = torch.empty(n, dtype=torch.int16, device=dev)
     v = VEC[dtype]
     vec = np.int32(1 if (_aligned(flat_scores, 16) and _aligned(candidates, v) and _aligned(or_with, v)
                          and _aligned(out, v)) else 0)
     grid = max(1, min(nch, L.sm_count(dev) * BLOCKS_PER_SM))
+    grid_filter = max(1, min(nch, L.sm_count(dev) * FILTER_BLOCKS_PER_SM))
     a = L.arg
     S, C, O, OUT, H, CK, CO = a(flat_scores), a(candidates), a(or_with), a(out), a(hist), a(ckeys), a(coff)
     seg, start, end, first, seg_nch = (a(plan[k]) for k in ("seg", "start", "end", "first", "seg_nch"))
@@ -138,18 +143,18 @@ def topk_select(flat_scores: torch.Tensor, sizes: Sequence[int], ks: Union[Seque
     L.launch("topk.cu", f"topk_hist_{sfx}", dev, grid,
              (S, C, inv, vec, seg, start, end, N, seg_nch, a(ks_vec), H, a(done[0]), a(prefix[1]), a(krem[1]),
               np.int32(s0), np.int32(w0)))
-    L.launch("topk.cu", f"topk_filter_{sfx}", dev, grid,
+    L.launch("topk.cu", f"topk_filter_{sfx}", dev, grid_filter,
              (S, C, inv, O, vec, seg, start, end, N, seg_nch, H, a(done[1]), a(prefix[1]), a(krem[1]),
-              a(prefix[2]), a(krem[2]), np.int32(s1), np.int32(w1), CK, CO, a(cnt), OUT))
+              a(prefix[2]), a(krem[2]), np.int32(s1), np.int32(w1), CK, CO, a(cnt), a(cmin), a(cmax), OUT))
     for p in range(2, P):
         sp, wp = passes[p]
         L.launch("topk.cu", f"topk_refine_{sfx}", dev, grid,
                  (seg, start, N, seg_nch, H, a(done[p]), a(prefix[p]), a(krem[p]), a(prefix[p + 1]),
-                  a(krem[p + 1]), np.int32(sp), np.int32(wp), CK, a(cnt)))
+                  a(krem[p + 1]), np.int32(sp), np.int32(wp), CK, a(cnt), a(cmin), a(cmax)))
     L.launch("topk.cu", f"topk_ties_{sfx}", dev, grid,
-             (seg, start, N, a(prefix[P]), a(krem[P]), CK, a(cnt), a(ties)))
+             (seg, start, N, a(prefix[P]), a(krem[P]), CK, a(cnt), a(cmin), a(cmax), a(ties)))
     L.launch("topk.cu", f"topk_resolve_{sfx}", dev, grid,
-             (seg, start, first, N, a(prefix[P]), a(krem[P]), CK, CO, a(cnt), a(ties), OUT))
+             (seg, start, first, N, a(prefix[P]), a(krem[P]), CK, CO, a(cnt), a(cmin), a(cmax), a(ties), OUT))
     return out
 
 
