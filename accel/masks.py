@@ -14,8 +14,8 @@ import torch
 
 from reference import masks as _ref
 from reference._checks import check_density, count_for_density
-from reference.masks import (check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
-                             nm_group_length, warn_dense_layers)
+from reference.masks import (check_channel_dim, check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
+                             layer_axis, nm_group_length, nm_view_shape, warn_dense_layers)
 from . import deferred
 from . import kernels as _kernels
 from .flat import Layout, layout_of
@@ -79,14 +79,29 @@ def _keep_n_per_row(groups: torch.Tensor, n: int) -> torch.Tensor:
     return beats.sum(dim=2) < n
 
 
-def nm_mask(w: torch.Tensor, n: int, m: int, axis: str = "reduction") -> torch.Tensor:
-    """Keep n of every m consecutive weights along the reduction axis (or rows); SPEC §2.5."""
+def _native_nm(shape: tuple, axis) -> bool:
+    """The layouts the N:M paths below take as they are (2-D / 4-D, a named axis); any other rank
+    or an explicit dimension goes through ``_nm_view4``."""
+    return isinstance(axis, str) and len(shape) in (2, 4)
+
+
+def _nm_view4(shape: tuple, axis) -> tuple:
+    """``reference.masks.nm_view_shape`` [A, R, S] as a 4-D [A, R, S, 1] view: its default
+    (reduction) N:M groups are the groups of ``axis`` in ``shape``."""
+    return (*nm_view_shape(shape, axis), 1)
+
+
+def nm_mask(w: torch.Tensor, n: int, m: int, axis="reduction") -> torch.Tensor:
+    """Keep n of every m consecutive weights along the reduction axis, a given dimension, or rows
+    (any rank >= 2); docs/methods.md §1.6."""
     n, m = check_nm(n, m)
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(w).__name__}")
     nm_group_length(tuple(w.shape), m, axis)
     check_nm_divisible(tuple(w.shape), m, axis)
     w = as_real_tensor(w, "weight")
+    if not _native_nm(tuple(w.shape), axis):
+        return nm_mask(w.reshape(_nm_view4(tuple(w.shape), axis)), n, m, "reduction").reshape(w.shape)
     if _kernels.on_device(w) and _kernels.usable(w):   # CUDA + CuPy: one thread per group (accel/kernels/nm_mask.cu)
         return _kernels.nm_mask(w, n, m, axis)
     return _nm_mask_torch(w, n, m, axis)
@@ -125,12 +140,35 @@ def _require_finite_weights(weights: Mapping[str, torch.Tensor], label=lambda na
     deferred.require(torch.stack([o.to(oks[0].device) for o in oks]).all(), lambda: message(first_bad()))
 
 
+def _nm_masks_viewed(weights: Mapping[str, torch.Tensor], n: int, m: int, axis) -> tuple[dict, list]:
+    """``nm_masks`` for any rank and per-layer axes: every divisible layer as its 4-D view
+    (``_nm_view4``) in one ``nm_masks`` call, the masks reshaped back."""
+    for name, w in weights.items():
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"weight {name!r} must be a torch.Tensor, got {type(w).__name__}")
+        nm_group_length(tuple(w.shape), m, layer_axis(axis, name))
+    dense = [x for x, w in weights.items() if nm_group_length(tuple(w.shape), m, layer_axis(axis, x)) % m]
+    views = {x: w.reshape(_nm_view4(tuple(w.shape), layer_axis(axis, x))) for x, w in weights.items() if x not in dense}
+    found = {x: torch.ones_like(weights[x], dtype=torch.bool) for x in dense}
+    if views:
+        got, _ = nm_masks(views, n, m, "reduction")
+        found.update((x, v.reshape(weights[x].shape)) for x, v in got.items())
+    else:
+        _require_finite_weights(weights)
+    warn_dense_layers({d: tuple(weights[d].shape) for d in dense}, m, axis)
+    return {x: found[x] for x in weights}, dense
+
+
 def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
-             axis: str = "reduction") -> tuple[dict[str, torch.Tensor], list[str]]:
+             axis="reduction") -> tuple[dict[str, torch.Tensor], list[str]]:
     """N:M masks per layer; indivisible layers stay dense and are returned and warned about. On
-    CUDA one kernel launch covers every divisible layer (accel/kernels/nm_mask.cu)."""
+    CUDA one kernel launch covers every divisible layer (accel/kernels/nm_mask.cu). ``axis`` as
+    in ``nm_mask``, or a dict layer name -> axis (``accel.prunable.reduction_dims``)."""
     n, m = check_nm(n, m)
     check_layer_dict(weights, "weights")
+    if isinstance(axis, Mapping) or any(isinstance(w, torch.Tensor) and not _native_nm(tuple(w.shape), axis)
+                                        for w in weights.values()):
+        return _nm_masks_viewed(weights, n, m, axis)
     for name, w in weights.items():
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"weight {name!r} must be a torch.Tensor, got {type(w).__name__}")
@@ -152,35 +190,43 @@ def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
 
 # ----------------------------------------------------------------------------- channels (§2.6a)
 
-def _check_channel_weight(w, what: str = "weight") -> torch.Tensor:
+def _check_channel_weight(w, what: str = "weight", dim: int = 0) -> torch.Tensor:
     w = as_real_tensor(w, what)
     if w.dim() < 2:
         raise ValueError(f"channel pruning needs a weight with an output dimension and at least one more "
-                         f"(Linear [O, I] or Conv [O, I, kh, kw]); {what} has shape {tuple(w.shape)}")
+                         f"(Linear [O, I], Conv [O, I, *k], ...); {what} has shape {tuple(w.shape)}")
+    check_channel_dim(tuple(w.shape), dim, what)
     return w
 
 
-def channel_scores(w: torch.Tensor) -> torch.Tensor:
-    """score[o] = sum |w[o]| (SPEC §2.6a)."""
-    w = _check_channel_weight(w)
-    return w.abs().reshape(w.shape[0], -1).sum(dim=1)
+def channel_scores(w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """score[o] = sum |w| over the entries with index ``o`` along the output dim ``dim`` (docs/methods.md §1.7)."""
+    w = _check_channel_weight(w, dim=dim)
+    d = check_channel_dim(tuple(w.shape), dim)
+    return w.abs().movedim(d, 0).reshape(w.shape[d], -1).sum(dim=1)
 
 
-def channel_mask(w: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the top floor(d*O+0.5) output channels by L1 score, broadcast to w's shape."""
-    w = _check_channel_weight(w)
-    keep = topk_mask(channel_scores(w), count_for_density(density, w.shape[0]))
-    return keep.reshape((-1,) + (1,) * (w.dim() - 1)).expand(w.shape).contiguous()
+def channel_mask(w: torch.Tensor, density: float, dim: int = 0) -> torch.Tensor:
+    """Keep the top floor(d*O+0.5) output channels (along ``dim``) by L1 score, broadcast to w's shape."""
+    w = _check_channel_weight(w, dim=dim)
+    d = check_channel_dim(tuple(w.shape), dim)
+    keep = topk_mask(channel_scores(w, d), count_for_density(density, w.shape[d]))
+    view = [1] * w.dim()
+    view[d] = -1
+    return keep.reshape(view).expand(w.shape).contiguous()
 
 
-def channel_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Per-layer channel masks (SPEC §2.6a)."""
+def channel_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float],
+                  dims: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Per-layer channel masks along each layer's output dim ``dims[name]`` (default 0; docs/methods.md §1.7)."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
+    dims = {n: 0 for n in weights} if dims is None else dims
+    check_layer_names(weights, dims, "dims")
     for name, w in weights.items():
-        _check_channel_weight(w, f"weight {name!r}")
+        _check_channel_weight(w, f"weight {name!r}", dims[name])
         check_density(densities[name], f"density of layer {name!r}")
-    return {name: channel_mask(w, densities[name]) for name, w in weights.items()}
+    return {name: channel_mask(w, densities[name], dims[name]) for name, w in weights.items()}
 
 
 # ----------------------------------------------------------------------------- random (§2.4)

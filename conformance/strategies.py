@@ -30,14 +30,16 @@ def scores(shape, dtype):
                                                                   allow_nan=False, allow_infinity=False)))
 
 
-def layer_dict(dtype, max_layers=3, draw_array=scores):
-    """Dict of 1..max_layers named tensors of random shapes (2-D or 4-D like linear/conv weights)."""
+def layer_dict(dtype, max_layers=3, draw_array=scores, ranks=(2, 4)):
+    """Dict of 1..max_layers named tensors of random shapes: 2-D or 4-D like linear/conv weights
+    by default, or any of ``ranks`` (3-D Conv1d, 5-D Conv3d, ...)."""
     @st.composite
     def build(draw):
         n = draw(st.integers(1, max_layers))
         out = {}
         for i in range(n):
-            shp = draw(st.one_of(shapes(2, 2, 1, 9), shapes(4, 4, 1, 4)))
+            rank = draw(st.sampled_from(ranks))
+            shp = draw(shapes(2, 2, 1, 9) if rank == 2 else shapes(rank, rank, 1, 4))
             out[f"layer{i}.weight"] = draw(draw_array(shp, dtype))
         return out
     return build()

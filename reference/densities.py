@@ -2,7 +2,8 @@
 
 The shape-based distributions are pure scalar logic on layer shapes (docs/methods.md §1.15: written once
 here, imported by accel). Inputs are ``shapes: dict name -> shape`` of prunable weights
-(Linear [O, I], Conv [O, I, kh, kw]); outputs are ``dict name -> density`` in the same order.
+(any rank >= 2: Linear [O, I], Conv [O, I, *k], ConvTranspose [I, O, *k], attention, embedding
+and RNN weights); outputs are ``dict name -> density`` in the same order.
 
 ER / ERK (docs/methods.md §1.4 RESOLUTION, EXTERNAL reference form of Evci et al. 2020): the density of
 layer l is d_l = eps * r_l with
@@ -42,9 +43,9 @@ def _check_shapes(shapes) -> dict[str, tuple]:
             t = tuple(shp)
         except TypeError:
             raise TypeError(f"shape of layer {name!r} must be a tuple of ints, got {shp!r}") from None
-        if len(t) not in (2, 4):
-            raise ValueError(f"layer {name!r} has shape {t}: only Linear [O, I] (2-D) and Conv [O, I, kh, kw] "
-                             f"(4-D) weights can be allocated a density")
+        if len(t) < 2:
+            raise ValueError(f"layer {name!r} has shape {t}: only weights of rank >= 2 (Linear [O, I], Conv "
+                             f"[O, I, *k], attention, embedding and RNN weights) can be allocated a density")
         if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in t):
             raise ValueError(f"layer {name!r} has shape {t}: every dimension must be a positive int")
         out[name] = tuple(int(s) for s in t)

@@ -51,26 +51,61 @@ def check_nm(n, m) -> tuple[int, int]:
     return n, m
 
 
-def nm_group_length(shape: tuple, m: int, axis: str) -> int:
-    """Length of the axis cut into groups of m: I (reduction) or the flattened row (rows).
+def nm_group_dim(shape: tuple, axis) -> int:
+    """The dimension N:M groups run along: ``"reduction"`` is dim 1 (PyTorch's ``[out, in, *kernel]``
+    weights: Linear, Conv1d/2d/3d, attention projections, RNN weights), an int names the dimension
+    itself (``accel.prunable.reduction_dims``: 0 for ConvTranspose). ``"rows"`` has no single
+    dimension (groups run along the flattened row); it returns 1."""
+    if isinstance(axis, bool) or not (axis in NM_AXES or isinstance(axis, (int, np.integer))):
+        raise ValueError(f"N:M axis={axis!r} is not allowed; choose one of {list(NM_AXES)} or a dimension index")
+    if len(shape) < 2:
+        raise ValueError(f"N:M needs a weight of rank >= 2 (Linear [O, I], Conv [O, I, *k], ...), got shape {tuple(shape)}")
+    if isinstance(axis, str):
+        return 1
+    d = int(axis)
+    if not -len(shape) <= d < len(shape):
+        raise ValueError(f"N:M axis={d} is not a dimension of the weight of shape {tuple(shape)} "
+                         f"(allowed: {-len(shape)} .. {len(shape) - 1})")
+    return d % len(shape)
 
-    Raises ValueError for shapes that are not 2-D [O, I] or 4-D [O, I, kh, kw] and for an
-    unknown ``axis``; divisibility is checked by the caller.
-    """
-    if axis not in NM_AXES:
-        raise ValueError(f"N:M axis={axis!r} is not allowed; choose one of {list(NM_AXES)}")
-    if len(shape) not in (2, 4):
-        raise ValueError(f"N:M needs a Linear [O, I] or Conv [O, I, kh, kw] weight, got shape {tuple(shape)}")
-    return int(shape[1]) if axis == "reduction" else int(np.prod(shape[1:], dtype=np.int64))
+
+def nm_group_length(shape: tuple, m: int, axis) -> int:
+    """Length of the axis cut into groups of m: the size of the group dimension (``nm_group_dim``),
+    or the flattened row ``prod(shape[1:])`` for ``axis="rows"``.
+
+    Raises ValueError for weights of rank < 2 and for an unknown ``axis``; divisibility is checked
+    by the caller."""
+    d = nm_group_dim(shape, axis)
+    return int(np.prod(shape[1:], dtype=np.int64)) if axis == "rows" else int(shape[d])
 
 
-def check_nm_divisible(shape: tuple, m: int, axis: str) -> None:
+def nm_view_shape(shape: tuple, axis) -> tuple:
+    """The weight seen as ``[A, R, S]``: groups of m consecutive entries along R (stride S), at every
+    (a, s). Dim d of the group axis gives A = prod(shape[:d]), R = shape[d], S = prod(shape[d+1:]);
+    ``"rows"`` gives [O, prod(shape[1:]), 1]. A 4-D Conv with the default axis is [O, I, kh*kw]."""
+    d = nm_group_dim(shape, axis)
+    if axis == "rows":
+        return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64)), 1
+    return (int(np.prod(shape[:d], dtype=np.int64)), int(shape[d]), int(np.prod(shape[d + 1:], dtype=np.int64)))
+
+
+def check_nm_divisible(shape: tuple, m: int, axis) -> None:
     length = nm_group_length(shape, m, axis)
     if length % m:
-        what = "reduction size I" if axis == "reduction" else "row length I*kh*kw"
+        d = nm_group_dim(shape, axis)
+        what = "row length" if axis == "rows" else "input size (dim 1) I" if d == 1 else f"size of dim {d}"
         raise ValueError(f"N:M groups of m={m} do not divide the layer of shape {tuple(shape)}: "
                          f"{what}={length} is not a multiple of {m} (layers are never padded; "
                          f"use nm_masks to leave such layers dense)")
+
+
+def layer_axis(axis, name: str):
+    """The N:M axis of layer ``name``: ``axis`` itself, or ``axis[name]`` for a per-layer dict."""
+    if isinstance(axis, Mapping):
+        if name not in axis:
+            raise ValueError(f"the per-layer N:M axis dict has no entry for layer {name!r}; it names {list(axis)}")
+        return axis[name]
+    return axis
 
 
 def check_shapes_dict(shapes) -> None:
@@ -135,90 +170,114 @@ def _keep_n_per_row(groups: np.ndarray, n: int) -> np.ndarray:
     return keep
 
 
-def nm_mask(w: np.ndarray, n: int, m: int, axis: str = "reduction") -> np.ndarray:
+def nm_mask(w: np.ndarray, n: int, m: int, axis="reduction") -> np.ndarray:
     """N:M mask: keep n of every m consecutive weights (docs/methods.md §1.6, [TH] §2.2.3, [SC] §3.4).
 
-    ``axis="reduction"`` (default, the GEMM reduction dimension): Linear [O, I] -> groups of
-    m consecutive input features per row; Conv [O, I, kh, kw] -> viewed channels-last
-    (permute 0, 2, 3, 1), groups of m consecutive input channels at each (o, kh, kw).
-    ``axis="rows"``: groups of m consecutive entries of the row-major ``w.reshape(O, -1)``.
-    Within a group the n largest |w| are kept, ties -> lower index within the group.
-    The group axis must be divisible by m (never padded); otherwise ValueError.
+    ``axis="reduction"`` (default, the GEMM reduction dimension, dim 1 of a PyTorch weight):
+    Linear [O, I] -> groups of m consecutive input features per row; Conv [O, I, *k] -> viewed
+    channels-last, groups of m consecutive input channels at each (o, *k). An int ``axis`` names
+    the group dimension d (any rank): groups of m consecutive entries along d at every position
+    of the other dimensions (``nm_view_shape``). ``axis="rows"``: groups of m consecutive entries
+    of the row-major ``w.reshape(O, -1)``. Within a group the n largest |w| are kept, ties ->
+    lower index within the group. The group axis must be divisible by m (never padded);
+    otherwise ValueError.
     """
     n, m = check_nm(n, m)
     w = np.asarray(w)
     nm_group_length(w.shape, m, axis)
     check_nm_divisible(w.shape, m, axis)
     w = as_real_array(w, "weight")
-    if axis == "rows" or w.ndim == 2:
-        return _keep_n_per_row(w.reshape(-1, m), n).reshape(w.shape)
-    cl = w.transpose(0, 2, 3, 1)                      # [O, kh, kw, I], channels last
+    a, r, s = nm_view_shape(w.shape, axis)
+    cl = w.reshape(a, r, s).transpose(0, 2, 1)                  # [A, S, R]: the group axis last
     keep = _keep_n_per_row(cl.reshape(-1, m), n).reshape(cl.shape)
-    return np.ascontiguousarray(keep.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(keep.transpose(0, 2, 1)).reshape(w.shape)
 
 
 def nm_masks(weights: Mapping[str, np.ndarray], n: int, m: int,
-             axis: str = "reduction") -> tuple[dict[str, np.ndarray], list[str]]:
+             axis="reduction") -> tuple[dict[str, np.ndarray], list[str]]:
     """N:M masks for every layer; returns ``(masks, dense_layers)`` (docs/methods.md §1.6).
 
+    ``axis`` as in ``nm_mask``, or a dict layer name -> axis (``accel.prunable.reduction_dims``).
     A layer whose group axis is not divisible by m is left dense (all-True mask), listed in
     ``dense_layers`` and named in a warning -- never silently padded.
     """
     n, m = check_nm(n, m)
     check_layer_dict(weights, "weights")
     for name, w in weights.items():               # validate every layer before computing
-        nm_group_length(np.shape(w), m, axis)
+        nm_group_length(np.shape(w), m, layer_axis(axis, name))
         as_real_array(w, f"weight {name!r}")
     masks, dense = {}, []
     for name, w in weights.items():
-        if nm_group_length(np.shape(w), m, axis) % m:
+        ax = layer_axis(axis, name)
+        if nm_group_length(np.shape(w), m, ax) % m:
             masks[name] = np.ones(np.shape(w), dtype=bool)
             dense.append(name)
         else:
-            masks[name] = nm_mask(w, n, m, axis)
+            masks[name] = nm_mask(w, n, m, ax)
     warn_dense_layers({d: tuple(np.shape(weights[d])) for d in dense}, m, axis)
     return masks, dense
 
 
-def warn_dense_layers(dense_shapes: Mapping[str, tuple], m: int, axis: str) -> None:
+def warn_dense_layers(dense_shapes: Mapping[str, tuple], m: int, axis) -> None:
     """Name the layers that N:M left dense (docs/methods.md §1.6: reported, never silently padded)."""
     if dense_shapes:
+        if isinstance(axis, Mapping):
+            axis = {n: axis[n] for n in dense_shapes}
         warnings.warn(f"N:M with m={m} along axis={axis!r} left {len(dense_shapes)} layer(s) dense because "
                       f"their group axis is not divisible by {m}: {dict(dense_shapes)}", UserWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- channels (§2.6a)
 
-def _check_channel_weight(w, what: str = "weight") -> np.ndarray:
+def _check_channel_weight(w, what: str = "weight", dim: int = 0) -> np.ndarray:
     w = as_real_array(w, what)
     if w.ndim < 2:
         raise ValueError(f"channel pruning needs a weight with an output dimension and at least one more "
-                         f"(Linear [O, I] or Conv [O, I, kh, kw]); {what} has shape {w.shape}")
+                         f"(Linear [O, I], Conv [O, I, *k], ...); {what} has shape {w.shape}")
+    check_channel_dim(w.shape, dim, what)
     return w
 
 
-def channel_scores(w: np.ndarray) -> np.ndarray:
-    """L1 norm of each output filter / row: score[o] = sum |w[o]| (docs/methods.md §1.7, [TH] §2.2.1)."""
-    w = _check_channel_weight(w)
-    return np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
+def check_channel_dim(shape: tuple, dim, what: str = "weight") -> int:
+    """The output (filter) dimension of a weight: 0 for PyTorch's [out, in, *k] weights, 1 for
+    ConvTranspose ([in, out, *k]; ``accel.prunable.output_dims``)."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -len(shape) <= dim < len(shape):
+        raise ValueError(f"channel dim={dim!r} is not a dimension of {what} of shape {tuple(shape)} "
+                         f"(allowed: {-len(shape)} .. {len(shape) - 1})")
+    return int(dim) % len(shape)
 
 
-def channel_mask(w: np.ndarray, density: float) -> np.ndarray:
-    """Keep the top floor(d*O+0.5) output channels by L1 score (tie rule), broadcast to w's shape."""
-    w = _check_channel_weight(w)
-    k = count_for_density(density, w.shape[0])
-    keep = topk_mask(channel_scores(w), k)
-    return np.broadcast_to(keep.reshape((-1,) + (1,) * (w.ndim - 1)), w.shape).copy()
+def channel_scores(w: np.ndarray, dim: int = 0) -> np.ndarray:
+    """L1 norm of each output filter: score[o] = sum |w| over every index with index[dim] = o
+    (docs/methods.md §1.7, [TH] §2.2.1); ``dim`` = the output dimension."""
+    w = _check_channel_weight(w, dim=dim)
+    d = check_channel_dim(w.shape, dim)
+    return np.abs(np.moveaxis(w, d, 0)).reshape(w.shape[d], -1).sum(axis=1)
 
 
-def channel_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, float]) -> dict[str, np.ndarray]:
-    """Per-layer channel masks (docs/methods.md §1.7), layer l keeping floor(d_l*O_l+0.5) filters."""
+def channel_mask(w: np.ndarray, density: float, dim: int = 0) -> np.ndarray:
+    """Keep the top floor(d*O+0.5) output channels (along ``dim``) by L1 score (tie rule),
+    broadcast to w's shape."""
+    w = _check_channel_weight(w, dim=dim)
+    d = check_channel_dim(w.shape, dim)
+    keep = topk_mask(channel_scores(w, d), count_for_density(density, w.shape[d]))
+    view = [1] * w.ndim
+    view[d] = -1
+    return np.broadcast_to(keep.reshape(view), w.shape).copy()
+
+
+def channel_masks(weights: Mapping[str, np.ndarray], densities: Mapping[str, float],
+                  dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Per-layer channel masks (docs/methods.md §1.7), layer l keeping floor(d_l*O_l+0.5) filters along its
+    output dimension ``dims[l]`` (default 0; ``accel.prunable.output_dims``)."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
+    dims = {n: 0 for n in weights} if dims is None else dims
+    check_layer_names(weights, dims, "dims")
     for name, w in weights.items():
-        _check_channel_weight(w, f"weight {name!r}")
+        _check_channel_weight(w, f"weight {name!r}", dims[name])
         check_density(densities[name], f"density of layer {name!r}")
-    return {name: channel_mask(w, densities[name]) for name, w in weights.items()}
+    return {name: channel_mask(w, densities[name], dims[name]) for name, w in weights.items()}
 
 
 # ----------------------------------------------------------------------------- random (§2.4)

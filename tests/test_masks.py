@@ -135,9 +135,10 @@ def test_nm_bad_n_m(be, n, m, exc, pattern):
 
 def test_nm_bad_shapes_and_axis(be):
     M, conv = be
-    for shape in [(8,), (2, 4, 4)]:
-        with pytest.raises(ValueError, match=r"\(" + str(shape[0])):
-            M.nm_mask(conv(np.ones(shape)), 2, 4)
+    with pytest.raises(ValueError, match=r"rank >= 2.*\(8,\)"):
+        M.nm_mask(conv(np.ones((8,))), 2, 4)
+    with pytest.raises(ValueError, match=r"axis=3 is not a dimension.*\(2, 4, 4\)"):
+        M.nm_mask(conv(np.ones((2, 4, 4))), 2, 4, axis=3)
     # reduction size I = 6 does not divide by 4: message names the shape, m and I, never pads
     with pytest.raises(ValueError, match=r"m=4.*\(3, 6\).*I=6"):
         M.nm_mask(conv(np.ones((3, 6))), 2, 4)
@@ -164,8 +165,8 @@ def test_nm_masks_leaves_indivisible_layers_dense(be):
         warnings.simplefilter("error")                # nothing dense -> no warning
         _, dense = M.nm_masks(conv({"fc1": ws["fc1"]}), 2, 4)
     assert dense == []
-    with pytest.raises(ValueError, match=r"'?\(3, 3, 3\)"):
-        M.nm_masks(conv({"ok": ws["fc1"], "bad": np.ones((3, 3, 3))}), 2, 4)
+    with pytest.raises(ValueError, match=r"rank >= 2.*\(3,\)"):        # checked before anything is computed
+        M.nm_masks(conv({"ok": ws["fc1"], "bad": np.ones((3,))}), 2, 4)
 
 
 # ----------------------------------------------------------------------------- channels

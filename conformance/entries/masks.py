@@ -38,13 +38,13 @@ def _magnitude_mask_args(draw, dtype):
 
 @st.composite
 def _magnitude_masks_args(draw, dtype):
-    ws = draw(layer_dict(dtype))
+    ws = draw(layer_dict(dtype, ranks=(2, 3, 4, 5)))
     return (ws, _densities_for(draw, ws)), {}
 
 
 @st.composite
 def _global_args(draw, dtype):
-    return (draw(layer_dict(dtype)), draw(densities_st())), {}
+    return (draw(layer_dict(dtype, ranks=(2, 3, 4, 5))), draw(densities_st())), {}
 
 
 register("magnitude_mask", R.magnitude_mask, A.magnitude_mask, _magnitude_mask_args)
@@ -56,20 +56,30 @@ register("global_magnitude_masks", R.global_magnitude_masks, A.global_magnitude_
 
 @st.composite
 def _nm_shape(draw, m, axis):
-    """A Linear or Conv shape whose group axis (I, or the row for axis='rows') divides by m."""
-    o = draw(st.integers(1, 4))
-    if draw(st.booleans()):
-        return (o, m * draw(st.integers(1, 4)))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    if axis == "rows" and draw(st.booleans()):        # row length divisible although I may not be
-        return (o, draw(st.integers(1, 3)), m, kw)
-    return (o, m * draw(st.integers(1, 3)), kh, kw)
+    """A weight shape of rank 2 to 5 whose group axis (dim 1, the given dim, or the row for
+    axis='rows') divides by m: Linear, Conv1d/2d/3d and ConvTranspose-like layouts."""
+    rank = draw(st.sampled_from([2, 2, 3, 4, 4, 5]))
+    shp = [draw(st.integers(1, 4))] + [draw(st.integers(1, 3)) for _ in range(rank - 1)]
+    if axis == "rows":
+        if draw(st.booleans()):                        # row length divisible although dim 1 may not be
+            shp[-1] = m
+        else:
+            shp[1] = m * draw(st.integers(1, 3))
+        return tuple(shp)
+    d = 1 if axis == "reduction" else axis % rank
+    shp[d] = m * draw(st.integers(1, 3))
+    return tuple(shp)
+
+
+def _axis_st(rank_hint=None):
+    """A named axis, or an explicit dimension 0 or 1 (ConvTranspose sums over dim 0), or -1."""
+    return st.sampled_from([*R.NM_AXES, 0, 1, -1])
 
 
 @st.composite
 def _nm_mask_args(draw, dtype):
     n, m = draw(st.sampled_from(NM_PATTERNS))
-    axis = draw(st.sampled_from(R.NM_AXES))
+    axis = draw(_axis_st())
     w = draw(scores(draw(_nm_shape(m, axis)), dtype))
     return (w, n, m), {"axis": axis}
 
@@ -77,15 +87,18 @@ def _nm_mask_args(draw, dtype):
 @st.composite
 def _nm_masks_args(draw, dtype):
     n, m = draw(st.sampled_from(NM_PATTERNS))
-    axis = draw(st.sampled_from(R.NM_AXES))
-    ws = {}
+    per_layer = draw(st.booleans())                    # one axis, or a dict layer -> axis (reduction_dims)
+    axis = draw(_axis_st())
+    ws, axes = {}, {}
     for i in range(draw(st.integers(1, 4))):
+        ax = draw(_axis_st()) if per_layer else axis
         if draw(st.booleans()):
-            shp = draw(_nm_shape(m, axis))
+            shp = draw(_nm_shape(m, ax))
         else:                                          # any shape: often indivisible -> left dense
-            shp = draw(st.one_of(shapes(2, 2, 1, 9), shapes(4, 4, 1, 4)))
+            shp = draw(st.one_of(shapes(2, 2, 1, 9), shapes(3, 5, 1, 4)))
         ws[f"layer{i}.weight"] = draw(tied_scores(shp, dtype))
-    return (ws, n, m), {"axis": axis}
+        axes[f"layer{i}.weight"] = ax
+    return (ws, n, m), {"axis": axes if per_layer else axis}
 
 
 def _quiet(fn):
@@ -110,26 +123,34 @@ def exact_sum_weights(shape, dtype):
 
 
 def _channel_shape():
-    return st.one_of(shapes(2, 2, 1, 9), shapes(4, 4, 1, 4))
+    return st.one_of(shapes(2, 2, 1, 9), shapes(3, 5, 1, 4))
+
+
+@st.composite
+def _channel_dim(draw, shp):
+    """The output dim: 0 (PyTorch weights), 1 (ConvTranspose) or a negative index."""
+    return draw(st.sampled_from([0, 1, -len(shp)]))
 
 
 @st.composite
 def _channel_scores_args(draw, dtype):
     shp = draw(_channel_shape())
     w = draw(st.one_of(scores(shp, dtype), exact_sum_weights(shp, dtype)))
-    return (w,), {}
+    return (w,), {"dim": draw(_channel_dim(shp))}
 
 
 @st.composite
 def _channel_mask_args(draw, dtype):
-    w = draw(exact_sum_weights(draw(_channel_shape()), dtype))
-    return (w, draw(densities_st())), {}
+    shp = draw(_channel_shape())
+    w = draw(exact_sum_weights(shp, dtype))
+    return (w, draw(densities_st())), {"dim": draw(_channel_dim(shp))}
 
 
 @st.composite
 def _channel_masks_args(draw, dtype):
-    ws = draw(layer_dict(dtype, draw_array=exact_sum_weights))
-    return (ws, _densities_for(draw, ws)), {}
+    ws = draw(layer_dict(dtype, draw_array=exact_sum_weights, ranks=(2, 3, 4, 5)))
+    dims = {n: draw(_channel_dim(w.shape)) for n, w in ws.items()} if draw(st.booleans()) else None
+    return (ws, _densities_for(draw, ws)), ({"dims": dims} if dims is not None else {})
 
 
 register("channel_scores", R.channel_scores, A.channel_scores, _channel_scores_args)
