@@ -25,7 +25,7 @@ from ._checks import as_real_tensor, check_finite, scalar_as
 from ._exact import true_div
 from .dst import prune_to_count
 from .flat import Layout, segment_sums
-from .masks import _require_finite_weights
+from .masks import _require_finite_weights, _require_flag_clear
 from .topk import _require_finite, select_segments, select_within, topk_mask, topk_within
 
 __all__ = ["umg_channel_scores", "umg_channel_scores_all", "umg_channel_mask", "umg_channel_masks", "imp_unstructured_masks",
@@ -93,12 +93,17 @@ def _umg_scores_torch(w, mask_u, mask_nm, b: float) -> torch.Tensor:
     return scalar_as(b, a.dtype) * su + scalar_as(1.0 - b, a.dtype) * snm
 
 
-def _scores_all(ws: list, mus: list, mnms: list, b: float) -> list:
-    """UMG scores of validated layers: one kernel launch (per dtype) on CUDA, else per layer."""
+def _scores_all(ws: list, mus: list, mnms: list, b: float, label) -> list:
+    """UMG scores of type- and shape-checked layers, which must be finite (``label(i)`` names layer
+    i in the error): one kernel launch (per dtype) on CUDA, which flags NaN / inf as it reads the
+    weights, else per layer after one finiteness reduction."""
     if ws and _kernels.on_device(ws[0]) and all(w.device == ws[0].device for w in ws) and _kernels.usable(*ws):
-        fused = _kernels.umg_channel_scores_all(ws, mus, mnms, b)
+        bad = torch.zeros(1, dtype=torch.int32, device=ws[0].device)
+        fused = _kernels.umg_channel_scores_all(ws, mus, mnms, b, bad=bad)
         if fused is not None:
+            _require_flag_clear(bad, dict(enumerate(ws)), label=label)
             return fused
+    _require_finite_weights(dict(enumerate(ws)), label=label)
     return [_umg_scores_torch(w, mu, mnm, b) for w, mu, mnm in zip(ws, mus, mnms)]
 
 
@@ -114,8 +119,7 @@ def umg_channel_scores_all(ws, masks_u, masks_nm=None, beta: float = UMG_BETA) -
                          f"{len(masks_u)} masks_u and {len(masks_nm)} masks_nm")
     for i, (w, mu, mnm) in enumerate(zip(ws, masks_u, masks_nm)):
         _check_umg_inputs(w, mu, mnm, f"weights[{i}]", finite=False)
-    _require_finite_weights({i: w for i, w in enumerate(ws)}, label=lambda i: f"weights[{i}]")
-    return _scores_all(ws, masks_u, masks_nm, b)
+    return _scores_all(ws, masks_u, masks_nm, b, label=lambda i: f"weights[{i}]")
 
 
 def umg_channel_mask(w: torch.Tensor, mask_u: torch.Tensor, mask_nm: torch.Tensor | None, channel_density: float,
@@ -150,10 +154,10 @@ def umg_channel_masks(weights: Mapping, masks_u: Mapping, masks_nm: Mapping | No
     for n in names:
         _check_umg_inputs(weights[n], masks_u[n], None if masks_nm is None else masks_nm[n], f"weights[{n!r}]",
                           finite=False)
-    _require_finite_weights(weights, label=lambda n: f"weights[{n!r}]")
     ws = [weights[n] for n in names]
     # every layer's scores at once (one kernel launch on CUDA), then one segmented selection
-    scores = _scores_all(ws, [masks_u[n] for n in names], [None if masks_nm is None else masks_nm[n] for n in names], b)
+    scores = _scores_all(ws, [masks_u[n] for n in names], [None if masks_nm is None else masks_nm[n] for n in names], b,
+                         label=lambda i: f"weights[{names[i]!r}]")
     outs = [int(s.shape[0]) for s in scores]
     ks = [count_for_density(d, o) for o in outs]
     cands = None

@@ -159,6 +159,17 @@ def _nm_masks_viewed(weights: Mapping[str, torch.Tensor], n: int, m: int, axis) 
     return {x: found[x] for x in weights}, dense
 
 
+def _require_flag_clear(bad: torch.Tensor, weights: Mapping[str, torch.Tensor],
+                        label=lambda name: f"weight {name!r}") -> None:
+    """A kernel's non-finite flag is clear (now, or at the commit of the enclosing update); the
+    error names the first bad weight as ``_require_finite_weights`` does."""
+    def message():
+        name = next(x for x, w in weights.items() if not bool(torch.isfinite(w).all()))
+        bad_n = int((~torch.isfinite(weights[name])).sum())
+        return f"{label(name)} contains {bad_n} non-finite value(s) (NaN or inf); only finite values are allowed"
+    deferred.require(bad.eq(0), message)
+
+
 def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
              axis="reduction") -> tuple[dict[str, torch.Tensor], list[str]]:
     """N:M masks per layer; indivisible layers stay dense and are returned and warned about. On
@@ -175,14 +186,18 @@ def nm_masks(weights: Mapping[str, torch.Tensor], n: int, m: int,
         nm_group_length(tuple(w.shape), m, axis)
         if w.is_complex():
             raise TypeError(f"weight {name!r} must be a real tensor, got dtype {w.dtype}")
-    _require_finite_weights(weights)
     dense = [x for x, w in weights.items() if nm_group_length(tuple(w.shape), m, axis) % m]
     todo = [x for x in weights if x not in dense]
     ws = [weights[x] for x in todo]
     found = {x: torch.ones_like(weights[x], dtype=torch.bool) for x in dense}
     if ws and _kernels.on_device(ws[0]) and all(w.device == ws[0].device for w in ws) and _kernels.usable(*ws):
-        found.update(zip(todo, _kernels.nm_masks(ws, n, m, axis)))    # one launch for all of them
+        # one launch for all of them; the kernel flags NaN / inf as it reads (no separate pass)
+        bad = torch.zeros(1, dtype=torch.int32, device=ws[0].device)
+        found.update(zip(todo, _kernels.nm_masks(ws, n, m, axis, bad=bad)))
+        _require_finite_weights({x: weights[x] for x in dense})
+        _require_flag_clear(bad, {x: weights[x] for x in todo})
     else:
+        _require_finite_weights(weights)
         found.update((x, _nm_mask_torch(w, n, m, axis)) for x, w in zip(todo, ws))
     warn_dense_layers({d: tuple(weights[d].shape) for d in dense}, m, axis)
     return {x: found[x] for x in weights}, dense

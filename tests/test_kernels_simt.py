@@ -511,6 +511,30 @@ def test_umg_channel_masks_score_once_and_select_once(emulated):
         assert np.array_equal(got[n].numpy(), want[n]), n
 
 
+@pytest.mark.parametrize("where", ["fc", "b", "e", "stem"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nm_and_umg_kernels_flag_non_finite_weights_as_they_read_them(emulated, where, bad):
+    """No separate finiteness pass on the kernel path: the N:M and UMG kernels flag NaN / inf
+    (contiguous and strided groups; "stem" is a layer N:M leaves dense, checked on its own), the
+    error names the layer; inside an update the check waits for the commit."""
+    from accel import deferred
+    from accel.cocktail_ops import umg_channel_masks, umg_channel_scores_all
+    from accel.masks import nm_masks
+    ws = _model_weights(torch.float32, torch.Generator().manual_seed(1))
+    ws[where].view(-1)[7] = bad
+    with emulated() as b, pytest.raises(ValueError, match=rf"weight '{where}' contains 1 non-finite"):
+        nm_masks(ws, 2, 4)
+    assert [k for k, _ in b.log] == ["nm_masks_f32"]
+    names = list(ws)
+    with emulated() as b, pytest.raises(ValueError, match=rf"weights\[{names.index(where)}\] contains 1 non-finite"):
+        umg_channel_scores_all(list(ws.values()), [w != 0 for w in ws.values()], None, 0.5)
+    assert [k for k, _ in b.log] == ["umg_channel_scores_f32"]
+    with emulated(), deferred.transaction() as txn:
+        umg_channel_masks(ws, {k: w != 0 for k, w in ws.items()}, None, 0.5)      # nothing raised yet
+    with pytest.raises(ValueError, match=rf"weights\['{where}'\] contains 1 non-finite"):
+        txn.commit()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dst_ee_and_cia_whole_model_bit_for_bit_with_unaligned_views(emulated, dtype):
     """Layers as views at offsets of one flat buffer (some 16-byte aligned, some not), chunks that

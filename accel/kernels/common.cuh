@@ -27,6 +27,9 @@ __device__ __forceinline__ float  sub_rn(float a, float b)   { return __fsub_rn(
 __device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
 __device__ __forceinline__ float  div_rn(float a, float b)   { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+// whether a magnitude |x| is finite (false for inf and for NaN, whose comparisons are false)
+__device__ __forceinline__ bool finite_abs(float a)  { return a <= 3.40282346638528859812e+38f; }
+__device__ __forceinline__ bool finite_abs(double a) { return a <= 1.79769313486231570815e+308; }
 // an int64 converted to T with round-to-nearest (NumPy's astype)
 __device__ __forceinline__ float  to_t(i64 v, float)  { return __ll2float_rn(v); }
 __device__ __forceinline__ double to_t(i64 v, double) { return __ll2double_rn(v); }

@@ -26,7 +26,8 @@
 // the scores of all weights end to end in one flat output. The reference sums in the dtype
 // (NumPy's pairwise summation), so float32 results agree within the float32 tolerance, not bit for
 // bit (float64: within a few ulps). Lane 0 of each warp writes only its own channel's score: no
-// race. 64-bit indices.
+// race. 64-bit indices. A thread that reads a NaN or inf weight sets *bad = 1 (when bad is given):
+// the host's finiteness check without another pass over the weights.
 
 #include "common.cuh"
 
@@ -93,7 +94,7 @@ __device__ __forceinline__ void umg_impl(
     const i64* __restrict__ w_ptrs, const i64* __restrict__ mu_ptrs, const i64* __restrict__ mnm_ptrs,
     T* __restrict__ out, const i64* __restrict__ out_off, const i64* __restrict__ rows,
     const i64* __restrict__ n_out, const int* __restrict__ chunk_tensor, const i64* __restrict__ chunk_o0,
-    i64 n_chunks, T beta, T one_minus_beta)
+    i64 n_chunks, T beta, T one_minus_beta, int* __restrict__ bad)
 {
     typedef Vec16<T> X;
     typedef typename MaskWord<T>::W MW;
@@ -107,6 +108,7 @@ __device__ __forceinline__ void umg_impl(
         const u8* mu = reinterpret_cast<const u8*>(mu_ptrs[k]) + o * R;
         const u8* mnm = mnm_ptrs[k] == 0 ? nullptr : reinterpret_cast<const u8*>(mnm_ptrs[k]) + o * R;
         double su = 0.0, snm = 0.0;
+        bool fin = true;
         const bool vec = aligned16(w) && (reinterpret_cast<unsigned long long>(mu) % X::N) == 0
                          && (mnm == nullptr || (reinterpret_cast<unsigned long long>(mnm) % X::N) == 0);
         const i64 nv = vec ? R / X::N : 0;          // whole 16-byte groups, then the rest one by one
@@ -116,16 +118,19 @@ __device__ __forceinline__ void umg_impl(
             const u32 bn = mnm == nullptr ? 0xffffffffu : (u32)__ldg(reinterpret_cast<const MW*>(mnm) + g);
 #pragma unroll
             for (int j = 0; j < X::N; ++j) {
-                const double a = (double)abs_t(X::get(x, j));
-                if ((bu >> (8 * j)) & 0xffu) su += a;
-                if ((bn >> (8 * j)) & 0xffu) snm += a;
+                const T a = abs_t(X::get(x, j));
+                fin = fin && finite_abs(a);
+                if ((bu >> (8 * j)) & 0xffu) su += (double)a;
+                if ((bn >> (8 * j)) & 0xffu) snm += (double)a;
             }
         }
         for (i64 r = nv * X::N + lane; r < R; r += 32) {
-            const double a = (double)abs_t(w[r]);
-            if (mu[r]) su += a;
-            if (mnm == nullptr || mnm[r]) snm += a;
+            const T a = abs_t(w[r]);
+            fin = fin && finite_abs(a);
+            if (mu[r]) su += (double)a;
+            if (mnm == nullptr || mnm[r]) snm += (double)a;
         }
+        if (!fin && bad != nullptr) *bad = 1;
 #pragma unroll
         for (int d = 16; d > 0; d >>= 1) {
             su += __shfl_down_sync(0xffffffffu, su, d);
@@ -137,17 +142,18 @@ __device__ __forceinline__ void umg_impl(
 
 extern "C" __global__ void umg_channel_scores_f32(
     const i64* w, const i64* mask_u, const i64* mask_nm, float* out, const i64* out_off, const i64* rows,
-    const i64* n_out, const int* chunk_tensor, const i64* chunk_o0, i64 n_chunks, float beta, float one_minus_beta)
+    const i64* n_out, const int* chunk_tensor, const i64* chunk_o0, i64 n_chunks, float beta, float one_minus_beta,
+    int* bad)
 {
     umg_impl<float>(w, mask_u, mask_nm, out, out_off, rows, n_out, chunk_tensor, chunk_o0, n_chunks, beta,
-                    one_minus_beta);
+                    one_minus_beta, bad);
 }
 
 extern "C" __global__ void umg_channel_scores_f64(
     const i64* w, const i64* mask_u, const i64* mask_nm, double* out, const i64* out_off, const i64* rows,
     const i64* n_out, const int* chunk_tensor, const i64* chunk_o0, i64 n_chunks, double beta,
-    double one_minus_beta)
+    double one_minus_beta, int* bad)
 {
     umg_impl<double>(w, mask_u, mask_nm, out, out_off, rows, n_out, chunk_tensor, chunk_o0, n_chunks, beta,
-                     one_minus_beta);
+                     one_minus_beta, bad);
 }

@@ -67,10 +67,12 @@ def _umg_plan(shapes: Sequence[tuple], dev: torch.device) -> dict:
 
 
 def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.Tensor],
-                           masks_nm: Sequence[Optional[torch.Tensor]], beta: float):
+                           masks_nm: Sequence[Optional[torch.Tensor]], beta: float, bad: Optional[torch.Tensor] = None):
     """Validated weights ([O, ...], one device) and boolean masks of their shapes (a mask_nm may
     be None: all ones): the UMG score per output channel of every weight, in one launch per dtype;
-    views of one flat buffer per dtype. None when some tensor cannot go to the kernel."""
+    views of one flat buffer per dtype. None when some tensor cannot go to the kernel. ``bad``
+    (an int32 device tensor, 1 element, zeroed by the caller): set to 1 when a weight holds NaN
+    or inf."""
     ws = [w.detach() for w in ws]
     masks_nm = list(masks_nm)
     if not ws:
@@ -92,7 +94,7 @@ def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.T
                       L.arg(L.pointer_table([masks_u[i] for i in idx], dev)),
                       L.arg(L.pointer_table([masks_nm[i] for i in idx], dev)), L.arg(flat), L.arg(plan["out_off"]),
                       L.arg(plan["rows"]), L.arg(plan["n_out"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_o0"]),
-                      np.int64(plan["n_chunks"]), L.scalar(beta, dtype), L.scalar(1.0 - beta, dtype)))
+                      np.int64(plan["n_chunks"]), L.scalar(beta, dtype), L.scalar(1.0 - beta, dtype), L.arg(bad)))
         for i, part in zip(idx, flat.split(plan["outs"])):
             scores[i] = part
     return scores

@@ -2,7 +2,7 @@
 launch per dtype, the masks laid end to end in one flat boolean buffer."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,10 +47,13 @@ def _plan(shapes: Sequence[tuple], m: int, axis: str, dev: torch.device) -> dict
     return plan
 
 
-def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str) -> list[torch.Tensor]:
-    """Validated weights (2-D / 4-D, group axis divisible by m, finite, float32 / float64, one
-    device): their N:M keep masks (nm_mask.cu), one launch per dtype for all of them. The masks
-    are views of one flat boolean buffer, in the order of ``weights``."""
+def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str,
+             bad: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """Validated weights (2-D / 4-D, group axis divisible by m, float32 / float64, one device):
+    their N:M keep masks (nm_mask.cu), one launch per dtype for all of them. The masks are views
+    of one flat boolean buffer, in the order of ``weights``. ``bad`` (an int32 device tensor, 1
+    element, zeroed by the caller): set to 1 when a weight holds NaN or inf (the masks are then
+    meaningless), which spares the caller a separate finiteness pass."""
     weights = [w.detach() for w in weights]
     if not weights:
         return []
@@ -70,7 +73,7 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str) -> list
         L.launch("nm_mask.cu", f"nm_masks_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
                  (L.arg(L.pointer_table(ptrs, dev)), L.arg(flat), L.arg(plan["out_off"]), L.arg(plan["strides"]),
                   L.arg(plan["n_groups"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_group"]),
-                  np.int64(plan["n_chunks"]), np.int32(n), np.int32(m)))
+                  np.int64(plan["n_chunks"]), np.int32(n), np.int32(m), L.arg(bad)))
     return outs
 
 

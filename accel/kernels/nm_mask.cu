@@ -11,7 +11,9 @@
 //     rank(l) = #{ l' : |w_l'| > |w_l|  or  (|w_l'| == |w_l| and l' < l) }  <  n,
 // which is what each thread evaluates: the ranks are a permutation of 0..m-1 (a strict total order
 // on (-|w|, l)), so exactly n elements per group are kept, the same n as the stable sort keeps.
-// |w| for finite w is exact; the host rejects NaN/inf before launching.
+// |w| for finite w is exact. Non-finite weights are an error the host reports: every thread that
+// reads a NaN or inf sets *bad = 1 (the same value from any thread: no atomic needed), so the
+// check costs no extra pass over the weights; the masks of such a launch are discarded.
 //
 // Layout. A table per tensor (pointer, offset of its mask in one flat output buffer, S, number of
 // groups) and a chunk table (tensor, first group; up to NM_CHUNK_GROUPS groups per chunk): one
@@ -60,7 +62,8 @@ __device__ __forceinline__ u32 keep_bits(const T* a, int n)
 
 // groups of M consecutive elements (S == 1), M in {4, 8}
 template <typename T, int M>
-__device__ __forceinline__ void nm_rows_fixed(const T* __restrict__ w, u8* __restrict__ out, i64 g0, int ng, int n)
+__device__ __forceinline__ void nm_rows_fixed(const T* __restrict__ w, u8* __restrict__ out, i64 g0, int ng, int n,
+                                              int* __restrict__ bad)
 {
     typedef NmVec<T> X;
     const bool vin = (reinterpret_cast<unsigned long long>(w) & 15ull) == 0;
@@ -80,6 +83,10 @@ __device__ __forceinline__ void nm_rows_fixed(const T* __restrict__ w, u8* __res
 #pragma unroll
             for (int l = 0; l < M; ++l) a[l] = abs_t(w[base + l]);
         }
+        bool fin = true;
+#pragma unroll
+        for (int l = 0; l < M; ++l) fin = fin && finite_abs(a[l]);
+        if (!fin && bad != nullptr) *bad = 1;
         const u32 bits = keep_bits<T, M>(a, n);
         if (vout) {
             u64 word = 0ull;                        // byte l = keep bit l (little-endian)
@@ -97,7 +104,7 @@ __device__ __forceinline__ void nm_rows_fixed(const T* __restrict__ w, u8* __res
 // groups strided by S (conv along I), M in {4, 8}; the chunk starts at group g0 = q0 * S + s0
 template <typename T, int M>
 __device__ __forceinline__ void nm_strided_fixed(const T* __restrict__ w, u8* __restrict__ out, i64 g0, int ng,
-                                                 int n, int S)
+                                                 int n, int S, int* __restrict__ bad)
 {
     const i64 q0 = g0 / S;
     const int s0 = (int)(g0 - q0 * S);
@@ -107,6 +114,10 @@ __device__ __forceinline__ void nm_strided_fixed(const T* __restrict__ w, u8* __
         T a[M];
 #pragma unroll
         for (int l = 0; l < M; ++l) a[l] = abs_t(w[base + (i64)l * S]);
+        bool fin = true;
+#pragma unroll
+        for (int l = 0; l < M; ++l) fin = fin && finite_abs(a[l]);
+        if (!fin && bad != nullptr) *bad = 1;
         const u32 bits = keep_bits<T, M>(a, n);
 #pragma unroll
         for (int l = 0; l < M; ++l) out[base + (i64)l * S] = (u8)((bits >> l) & 1u);
@@ -116,7 +127,7 @@ __device__ __forceinline__ void nm_strided_fixed(const T* __restrict__ w, u8* __
 // any m and S: each element's rank from m loads of its group
 template <typename T>
 __device__ __forceinline__ void nm_any(const T* __restrict__ w, u8* __restrict__ out, i64 g0, int ng, int n, int m,
-                                       int S)
+                                       int S, int* __restrict__ bad)
 {
     const i64 q0 = g0 / S;
     const int s0 = (int)(g0 - q0 * S);
@@ -125,6 +136,7 @@ __device__ __forceinline__ void nm_any(const T* __restrict__ w, u8* __restrict__
         const i64 base = (q0 + t / S) * (i64)m * S + t % S;
         for (int l = 0; l < m; ++l) {
             const T al = abs_t(w[base + (i64)l * S]);
+            if (!finite_abs(al) && bad != nullptr) *bad = 1;
             int rank = 0;
             for (int q = 0; q < m && rank < n; ++q) {
                 const T aq = abs_t(w[base + (i64)q * S]);
@@ -139,7 +151,7 @@ template <typename T>
 __device__ __forceinline__ void nm_masks_impl(
     const i64* __restrict__ w_ptrs, u8* __restrict__ out, const i64* __restrict__ out_off,
     const i64* __restrict__ strides, const i64* __restrict__ n_groups, const int* __restrict__ chunk_tensor,
-    const i64* __restrict__ chunk_group, i64 n_chunks, int n, int m)
+    const i64* __restrict__ chunk_group, i64 n_chunks, int n, int m, int* __restrict__ bad)
 {
     for (i64 c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const int t = chunk_tensor[c];
@@ -150,24 +162,24 @@ __device__ __forceinline__ void nm_masks_impl(
         const T* w = reinterpret_cast<const T*>(w_ptrs[t]);
         u8* o = out + out_off[t];
         const int S = (int)strides[t];
-        if (S == 1 && m == 4) nm_rows_fixed<T, 4>(w, o, g0, ng, n);
-        else if (S == 1 && m == 8) nm_rows_fixed<T, 8>(w, o, g0, ng, n);
-        else if (m == 4) nm_strided_fixed<T, 4>(w, o, g0, ng, n, S);
-        else if (m == 8) nm_strided_fixed<T, 8>(w, o, g0, ng, n, S);
-        else nm_any<T>(w, o, g0, ng, n, m, S);
+        if (S == 1 && m == 4) nm_rows_fixed<T, 4>(w, o, g0, ng, n, bad);
+        else if (S == 1 && m == 8) nm_rows_fixed<T, 8>(w, o, g0, ng, n, bad);
+        else if (m == 4) nm_strided_fixed<T, 4>(w, o, g0, ng, n, S, bad);
+        else if (m == 8) nm_strided_fixed<T, 8>(w, o, g0, ng, n, S, bad);
+        else nm_any<T>(w, o, g0, ng, n, m, S, bad);
     }
 }
 
 extern "C" __global__ void nm_masks_f32(const i64* w_ptrs, u8* out, const i64* out_off, const i64* strides,
                                         const i64* n_groups, const int* chunk_tensor, const i64* chunk_group,
-                                        i64 n_chunks, int n, int m)
+                                        i64 n_chunks, int n, int m, int* bad)
 {
-    nm_masks_impl<float>(w_ptrs, out, out_off, strides, n_groups, chunk_tensor, chunk_group, n_chunks, n, m);
+    nm_masks_impl<float>(w_ptrs, out, out_off, strides, n_groups, chunk_tensor, chunk_group, n_chunks, n, m, bad);
 }
 
 extern "C" __global__ void nm_masks_f64(const i64* w_ptrs, u8* out, const i64* out_off, const i64* strides,
                                         const i64* n_groups, const int* chunk_tensor, const i64* chunk_group,
-                                        i64 n_chunks, int n, int m)
+                                        i64 n_chunks, int n, int m, int* bad)
 {
-    nm_masks_impl<double>(w_ptrs, out, out_off, strides, n_groups, chunk_tensor, chunk_group, n_chunks, n, m);
+    nm_masks_impl<double>(w_ptrs, out, out_off, strides, n_groups, chunk_tensor, chunk_group, n_chunks, n, m, bad);
 }
