@@ -14,14 +14,14 @@ def dst_ee_scores(grads: dict, counters: dict, t: int, c: float, eps: float, for
     over one flat buffer when the layers share a dtype), or None when some input cannot go to the
     kernel."""
     names = list(grads)
-    if not all(counters[n].dtype == torch.int64 and counters[n].device == grads[n].device and L.usable(grads[n])
-               for n in names):
+    gl, cl = list(grads.values()), [counters[n] for n in names]
+    if not (L.usable(*gl) and all(c.dtype == torch.int64 and c.device == g.device for g, c in zip(gl, cl))):
         return None
-    grads = {n: grads[n].detach().contiguous() for n in names}
-    counters = {n: counters[n].contiguous() for n in names}
+    grads = {n: g if g.is_contiguous() else g.contiguous() for n, g in zip(names, gl)}   # pointers: no detach
+    counters = {n: c if c.is_contiguous() else c.contiguous() for n, c in zip(names, cl)}
     out = {}
-    for dtype in sorted({grads[n].dtype for n in names}, key=str):
-        sel = [n for n in names if grads[n].dtype == dtype]
+    for dtype in sorted({g.dtype for g in gl}, key=str):
+        sel = names if len({g.dtype for g in gl}) == 1 else [n for n in names if grads[n].dtype == dtype]
         dev = grads[sel[0]].device
         plan = L.flat_out_plan([grads[n].numel() for n in sel], dev)
         flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)

@@ -18,13 +18,15 @@ def superpose_cia(avg: dict, ticket: dict, t: int):
     (a FlatDict over one flat buffer when the tensors share a dtype); None when some tensor cannot
     go to the kernel (integer tensors, dtype mismatch)."""
     names = list(avg)
-    if not all(avg[n].dtype == ticket[n].dtype and L.usable(avg[n], ticket[n]) for n in names):
+    al, tl = list(avg.values()), [ticket[n] for n in names]
+    if not (L.usable(*al, *tl) and all(a.dtype == x.dtype for a, x in zip(al, tl))):
         return None
-    avg = {n: avg[n].detach().contiguous() for n in names}
-    ticket = {n: ticket[n].detach().contiguous() for n in names}
+    avg = {n: a if a.is_contiguous() else a.contiguous() for n, a in zip(names, al)}     # pointers: no detach
+    ticket = {n: x if x.is_contiguous() else x.contiguous() for n, x in zip(names, tl)}
     out = {}
-    for dtype in sorted({avg[n].dtype for n in names}, key=str):
-        sel = [n for n in names if avg[n].dtype == dtype]
+    dtypes = {a.dtype for a in al}
+    for dtype in sorted(dtypes, key=str):
+        sel = names if len(dtypes) == 1 else [n for n in names if avg[n].dtype == dtype]
         dev = avg[sel[0]].device
         plan = L.flat_out_plan([avg[n].numel() for n in sel], dev)
         flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)
@@ -73,16 +75,14 @@ def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.T
     views of one flat buffer per dtype. None when some tensor cannot go to the kernel. ``bad``
     (an int32 device tensor, 1 element, zeroed by the caller): set to 1 when a weight holds NaN
     or inf."""
-    ws = [w.detach() for w in ws]
     masks_nm = list(masks_nm)
     if not ws:
         return []
     if not L.usable(*ws, *masks_u, *[m for m in masks_nm if m is not None]):
         return None
     dev = ws[0].device
-    ws = [w.contiguous() for w in ws]
-    masks_u = [m.contiguous() for m in masks_u]
-    masks_nm = [None if m is None else m.contiguous() for m in masks_nm]
+    cont = lambda t: t if t is None or t.is_contiguous() else t.contiguous()  # noqa: E731  (pointers: no detach)
+    ws, masks_u, masks_nm = [cont(w) for w in ws], [cont(m) for m in masks_u], [cont(m) for m in masks_nm]
     scores: list = [None] * len(ws)
     for dtype in sorted({w.dtype for w in ws}, key=str):
         idx = [i for i, w in enumerate(ws) if w.dtype == dtype]
