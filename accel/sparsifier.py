@@ -36,128 +36,23 @@ import torch.nn as nn
 
 from reference._checks import check_density
 from reference.densities import check_keeps_weights
-from reference.methods import InitContext, Method, build as build_method
+from reference.methods import InitContext, Method
 from . import deferred
 from . import densities as D
 from . import ops
 from ._exact import true_div
 from .flat import FlatDict, layout_of
+from .loop_support import NonFiniteGradientError, StrayStepGuard, method_from_name, starts_dense, unwrap  # noqa: F401
+from .nested import replace_tensors, select_where, tensors_in, to_device
 from .kernels.loader import upload
 from .mask_buffers import MaskBuffers
 from .prunable import discover_prunable
 from .step import StepEngine, nonfinite_guard
 
 
-def _to(obj, device):
-    """Recursive copy of a (nested) dict of tensors to ``device``; other values pass through."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to(device).clone()
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-def _tensors_in(obj, out: list) -> list:
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, Mapping):
-        for v in obj.values():
-            _tensors_in(v, out)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            _tensors_in(v, out)
-    return out
-
-
-def _replace_tensors(obj, values: dict):
-    if isinstance(obj, torch.Tensor):
-        return values[id(obj)]
-    if isinstance(obj, Mapping):
-        return {k: _replace_tensors(v, values) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_replace_tensors(v, values) for v in obj)
-    return obj
-
-
-def _select_state(bad: torch.Tensor, old, new):
-    """``new`` with every tensor replaced by ``old``'s (or zeros) where ``bad`` is set: an
-    observation made with non-finite gradients is discarded on the device."""
-    if isinstance(new, FlatDict):
-        prev = old.flat if isinstance(old, FlatDict) else (new.layout.flatten(old) if old is not None else None)
-        flat = torch.where(bad, torch.zeros_like(new.flat) if prev is None else prev, new.flat)
-        return new.layout.split(flat)
-    if isinstance(new, torch.Tensor):
-        return torch.where(bad, torch.zeros_like(new) if old is None else old, new)
-    if isinstance(new, Mapping):
-        return {k: _select_state(bad, None if old is None else old.get(k), v) for k, v in new.items()}
-    return new
-
-
-def _starts_dense(method) -> bool:
-    """Methods whose masks start all-ones and that set their own target densities (GMP, AC/DC)."""
-    from reference.methods import ACDC, GMP
-    base = getattr(method, "base", method)
-    return isinstance(method, (GMP, ACDC)) or isinstance(base, (GMP, ACDC))
-
-
-def _method_from_name(name: str, density, total_steps, steps_per_epoch):
-    """A method given by name: its schedule (t_end, prune_end, AC/DC phases, ...) follows the
-    project's defaults for a run of ``total_steps`` iterations (the same ones a config gets)."""
-    from reference.methods import METHODS
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available methods: {sorted(METHODS)}")
-    if name in ("dense", "static"):
-        return build_method(name)
-    if total_steps is None:
-        raise ValueError(f"method {name!r} by name needs total_steps= (the length of training, in iterations) "
-                         f"to place its mask updates; or pass a method object, e.g. accel.methods.RigL(t_end=...)")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1 (iterations)")
-    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be an integer >= 1")
-    from reference.config import RunConfig
-    from reference.methods import from_run_config
-    target = density if isinstance(density, (int, float)) and not isinstance(density, bool) else \
-        getattr(density, "density", 0.1)
-    epochs = max(1, total_steps // steps_per_epoch)
-    cfg = RunConfig(method=name, density=float(target), epochs=epochs).validate()
-    return from_run_config(cfg, total_steps, steps_per_epoch)
-
-
-class _StrayStepGuard:
-    """A step pre-hook on the wrapped optimizer: ``optimizer.step()`` called directly (not from a
-    Sparsifier's step) would move pruned weights, so it is refused with the way out."""
-    twinsparse_hook = True      # the step engine's own: it does not force the generic path
-
-    def __call__(self, optimizer, args, kwargs):
-        if not getattr(optimizer, "_twinsparse_stepping", False):
-            raise RuntimeError("optimizer.step() was called directly on the optimizer a Sparsifier wraps: it would "
-                               "move pruned weights (weight decay, momentum). Call sparsifier.step() instead (it runs "
-                               "the optimizer with the masks), or sparsifier.squash() to end sparse training")
-
-
-class NonFiniteGradientError(ValueError):
-    """Gradients held NaN or inf at one or more iterations (those steps changed nothing)."""
-
-
 NONFINITE_POLICIES = ("raise", "skip")
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``module``)
-    wrappers, so parameter names carry no wrapper prefix and a state saved with one setup loads
-    into the other."""
-    while True:
-        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
 
 
 class Sparsifier(torch.optim.Optimizer):
@@ -181,7 +76,7 @@ class Sparsifier(torch.optim.Optimizer):
         self.model = model
         self.module = unwrap(model)
         self.optimizer = optimizer
-        self.method = _method_from_name(method, density, total_steps, steps_per_epoch) \
+        self.method = method_from_name(method, density, total_steps, steps_per_epoch) \
             if isinstance(method, str) else method
         if not isinstance(self.method, Method):
             raise TypeError(f"method must be a method name or an accel.methods.Method, got {type(self.method).__name__}")
@@ -220,7 +115,7 @@ class Sparsifier(torch.optim.Optimizer):
         self._one: Optional[torch.Tensor] = None
         self._bad_steps = 0            # non-finite steps read back from the device record so far
         self._restored_skips = 0       # skipped steps carried over by load_state_dict
-        self._stray_hook = optimizer.register_step_pre_hook(_StrayStepGuard())
+        self._stray_hook = optimizer.register_step_pre_hook(StrayStepGuard())
         if not self.method.needs_init_grads:
             self._init_masks(weights, None)
 
@@ -261,7 +156,7 @@ class Sparsifier(torch.optim.Optimizer):
             if density not in (None, 1, 1.0):
                 raise ValueError(f"method 'dense' keeps every weight; density={density!r} is not allowed (use 1.0 or None)")
             return {n: 1.0 for n in weights}
-        if density is None and _starts_dense(self.method):
+        if density is None and starts_dense(self.method):
             return {n: 1.0 for n in weights}      # GMP, AC/DC: they start dense and set their own targets
         if density is None:
             raise ValueError(f"method {self.method.name!r} needs a density: a float in (0, 1], "
@@ -504,7 +399,7 @@ class Sparsifier(torch.optim.Optimizer):
         grads = self._dense_grads(t, clone=False)
         with deferred.transaction():                 # checks dropped: the guard covers them
             new = self.method.observe(ops, self.method_state, t, grads)
-        self.method_state = new if found is None else _select_state(found > 0, self.method_state, new)
+        self.method_state = new if found is None else select_where(found > 0, self.method_state, new)
 
     def _event(self, t, found, grad_scale, due, after, collects, scaler) -> None:
         """An iteration with a mask update and/or a collection: one transaction, one host sync."""
@@ -540,7 +435,7 @@ class Sparsifier(torch.optim.Optimizer):
         new = self._as_flat(up.masks)
         keep = None if up.survivors is up.masks else self._as_flat(up.survivors, "survivors")
         explored = self.explored.flat | new.flat
-        info_tensors = [x for x in _tensors_in(up.info, []) if x.dim() == 0]
+        info_tensors = [x for x in tensors_in(up.info, []) if x.dim() == 0]
         return {"up": up, "new": new, "keep": keep, "explored": explored,
                 "h_counts": txn.fetch(new.device_counts()),
                 "h_xor": txn.fetch((self.masks.flat ^ new.flat).sum()),
@@ -569,7 +464,7 @@ class Sparsifier(torch.optim.Optimizer):
         if kept_old == 0:
             raise ValueError("mask_prev keeps no weight, so the change relative to the kept weights is undefined")
         xor, n = txn.value(staged["h_xor"]), self._layout.numel
-        info = _replace_tensors(up.info, {id(x): txn.value(h) for x, h in staged["h_info"]})
+        info = replace_tensors(up.info, {id(x): txn.value(h) for x, h in staged["h_info"]})
         self._install(new, staged["keep"], counts)
         if up.reset_optimizer_state:
             self.reset_optimizer_state()
@@ -633,12 +528,12 @@ class Sparsifier(torch.optim.Optimizer):
         CPU tensors and Python values, so ``torch.save`` / ``torch.load(weights_only=True)`` work."""
         skipped = self.check_nonfinite()
         return {
-            "masks": None if self.masks is None else _to(dict(self.masks), "cpu"),
+            "masks": None if self.masks is None else to_device(dict(self.masks), "cpu"),
             "densities": dict(self.densities),
             "step_count": self.step_count,
             "seed": self.seed,
-            "method": {"name": self.method.name, "config": self.method.config(), "state": _to(self.method_state, "cpu")},
-            "explored": None if self.explored is None else _to(dict(self.explored), "cpu"),
+            "method": {"name": self.method.name, "config": self.method.config(), "state": to_device(self.method_state, "cpu")},
+            "explored": None if self.explored is None else to_device(dict(self.explored), "cpu"),
             "updates": [dict(u) for u in self.updates],
             "skipped_steps": skipped,
         }
@@ -670,7 +565,7 @@ class Sparsifier(torch.optim.Optimizer):
         if self._record is not None:
             self._record.copy_(upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64),
                                       self._record.device))
-        self.method_state = _to(meth["state"], device)
+        self.method_state = to_device(meth["state"], device)
         self.explored = explored
         self._explored_count = 0 if explored is None else int(explored.flat.sum())
         self._engine.invalidate()

@@ -1,0 +1,70 @@
+"""How the Sparsifier meets the models and loops people bring: wrapped models (torch.compile,
+DDP, DataParallel), a stray ``optimizer.step()``, methods given by name, methods that start dense,
+and the error a non-finite gradient raises."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from reference.methods import build as build_method
+
+__all__ = ["unwrap", "StrayStepGuard", "method_from_name", "starts_dense", "NonFiniteGradientError"]
+
+
+def starts_dense(method) -> bool:
+    """Methods whose masks start all-ones and that set their own target densities (GMP, AC/DC)."""
+    from reference.methods import ACDC, GMP
+    base = getattr(method, "base", method)
+    return isinstance(method, (GMP, ACDC)) or isinstance(base, (GMP, ACDC))
+
+
+def method_from_name(name: str, density, total_steps, steps_per_epoch):
+    """A method given by name: its schedule (t_end, prune_end, AC/DC phases, ...) follows the
+    project's defaults for a run of ``total_steps`` iterations (the same ones a config gets)."""
+    from reference.methods import METHODS
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available methods: {sorted(METHODS)}")
+    if name in ("dense", "static"):
+        return build_method(name)
+    if total_steps is None:
+        raise ValueError(f"method {name!r} by name needs total_steps= (the length of training, in iterations) "
+                         f"to place its mask updates; or pass a method object, e.g. accel.methods.RigL(t_end=...)")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1 (iterations)")
+    if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be an integer >= 1")
+    from reference.config import RunConfig
+    from reference.methods import from_run_config
+    target = density if isinstance(density, (int, float)) and not isinstance(density, bool) else \
+        getattr(density, "density", 0.1)
+    epochs = max(1, total_steps // steps_per_epoch)
+    cfg = RunConfig(method=name, density=float(target), epochs=epochs).validate()
+    return from_run_config(cfg, total_steps, steps_per_epoch)
+
+
+class StrayStepGuard:
+    """A step pre-hook on the wrapped optimizer: ``optimizer.step()`` called directly (not from a
+    Sparsifier's step) would move pruned weights, so it is refused with the way out."""
+    twinsparse_hook = True      # the step engine's own: it does not force the generic path
+
+    def __call__(self, optimizer, args, kwargs):
+        if not getattr(optimizer, "_twinsparse_stepping", False):
+            raise RuntimeError("optimizer.step() was called directly on the optimizer a Sparsifier wraps: it would "
+                               "move pruned weights (weight decay, momentum). Call sparsifier.step() instead (it runs "
+                               "the optimizer with the masks), or sparsifier.squash() to end sparse training")
+
+
+class NonFiniteGradientError(ValueError):
+    """Gradients held NaN or inf at one or more iterations (those steps changed nothing)."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module under ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``module``)
+    wrappers, so parameter names carry no wrapper prefix and a state saved with one setup loads
+    into the other."""
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
