@@ -33,14 +33,20 @@ masked_sgd.cu          masked_sgd_{f32,f64}                accel.optim.masked_sg
 masked_adam.cu         masked_adam_{f32,f64}               accel.optim.masked_adam_step,
                                                            Sparsifier step with Adam / AdamW
 guard.cu               nonfinite_check_{f32,f64}           the Sparsifier's NaN/inf guard
-topk.cu                topk_{hist,tie_count,select}_*,     accel.topk (topk_mask, per-layer,
-                       topk_scan                           global, select_within),
+topk.cu                topk_{hist,filter,refine,ties,      accel.topk (topk_mask, per-layer,
+                       resolve}_*                          global, select_within),
                                                            accel.dst drop / grow / drop_and_grow
-nm_mask.cu             nm_mask_{m4,m8,any}_*               accel.masks.nm_mask
+nm_mask.cu             nm_masks_*                          accel.masks.nm_mask, nm_masks (all layers)
 dst.cu                 dst_ee_scores_*                     accel.dst.dst_ee_scores
 merge.cu               superpose_cia_*,                    accel.merge.superpose_cia,
-                       umg_channel_scores_*                accel.cocktail_ops.umg_channel_scores
+                       umg_channel_scores_*                accel.cocktail_ops.umg_channel_scores(_all),
+                                                           umg_channel_masks
 =====================  ==================================  =========================================
+
+Every launch chain is independent of the number of layers: multi-tensor tables or one flat
+segmented buffer, one launch per dtype (top-k: a fixed chain of 5 kernels for float32, 8 for
+float64). accel/kernels/NOTES.md has the byte budget, the predicted and measured times and the
+resource report of each kernel.
 """
 from __future__ import annotations
 
