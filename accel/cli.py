@@ -26,8 +26,9 @@ _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "mode
             "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var"), "procedure": C.PROCEDURES,
             "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS, "gmp_scope": ("global", "layer"),
             "imp_scope": ("global", "layer"), "acdc_distribution": C.ACDC_DISTRIBUTIONS,
-            "cocktail_range": C.COCKTAIL_RANGES, "cram_mode": C.CRAM_MODES}
-_LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float}
+            "cocktail_range": C.COCKTAIL_RANGES, "cram_mode": C.CRAM_MODES, "dataset": C.DATASETS,
+            "augment": C.AUGMENTS}
+_LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float, "synthetic_shape": int}
 
 
 DEFAULT_TRAIN_OUTPUT = "runs/train"

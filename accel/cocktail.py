@@ -115,6 +115,6 @@ def train_cocktail(cfg, split=None, on_record=None) -> Cocktail:
         raise ValueError(f"train_cocktail needs procedure='cocktail', got procedure={cfg.procedure!r}")
     split = load_split(cfg) if split is None else split
     result = run_cocktail(AccelEngine(cfg, split), cfg, on_record=on_record)
-    model = build_model_for(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
+    model = build_model_for(cfg, split.x_train.shape[1:], int(split.y_train.max()) + 1)
     meta = {"alphas": result["alphas"], "range": result["range"], "iterations": cfg.cocktail_iterations}
     return Cocktail.from_result(model, result, meta)

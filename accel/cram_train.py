@@ -44,7 +44,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
-    model = build_model_for(cfg, split.x_train.shape[1], int(split.y_train.max()) + 1)
+    model = build_model_for(cfg, split.x_train.shape[1:], int(split.y_train.max()) + 1)
     opt = build_optimizer(cfg, model)
     cram = build_cram(cfg, model, opt)
     batches = default_batches(cfg, split.x_train, split.y_train)
@@ -109,7 +109,7 @@ class AccelCramBackend:
 
     def build(self) -> None:
         """The model (init only), for a run whose training was restored from a checkpoint."""
-        self._adopt(build_model_for(self.cfg, self.split.x_train.shape[1], int(self.split.y_train.max()) + 1))
+        self._adopt(build_model_for(self.cfg, self.split.x_train.shape[1:], int(self.split.y_train.max()) + 1))
 
     def train(self, on_epoch=None, on_step=None, **kw):
         out = train_cram_accel(self.cfg, self.split, on_step=on_step, on_epoch=on_epoch, **kw)

@@ -43,7 +43,8 @@ class AccelEngine:
         return time.perf_counter()
 
     def init_net(self, cfg, n_in: int, n_classes: int) -> dict:
-        self.model = build_model_for(cfg, n_in, n_classes)
+        shape = self.split.x_train.shape[1:]       # images keep their (C, H, W); n_in is their width
+        self.model = build_model_for(cfg, shape if len(shape) > 1 else n_in, n_classes)
         self.names = list(discover_prunable(self.model, cfg.include or None, cfg.exclude or None))
         return _clone(self.model.state_dict())
 

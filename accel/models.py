@@ -7,6 +7,7 @@
   (3x3 stride-1 stem, no max-pool, stages [2, 2, 2, 2] with widths 64, 128, 256, 512).
 * ``ResNet50``: the ImageNet form (7x7 stem, max-pool, Bottleneck stages [3, 4, 6, 3], 25.6M
   parameters), laid out as torchvision's.
+* ``ViT`` (accel/models_vit.py): a small Vision Transformer whose attention projections are prunable.
 * ``VGG16``: Simonyan & Zisserman 2015 (arXiv:1409.1556) configuration D with BatchNorm,
   CIFAR form (adaptive average pool to 1x1, one Linear head); max-pools use ``ceil_mode``
   so 28x28 inputs also reach 1x1.
@@ -280,7 +281,9 @@ class VGG16(nn.Module):
 
 
 # ----------------------------------------------------------------------------- factory
-_BUILDERS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16}
+from .models_vit import ViT  # noqa: E402  (a small Vision Transformer, accel/models_vit.py)
+
+_BUILDERS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16, "vit": ViT}
 MODEL_NAMES = tuple(_BUILDERS)
 
 
@@ -289,7 +292,9 @@ def build_model(name: str, **kw) -> nn.Module:
 
     Defaults: "mlp" -> MLP((784, 300, 100, 10)); "cnn" -> SmallCNN for 1x28x28;
     "resnet18" / "vgg16" -> 3-channel CIFAR form (pass in_channels=1 for MNIST); "resnet50" ->
-    the ImageNet form (3 x 224 x 224, 1000 classes).
+    the ImageNet form (3 x 224 x 224, 1000 classes); "vit" -> a small ViT for 3 x 32 x 32
+    (``image_size``, ``in_channels``). ``accel.train.build_model_for`` infers the input channels
+    and image size from the data.
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, one of {MODEL_NAMES}; got {name!r}")

@@ -15,27 +15,25 @@ from tqdm import tqdm
 from reference import safeio
 from reference.checkpoint import CheckpointError, check_config
 from reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
-from reference.data import class_balanced_subset, split_mnist5k
 from reference.train import Diverged
 from .rundir import RunDirectoryError, RunLock, RunLog, default_output, read_log, stage_files
 
 
 def load_split(cfg: RunConfig):
-    split = split_mnist5k(test_per_class=cfg.test_per_class, holdout_per_class=cfg.holdout_per_class,
-                          seed=cfg.split_seed)
-    if cfg.train_budget is not None:
-        x, y = class_balanced_subset(split.x_train, split.y_train, cfg.train_budget, seed=cfg.split_seed)
-        split = type(split)(x_train=x, y_train=y, x_holdout=split.x_holdout, y_holdout=split.y_holdout,
-                            x_test=split.x_test, y_test=split.y_test)
-    return split
+    """The data of ``cfg.dataset`` (``accel.data.load_split``); one row of features per sample for
+    the reference backend (its MLP)."""
+    from .data import flat, load_split as load
+    split = load(cfg)
+    return flat(split) if cfg.backend == "reference" and split.x_train.ndim > 2 else split
 
 
 def preflight(cfg: RunConfig) -> None:
     """Everything about one run that can fail before it trains, checked without touching a file:
     the device, the model and its prunable set (include / exclude), the layer densities (no layer
     left with 0 weights), the method and its mask-update schedule (at least one update)."""
+    from .data import data_info
     check_mask_updates(cfg)
-    n_in, n_classes = 784, 10                              # MNIST-5k
+    n_in, n_classes = data_info(cfg)                        # the data's files are checked here
     spe = -(-cfg.n_train() // cfg.batch_size)
     if cfg.backend == "reference":
         import numpy as np
@@ -44,7 +42,7 @@ def preflight(cfg: RunConfig) -> None:
         from reference.nn import init_mlp
         from reference.prunable import select_prunable
         from reference.train import resolve_densities
-        params, _ = init_mlp((n_in, *cfg.hidden, n_classes), batchnorm=cfg.batchnorm, seed=cfg.seed,
+        params, _ = init_mlp((n_in[0], *cfg.hidden, n_classes), batchnorm=cfg.batchnorm, seed=cfg.seed,
                              dtype=np.dtype(cfg.dtype))
         names = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
                                 cfg.include, cfg.exclude)
@@ -209,11 +207,12 @@ def describe_run(cfg: RunConfig) -> str:
     density, kept, sparsity); builds the model but trains nothing."""
     import json as _json
 
+    from .data import data_info
     from .prunable import discover_prunable
     from .train import build_model_for, density_spec
 
     check_mask_updates(cfg)
-    split_in, n_classes = 784, 10
+    split_in, n_classes = data_info(cfg)
     model = build_model_for(cfg, split_in, n_classes)
     params = discover_prunable(model, cfg.include or None, cfg.exclude or None)
     weights = {n: p.detach() for n, p in params.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 
@@ -11,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from reference.config import RunConfig, run_to_dict
-from reference.data import as_images, batch_order
 from reference.nn import init_mlp
-from reference.train import check_diverged, default_batches
+from reference.train import check_diverged
 from reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -21,24 +21,29 @@ from . import densities as D
 from reference.methods import DSTEE, from_run_config
 from . import exploitation as EE
 from . import metrics as MET
+from . import data as DATA
 from .models import build_model, mlp_from_reference
-from .kernels.loader import upload
 from .sparsifier import Sparsifier
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def build_model_for(cfg: RunConfig, n_in: int, n_classes: int) -> torch.nn.Module:
-    """The MLP starts from ``reference.nn.init_mlp(seed)`` (so both backends share the init);
-    other models use torch's default init under ``torch.manual_seed(seed)``."""
+def build_model_for(cfg: RunConfig, n_in, n_classes: int) -> torch.nn.Module:
+    """``cfg.model`` for inputs of shape ``n_in`` (one sample: an int or (features,) for flat rows,
+    (C, H, W) for images; the input channels and image size come from it) and ``n_classes``.
+    The MLP starts from ``reference.nn.init_mlp(seed)`` (so both backends share the init); other
+    models use torch's default init under ``torch.manual_seed(seed)``."""
     dtype = DTYPES[cfg.dtype]
+    shape = (int(n_in),) if isinstance(n_in, (int, np.integer)) else tuple(int(s) for s in n_in)
     if cfg.model == "mlp":
-        sizes = (n_in, *cfg.hidden, n_classes)
+        sizes = (math.prod(shape), *cfg.hidden, n_classes)
         params, buffers = init_mlp(sizes, batchnorm=cfg.batchnorm, seed=cfg.seed, dtype=np.dtype(cfg.dtype))
         model = mlp_from_reference(params, buffers, sizes, cfg.batchnorm)
     else:
+        c, h, w = DATA.image_shape(shape)
+        kw = {"image_size": (h, w)} if cfg.model == "vit" else {}
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.model, num_classes=n_classes)
+        model = build_model(cfg.model, in_channels=c, num_classes=n_classes, **kw)
     return model.to(device=cfg.device, dtype=dtype)
 
 
@@ -68,28 +73,9 @@ def build_sparsifier(cfg: RunConfig, model, optimizer, total_steps: int, method=
                       nonfinite=cfg.nonfinite)
 
 
-def _inputs(cfg: RunConfig, x) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):          # already on the device (device_batches)
-        return x
-    x = x if cfg.model == "mlp" else as_images(x)
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
-
-
-def device_batches(cfg: RunConfig, x: np.ndarray, y: np.ndarray):
-    """The standard pipeline (``reference.train.default_batches``: the same batches in the same
-    order) with the training set resident on the device: one copy of the data, one small upload
-    of the epoch's order, then every batch is an ``index_select`` on the device, so a training
-    step waits for nothing on the host (what a GPU needs to stay busy on small models)."""
-    dev = torch.device(cfg.device)
-    X, Y = _inputs(cfg, x), _targets(cfg, y)
-    n, bs = len(y), cfg.batch_size
-
-    def batches(epoch):
-        order = upload(torch.from_numpy(batch_order(n, cfg.seed, epoch)), dev)
-        for start in range(0, n, bs):
-            idx = order[start:start + bs]
-            yield [(X.index_select(0, idx), Y.index_select(0, idx))]
-    return batches
+_inputs = DATA.model_input           # (the names other modules import)
+_targets = DATA.model_target
+device_batches = DATA.device_batches   # the training set resident on the device (accel.data)
 
 
 @torch.no_grad()
@@ -114,6 +100,8 @@ def epoch_test_scores(cfg: RunConfig, model, split, epoch: int, step: int, skipp
     (with the count of skipped iterations), not a bare metrics error."""
     check_diverged(cfg, epoch, step, skipped, [n for n, v in model.state_dict().items()
                                                if v.is_floating_point() and not bool(v.isfinite().all())])
+    if split.x_test is None:                      # a DataLoader run without a test loader
+        return {}
     logits = predict(cfg, model, split.x_test)
     check_diverged(cfg, epoch, step, skipped, [] if bool(logits.isfinite().all()) else ["the test logits"])
     return scores_of(logits, split.y_test)
@@ -133,14 +121,6 @@ def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarr
             "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
-def _targets(cfg: RunConfig, y) -> torch.Tensor:
-    """int labels as int64, soft labels [B, K] in the model's dtype."""
-    if isinstance(y, torch.Tensor):          # already on the device (device_batches)
-        return y
-    t = torch.from_numpy(np.ascontiguousarray(y)).to(cfg.device)
-    return t.to(DTYPES[cfg.dtype]) if t.is_floating_point() else t
-
-
 def load_net(model, net: dict) -> None:
     """Load a full state dict (parameters and buffers) into ``model``; names and shapes must match."""
     own = model.state_dict()
@@ -154,7 +134,8 @@ def load_net(model, net: dict) -> None:
 
 def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None,
                 checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
-                batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None) -> dict:
+                batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None,
+                model: torch.nn.Module | None = None) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
@@ -164,20 +145,23 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     so the resumed run equals the uninterrupted one). ``init_net`` (a state dict) replaces the
     initialisation; ``batches(epoch)`` replaces the data pipeline, yielding per iteration a list of
     parts (x, y) whose losses are summed; ``lr_offset`` and ``snapshot_epoch`` as in
-    ``reference.train.train_reference``.
+    ``reference.train.train_reference``. ``model``: a module to train instead of ``cfg.model``
+    (on the run's device and dtype). ``split`` may be an ``accel.data.LoaderData`` (with
+    ``batches``: ``accel.data.train_on_loader``).
     """
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was requested but torch sees no CUDA device")
-    n_classes = int(split.y_train.max()) + 1
-    model = build_model_for(cfg, split.x_train.shape[1], n_classes)
+    if model is None:
+        model = build_model_for(cfg, DATA.sample_shape(split), int(split.y_train.max()) + 1)
     if init_net is not None:
         load_net(model, init_net)
     if batches is None:
         on_gpu = torch.device(cfg.device).type == "cuda" and not ddp.active()
-        batches = (device_batches if on_gpu else default_batches)(cfg, split.x_train, split.y_train)
+        batches = DATA.make_batches(cfg, split.x_train, split.y_train, resident=on_gpu)
     opt = build_optimizer(cfg, model)
-    steps_per_epoch = -(-len(split.x_train) // cfg.batch_size)
+    steps_per_epoch = (split.steps_per_epoch if isinstance(split, DATA.LoaderData)
+                       else -(-len(split.x_train) // cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     sp = build_sparsifier(cfg, model, opt, total, method, steps_per_epoch)
     plan = cfg.lr_plan(steps_per_epoch)
@@ -235,7 +219,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                       **{f"test_{k}": v for k, v in epoch_test_scores(cfg, model, split, epoch + 1, step, sp.skipped_steps).items()},
                       "density": sp.total_density(), "layer_density": sp.layer_densities(),
                       "exploration_degree": sp.exploration_degree(), "skipped_steps": sp.skipped_steps, "epoch_time": time.perf_counter() - t0}
-            if epoch == cfg.epochs - 1 and isinstance(sp.method_state, dict) and sp.method_state.get("ultimate") is not None:
+            if (epoch == cfg.epochs - 1 and isinstance(sp.method_state, dict) and sp.method_state.get("ultimate") is not None
+                    and split.x_test is not None):
                 rep = ticket_report(cfg, model, sp.method_state, split.x_test, split.y_test)
                 record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
                 record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})

@@ -25,7 +25,7 @@ COUNTER_INITS = ("mask", "zeros")
 EXPLORATION_FORMS = ("eq1", "text")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
 MASK_INITS = ("random", "magnitude", "snip")
-MODELS = ("mlp", "cnn", "resnet18", "vgg16")
+MODELS = ("mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 from .schedules import LR_SCHEDULES, STAGE_LR_SCHEDULES  # noqa: E402  (the one schedule module)
 BACKENDS = ("accel", "reference")
@@ -42,6 +42,8 @@ D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
 D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
 MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
+from .datasets import AUGMENTS, CIFAR, DATASETS  # noqa: E402  (the dataset names and their constants)
+CIFAR_TRAIN = 50000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 
 
@@ -201,7 +203,15 @@ class RunConfig:
     lr_cycle_interval: int = 10        #   min_lr 0.001, restart_lr 0.01)
     lr_min: float = 0.001
     lr_restart: float = 0.01
-    # data
+    # data (reference.datasets; imagefolder through accel.data)
+    dataset: str = "mnist5k"
+    data_root: Optional[str] = None
+    augment: Optional[str] = None
+    image_size: int = 32
+    synthetic_shape: list = field(default_factory=lambda: [3, 32, 32])
+    synthetic_classes: int = 10
+    synthetic_train: int = 1000
+    synthetic_test: int = 200
     train_budget: Optional[int] = None
     test_per_class: int = 100
     holdout_per_class: int = 50
@@ -288,14 +298,17 @@ class RunConfig:
             raise ConfigError(f"backend='reference' implements optimizer='sgd' only (got optimizer={self.optimizer!r})")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov=true needs momentum > 0")
+        self._validate_data()
         n_train = MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
-        if n_train < MNIST5K_CLASSES:
+        if self.dataset != "mnist5k":
+            n_train = self._full_train_size()
+        elif n_train < MNIST5K_CLASSES:
             raise ConfigError(f"test_per_class={self.test_per_class} + holdout_per_class={self.holdout_per_class} "
                               f"leave {n_train} training samples of MNIST-5k ({MNIST5K_PER_CLASS} per class)")
-        if self.train_budget is not None and self.train_budget > n_train:
+        if self.train_budget is not None and n_train is not None and self.train_budget > n_train:
             raise ConfigError(f"train_budget={self.train_budget} is larger than the training set ({n_train} samples "
-                              f"= {MNIST5K_CLASSES} classes x {n_train // MNIST5K_CLASSES})")
-        if self.batch_size > self.n_train():
+                              f"of {self.dataset})")
+        if self.known_n_train() is not None and self.batch_size > self.n_train():
             raise ConfigError(f"batch_size={self.batch_size} is larger than the training set ({self.n_train()} samples"
                               f"{' = train_budget' if self.train_budget is not None else ''}): every epoch would be one "
                               f"partial batch; use batch_size <= {self.n_train()}")
@@ -387,8 +400,9 @@ class RunConfig:
         if self.model == "mlp" and len(self.hidden) + 1 < {"paper": 3, "hidden": 2}[self.cocktail_range]:
             raise ConfigError(f"cocktail_range='paper' prunes every layer but the first and the last ([SC] Table 5); "
                               f"hidden={self.hidden} leaves none: add a hidden layer or use cocktail_range='hidden'")
-        per_class = (self.train_budget // MNIST5K_CLASSES if self.train_budget is not None
-                     else MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        if self.known_n_train() is None or self.n_classes() is None:
+            return                       # imagefolder / tensors: checked when the data is read
+        per_class = self.known_n_train() // self.n_classes()
         n_hold = math.floor(self.cocktail_holdout_fraction * per_class + 0.5)
         if n_hold < COCKTAIL_MIN_HOLDOUT_PER_CLASS or n_hold >= per_class:
             raise ConfigError(f"cocktail_holdout_fraction={self.cocktail_holdout_fraction} of {per_class} training "
@@ -446,17 +460,65 @@ class RunConfig:
                               f"density={self.density}")
         if self.suptickets:
             raise ConfigError(f"procedure={self.procedure!r} cannot be combined with suptickets=true")
-        n = self.train_budget if self.train_budget is not None else \
-            MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
-        if n % MNIST5K_CLASSES:
-            raise ConfigError(f"train_budget={n} is not divisible across the {MNIST5K_CLASSES} classes; D²-Sparse "
-                              f"subsets uniformly across classes ([D2] §4.1): use a multiple of {MNIST5K_CLASSES}")
+        n, k = self.known_n_train(), self.n_classes()
+        if n is not None and k is not None and n % k:
+            raise ConfigError(f"train_budget={n} is not divisible across the {k} classes; D²-Sparse "
+                              f"subsets uniformly across classes ([D2] §4.1): use a multiple of {k}")
 
-    def n_train(self) -> int:
-        """The number of training samples: ``train_budget``, or the whole MNIST-5k training split."""
+    def _validate_data(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        if self.augment is not None:
+            _check_choice("augment", self.augment, AUGMENTS)
+        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
+            raise ConfigError(f"data_root={self.data_root!r} must be a non-empty path")
+        if self.dataset in ("cifar10", "cifar100", "imagefolder", "tensors") and self.data_root is None:
+            what = {"cifar10": "the folder holding cifar-10-batches-py/", "cifar100": "the folder holding "
+                    "cifar-100-python/", "imagefolder": "the folder holding train/<class>/ and val/<class>/",
+                    "tensors": "a .npz (or .pt) file with x_train, y_train, x_test, y_test"}[self.dataset]
+            raise ConfigError(f"dataset={self.dataset!r} needs data_root: {what}")
+        if self.dataset in ("mnist5k", "synthetic") and self.data_root is not None:
+            raise ConfigError(f"data_root={self.data_root!r} is not read by dataset={self.dataset!r}; remove it")
+        _check_int("image_size", self.image_size, 1)
+        for key, lo in (("synthetic_classes", 2), ("synthetic_train", 1), ("synthetic_test", 1)):
+            _check_int(key, getattr(self, key), lo)
+        shape = self.synthetic_shape
+        if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and
+                all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+            raise ConfigError(f"synthetic_shape={shape!r} must be a list of 1 to 4 positive integers "
+                              f"(e.g. [3, 32, 32] for images, [20] for feature vectors)")
+        if self.dataset == "synthetic" and self.synthetic_train < self.synthetic_classes:
+            raise ConfigError(f"synthetic_train={self.synthetic_train} gives some of the synthetic_classes="
+                              f"{self.synthetic_classes} classes no training sample")
+
+    def known_n_train(self) -> Optional[int]:
+        """``n_train()`` when it is known without reading files, else None (imagefolder, tensors)."""
         if self.train_budget is not None:
             return self.train_budget
-        return MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        return self._full_train_size()
+
+    def _full_train_size(self) -> Optional[int]:
+        """The whole training split of the dataset when known without reading files."""
+        if self.dataset == "mnist5k":
+            return MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
+        if self.dataset in CIFAR:
+            return CIFAR_TRAIN - CIFAR[self.dataset][4] * self.holdout_per_class
+        if self.dataset == "synthetic":
+            return self.synthetic_train
+        return None
+
+    def n_classes(self) -> Optional[int]:
+        """The number of classes when known without reading files, else None."""
+        return {"mnist5k": MNIST5K_CLASSES, "synthetic": self.synthetic_classes,
+                **{k: v[4] for k, v in CIFAR.items()}}.get(self.dataset)
+
+    def n_train(self) -> int:
+        """The number of training samples: ``train_budget``, or the whole training split of the dataset
+        (imagefolder and tensors: read from data_root)."""
+        known = self.known_n_train()
+        if known is not None:
+            return known
+        from .datasets import train_size
+        return train_size(self)
 
     def initial_density(self) -> float:
         """The density of the initial masks: GraNet starts at ``init_density``, GMP and AC/DC dense, others
@@ -500,11 +562,11 @@ _FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_u
                "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-_INT_KEYS = {"lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+_INT_KEYS = {"image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
              "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
              "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
-_LIST_KEYS = {"cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
+_LIST_KEYS = {"synthetic_shape", "cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
 
 
 def _check_choice(key, value, allowed):
