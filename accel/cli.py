@@ -38,20 +38,35 @@ CKPT_HELP = ("write <run>.ckpt atomically after every epoch (a multi-phase proce
 OVERWRITE_HELP = "replace the files of an earlier run in the output folder (without it, that is an error)"
 
 
+def _flag_help(name: str, default) -> str:
+    """The field's help text (its metadata in reference.config) and its default."""
+    shown = "unset" if default is None else ("true" if default is True else "false" if default is False else default)
+    return f"{C.field_help(name)} (default: {shown})".replace("%", "%%")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     defaults = C.RunConfig()
+    groups: dict = {}
+    for f in fields(C.RunConfig):      # one group per method / procedure / dataset that owns the key
+        owner = C.key_owner(f.name)
+        title = f"only with {owner[0]}" if owner else "run"
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
     for f in fields(C.RunConfig):
+        owner = C.key_owner(f.name)
+        g = groups[f"only with {owner[0]}" if owner else "run"]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         if f.name in C._BOOL_KEYS:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=_flag_help(f.name, default))
         elif f.name in C._LIST_KEYS:
-            p.add_argument(flag, dest=f.name, nargs="*", type=_LIST_TYPES.get(f.name, str), default=None,
-                           help=f"(default {default})")
+            g.add_argument(flag, dest=f.name, nargs="*", type=_LIST_TYPES.get(f.name, str), default=None,
+                           help=_flag_help(f.name, default))
         else:
             typ = float if f.name in C._FLOAT_KEYS else int if f.name in C._INT_KEYS else str
-            p.add_argument(flag, dest=f.name, type=typ, default=None, choices=_CHOICES.get(f.name),
-                           help=f"(default {default})")
+            g.add_argument(flag, dest=f.name, type=typ, default=None, choices=_CHOICES.get(f.name),
+                           help=_flag_help(f.name, default))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,6 +136,7 @@ def main(argv=None) -> int:
             given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
             seed = given.pop("seed", 0)
             run = C.RunConfig(**C.coerce_run_fields(given, "the command line")).validate()
+            C.check_selected_keys(given, run, "the command line", shown=lambda k, v: f"--{k.replace('_', '-')} {v}")
             if args.dry_run:
                 print(describe_run(run.replace(seed=seed)))
                 return 0

@@ -63,163 +63,218 @@ class ConfigError(ValueError):
     """A configuration key or value that is not allowed."""
 
 
+def _f(default=dataclasses.MISSING, help: str = "", factory=None):
+    """A RunConfig field with its help text as metadata: the one source of ``twinsparse train
+    --help`` and of docs/config.md (``field_help``, ``config_reference``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RunConfig:
-    label: str = "run"
-    backend: str = "accel"
-    device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 0
+    label: str = _f("run", "name of the run in logs, tables and file names (letters, digits, '._+=-')")
+    backend: str = _f("accel", "'accel' (PyTorch, any model) or 'reference' (the NumPy twin: MLP, SGD)")
+    device: str = _f("cpu", "'cpu' or 'cuda' (accel only)")
+    dtype: str = _f("float32", 'floating dtype of weights and data: float32 or float64')
+    seed: int = _f(0, 'seed of the initialisation, the data order, the augmentation and every random mask decision')
     # model
-    model: str = "mlp"
-    hidden: list = field(default_factory=lambda: [300, 100])
-    batchnorm: bool = False
+    model: str = _f("mlp",
+        'network: mlp, cnn, resnet18, resnet50 (ImageNet form), vgg16 or vit; input channels and image '
+        'size come from the data')
+    hidden: list = _f(factory=lambda: [300, 100], help='hidden layer widths of the MLP')
+    batchnorm: bool = _f(False, 'BatchNorm1d after each hidden Linear of the MLP')
     # sparsity
-    method: str = "dense"
-    density: float = 1.0
-    distribution: str = "erk"
-    mask_init: str = "random"
-    erk_power_scale: float = 1.0
-    include: list = field(default_factory=list)
-    exclude: list = field(default_factory=list)
+    method: str = _f("dense", 'sparse training method: dense, static, set, rigl, snfs, granet, dst_ee, gmp or acdc')
+    density: float = _f(1.0,
+        'fraction of the prunable weights kept (the final density for GraNet and GMP, the compressed '
+        "phases' for AC/DC); 1.0 with method dense")
+    distribution: str = _f("erk",
+        'how the density is spread over layers: erk, er, uniform or global (one magnitude top-k)')
+    mask_init: str = _f("random", 'initial mask of the sparse methods: random, magnitude or snip')
+    erk_power_scale: float = _f(1.0, 'power applied to the ER/ERK ratio (1 = ERK as published, 0 = uniform)')
+    include: list = _f(factory=list, help=
+        "weights to prune: names, module names, fnmatch patterns, 'first' or 'last' (default: every "
+        'Linear, Conv, ConvTranspose and attention projection)')
+    exclude: list = _f(factory=list, help=
+        "weights left dense: names, module names, fnmatch patterns, 'first' or 'last'")
     # dynamic sparse training (docs/methods.md §2: interval and drop fraction are not given by the
     # papers, hence parameters). t_end_fraction and fraction_schedule left unset (None) take the
     # method's own default (``dst_window``): DST-EE Alg. 1 updates until the last iteration with a
     # fixed drop count (1.0, "constant"); RigL and the others stop at 0.75 T with a cosine decay.
-    delta_t: int = 50
-    drop_fraction: float = 0.3
-    fraction_schedule: Optional[str] = None
-    t_start: int = 0
-    t_end_fraction: Optional[float] = None
-    step_on_update: bool = False
-    c: float = 1e-3
-    eps: float = 1.0
-    counter_init: str = "mask"
-    exploration_form: str = "eq1"
-    snfs_momentum: float = 0.9
-    redistribute: bool = False
-    init_density: float = 0.5
-    prune_end_fraction: float = 0.5
-    gmp_scope: str = "global"
+    delta_t: int = _f(50, 'iterations between two mask updates (SET, RigL, SNFS, GraNet, DST-EE, GMP)')
+    drop_fraction: float = _f(0.3, 'fraction of the active weights dropped and regrown at each mask update')
+    fraction_schedule: Optional[str] = _f(None,
+        "decay of the drop fraction: constant, cosine or linear (unset: the method's own)")
+    t_start: int = _f(0, 'first iteration at which masks may change')
+    t_end_fraction: Optional[float] = _f(None,
+        "mask updates stop after this fraction of the iterations (unset: the method's own, 0.75 for RigL,"
+        ' 1.0 for DST-EE)')
+    step_on_update: bool = _f(False, 'also take the optimizer step at an iteration that updates the masks')
+    c: float = _f(1e-3, 'DST-EE: weight of the exploration term c ln t / (N + eps) in the growth score')
+    eps: float = _f(1.0, 'DST-EE: the constant added to the activation counter N in the exploration term')
+    counter_init: str = _f("mask", "DST-EE: initial activation counters: 'mask' (1 where active) or 'zeros'")
+    exploration_form: str = _f("eq1",
+        "DST-EE: exploration term as in Eq. 1 ('eq1') or as printed in the text ('text')")
+    snfs_momentum: float = _f(0.9, 'SNFS: smoothing factor of the dense gradient momentum it grows by')
+    redistribute: bool = _f(False, 'SNFS: spread the regrowth over layers by their mean momentum')
+    init_density: float = _f(0.5, 'GraNet: density at the start, pruned gradually down to density')
+    prune_end_fraction: float = _f(0.5, 'GMP and GraNet: gradual pruning ends after this fraction of the iterations')
+    gmp_scope: str = _f("global", 'GMP: prune by global or per-layer magnitude')
     # AC/DC ([TH] Alg. 1, §3.4.1; docs/methods.md §6.1): phase lengths in epochs; a length left unset
     # (None) takes the thesis value 10/5/5/10/15 with acdc_plan = "thesis" (the default: lengths kept,
     # the alternating block fills the budget, [TH] §3.4.3 "preserving the duration of each compressed
     # and decompressed phase"), or reference.acdc.scaled_acdc_lengths(epochs) with acdc_plan = "scaled"
     # (the lengths scaled to a small budget: a project choice for miniatures). density = density of
     # the compressed phases.
-    acdc_plan: str = "thesis"
-    acdc_warmup: Optional[int] = None
-    acdc_compressed: Optional[int] = None
-    acdc_decompressed: Optional[int] = None
-    acdc_final_decompressed: Optional[int] = None
-    acdc_final_compressed: Optional[int] = None
-    acdc_distribution: str = "global"
+    acdc_plan: str = _f("thesis",
+        "AC/DC: phase lengths of the thesis ('thesis') or scaled to the epoch budget ('scaled')")
+    acdc_warmup: Optional[int] = _f(None, 'AC/DC: epochs of dense warm-up (unset: from acdc_plan)')
+    acdc_compressed: Optional[int] = _f(None,
+        'AC/DC: epochs of each compressed (sparse) phase (unset: from acdc_plan)')
+    acdc_decompressed: Optional[int] = _f(None,
+        'AC/DC: epochs of each decompressed (dense) phase (unset: from acdc_plan)')
+    acdc_final_decompressed: Optional[int] = _f(None,
+        'AC/DC: epochs of the last decompressed phase (unset: from acdc_plan)')
+    acdc_final_compressed: Optional[int] = _f(None,
+        'AC/DC: epochs of the final compressed fine-tuning phase (unset: from acdc_plan)')
+    acdc_distribution: str = _f("global",
+        'AC/DC: selection of the compressed phases: global, uniform, first_last_dense or nm24')
     # Sup-tickets around the method ([ST] Alg. 1; docs/methods.md §4.2, §4.3, §4.1)
-    suptickets: bool = False
-    st_cycle_epochs: float = 0.5
-    st_n_tickets: Optional[int] = None
-    st_explore_fraction: float = 0.3
-    st_averaging: str = "cia"
-    st_beta: float = 0.8
-    st_prune_scope: str = "layer"
-    st_prune_each_step: bool = True
-    st_bn_avg: str = "std"
-    st_lr_low: float = 0.001
-    st_lr_high: float = 0.005
+    suptickets: bool = _f(False, 'wrap the sparse method in Sup-tickets (superposed cheap tickets in the last stage)')
+    st_cycle_epochs: float = _f(0.5, 'Sup-tickets: epochs per cycle of the superposing stage')
+    st_n_tickets: Optional[int] = _f(None, 'Sup-tickets: number of cheap tickets (unset: as many cycles as fit)')
+    st_explore_fraction: float = _f(0.3,
+        'Sup-tickets: fraction of weights explored (dropped and regrown) after each superposition')
+    st_averaging: str = _f("cia", 'Sup-tickets: how tickets are superposed: cia, caa or cima')
+    st_beta: float = _f(0.8, 'Sup-tickets: weight of the running average in cima')
+    st_prune_scope: str = _f("layer", 'Sup-tickets: re-prune the superposed weights per layer or globally')
+    st_prune_each_step: bool = _f(True,
+        'Sup-tickets: prune the running average itself (false: keep it dense, prune a copy)')
+    st_bn_avg: str = _f("std",
+        "Sup-tickets: average BatchNorm running statistics as standard deviations ('std') or variances "
+        "('var')")
+    st_lr_low: float = _f(0.001, 'Sup-tickets: lowest learning rate of a cycle (Eq. 3)')
+    st_lr_high: float = _f(0.005, 'Sup-tickets: highest learning rate of a cycle (Eq. 3)')
     # the superposing stage's LR: Eq. 3 (default), or FGE's / SWA's cyclical rate ([ST] Table 7)
-    st_lr_schedule: str = "eq3"
+    st_lr_schedule: str = _f("eq3",
+        "Sup-tickets: the stage's learning rate: Eq. 3, or FGE's / SWA's cyclical schedule")
     # True: also explore at the start of the stage, so every cycle starts with an exploration
     # ([ST] §3.2.1 text); False: Alg. 1 (explore after each superposition only)
-    st_explore_at_stage_start: bool = False
+    st_explore_at_stage_start: bool = _f(False, 'Sup-tickets: also explore when the superposing stage starts')
     # DST-EE exploitation degree ([EE] Eq. 2-3) of every mask update, logged beside R
-    ee_exploitation_degree: bool = True
+    ee_exploitation_degree: bool = _f(True, 'DST-EE: log the exploitation degree (Eq. 2-3) of every mask update')
     # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; docs/methods.md §5.1, §5.3); procedure 'train' = one run
-    procedure: str = "train"
-    d2_states: int = 10
-    d2_schedule: str = "geometric"
-    d2_warmup_epochs: int = 25
-    d2_state_epochs: int = 50
-    d2_finetune_epochs: int = 5
-    d2_finetune_lr_scale: float = 1.0
-    d2_baseline_epochs: int = 55
-    d2_alphas: list = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.95])
-    d2_views: list = field(default_factory=lambda: ["augmix_weak", "augmix_strong"])
-    d2_lb_view: str = "none"
-    d2_view_pool: int = 0
-    d2_bn_merge: str = "interpolate"
+    procedure: str = _f("train",
+        'what is run: train (one run) or a multi-phase procedure: d2sparse, d2_baseline, d2_baseline_lb, '
+        'imp, acdc, cocktail, cram')
+    d2_states: int = _f(10, 'D²-Sparse: number of sparse states')
+    d2_schedule: str = _f("geometric", 'D²-Sparse: density of the states decreasing geometrically or linearly')
+    d2_warmup_epochs: int = _f(25, 'D²-Sparse: epochs of dense warm-up (state 0)')
+    d2_state_epochs: int = _f(50, 'D²-Sparse: epochs of each branch of a state')
+    d2_finetune_epochs: int = _f(5, 'D²-Sparse: epochs of fine-tuning after each merge')
+    d2_finetune_lr_scale: float = _f(1.0, 'D²-Sparse: learning rate of the fine-tuning as a multiple of lr')
+    d2_baseline_epochs: int = _f(55, 'D²-Sparse baselines: training epochs per state')
+    d2_alphas: list = _f(factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.95], help=
+        'D²-Sparse: candidate merge weights alpha, the best kept')
+    d2_views: list = _f(factory=lambda: ["augmix_weak", "augmix_strong"], help=
+        'D²-Sparse: the two data views of the branches: augmix_weak, augmix_strong, cutmix or none')
+    d2_lb_view: str = _f("none", 'D²-Sparse large-batch baseline: its data view')
+    d2_view_pool: int = _f(0, 'D²-Sparse: reuse a pool of this many augmented copies of the data (0: fresh views)')
+    d2_bn_merge: str = _f("interpolate",
+        'D²-Sparse: BatchNorm statistics of a merge: interpolated or recomputed on the data')
     # each state's initial masks: "random" ERK masks ([D2] §3, literal) or the previous state's network
     # magnitude-pruned to the state's density, then drop_fraction of it re-grown at random per branch
-    d2_mask_init: str = "random"
+    d2_mask_init: str = _f("random", "D²-Sparse: each state's masks: random ERK or pruned from the previous state")
     # IMP with weight rewinding (docs/methods.md §2.5): N iterations pruning imp_rate of the remaining weights
-    imp_iterations: int = 10
-    imp_rate: float = 0.2
-    imp_rewind_epoch: int = 1
-    imp_scope: str = "global"
+    imp_iterations: int = _f(10, 'IMP: number of prune-and-retrain iterations')
+    imp_rate: float = _f(0.2, 'IMP: fraction of the remaining weights pruned per iteration')
+    imp_rewind_epoch: int = _f(1, 'IMP: epoch whose weights the survivors are rewound to')
+    imp_scope: str = _f("global", 'IMP: prune by global or per-layer magnitude')
     # CrAM ([TH] Ch. 5 Alg. 2; docs/methods.md §7.1, §7.2, §7.5; reference.cram_spec): procedure 'cram' trains a dense
     # model with cram_mode, then prunes it one-shot at cram_eval_sparsities (+ BNT on cram_bnt_samples)
-    cram_mode: str = "cram"
-    cram_rho: float = 0.05
-    cram_plus: Optional[bool] = None
-    cram_sparse_grad: bool = True
-    cram_tau: int = 1
-    cram_compressions: list = field(default_factory=lambda: ["topk:0.5", "topk:0.7", "topk:0.9"])
-    cram_eval_sparsities: list = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9])
-    cram_eval_patterns: list = field(default_factory=lambda: ["global", "uniform", "nm:2:4"])
-    cram_bnt_samples: int = 1000
-    cram_bnt_batches: int = 100
-    cram_bnt_batch_size: int = 128
+    cram_mode: str = _f("cram", 'CrAM: training mode: cram, sam, csam or plain sgd')
+    cram_rho: float = _f(0.05, 'CrAM: step size rho of the perturbation')
+    cram_plus: Optional[bool] = _f(None,
+        "CrAM: add the gradient at the dense point (CrAM+; unset: the mode's default)")
+    cram_sparse_grad: bool = _f(True, 'CrAM: mask the gradient taken at the compressed point')
+    cram_tau: int = _f(1, 'CrAM: steps a Top-K mask is kept before it is recomputed')
+    cram_compressions: list = _f(factory=lambda: ["topk:0.5", "topk:0.7", "topk:0.9"], help=
+        "CrAM: compressions drawn per step, e.g. 'topk:0.5', 'nm:2:4', 'quant:4'")
+    cram_eval_sparsities: list = _f(factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9], help=
+        'CrAM: sparsities of the one-shot pruning evaluated after training')
+    cram_eval_patterns: list = _f(factory=lambda: ["global", "uniform", "nm:2:4"], help=
+        'CrAM: patterns of the one-shot evaluation: global, uniform, nm:N:M, quant:B')
+    cram_bnt_samples: int = _f(1000, 'CrAM: training samples the BatchNorm re-tuning draws from')
+    cram_bnt_batches: int = _f(100, 'CrAM: batches of BatchNorm re-tuning after each one-shot pruning')
+    cram_bnt_batch_size: int = _f(128, 'CrAM: batch size of the BatchNorm re-tuning')
     # probability of a plain base-optimizer step instead of the CrAM step ([TH] §5.5.1, Table 5.9 p(Adam))
-    cram_base_prob: float = 0.0
+    cram_base_prob: float = _f(0.0, 'CrAM: probability of a plain base-optimizer step instead of a CrAM step')
     # uniform Top-K (training compressions ':uniform' and the one-shot 'uniform' pattern) keeps the first
     # and the last layer dense ([TH] §5.4.1: "we keep the first and last layers dense"); False prunes them
-    cram_uniform_first_last_dense: bool = True
+    cram_uniform_first_last_dense: bool = _f(True, 'CrAM: uniform Top-K keeps the first and last layer dense')
     # Sparse Cocktail ([SC] §3-4, App. C, F; docs/methods.md §8.1): N IMP iterations of UMG masks + dense-pivot
     # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail)
-    cocktail_iterations: int = 10
-    cocktail_rewind_epoch: int = 1
-    cocktail_unstructured_rate: float = 0.2
-    cocktail_channel_rate: float = 0.1
-    cocktail_beta: float = 0.8
-    cocktail_holdout_fraction: float = 0.05
-    cocktail_temperature: float = 1.0
-    cocktail_range: str = "paper"
-    cocktail_rewind: bool = True
-    cocktail_interpolate: bool = True
-    cocktail_pivot: bool = True
-    cocktail_umg: bool = True
+    cocktail_iterations: int = _f(10, 'Sparse Cocktail: number of IMP iterations')
+    cocktail_rewind_epoch: int = _f(1, 'Sparse Cocktail: epoch whose weights each iteration rewinds to')
+    cocktail_unstructured_rate: float = _f(0.2, 'Sparse Cocktail: unstructured pruning rate per iteration')
+    cocktail_channel_rate: float = _f(0.1, 'Sparse Cocktail: channel pruning rate per iteration')
+    cocktail_beta: float = _f(0.8, 'Sparse Cocktail: UMG weight of the unstructured mask in the channel score')
+    cocktail_holdout_fraction: float = _f(0.05,
+        'Sparse Cocktail: fraction of the training data held out to score the interpolation')
+    cocktail_temperature: float = _f(1.0, "Sparse Cocktail: temperature of the dense pivot's soft targets")
+    cocktail_range: str = _f("paper", "Sparse Cocktail: layers pruned: 'paper' (all but first and last) or 'hidden'")
+    cocktail_rewind: bool = _f(True, 'Sparse Cocktail: rewind weights at each iteration (ablation switch)')
+    cocktail_interpolate: bool = _f(True, 'Sparse Cocktail: greedy weight interpolation (ablation switch)')
+    cocktail_pivot: bool = _f(True, 'Sparse Cocktail: dense pivot co-training (ablation switch)')
+    cocktail_umg: bool = _f(True, 'Sparse Cocktail: unified mask generation (ablation switch)')
     # optimisation
-    optimizer: str = "sgd"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
+    optimizer: str = _f("sgd", 'optimizer: sgd, adam or adamw')
+    epochs: int = _f(10, 'passes over the training set')
+    batch_size: int = _f(64, 'samples per iteration')
+    lr: float = _f(0.05, 'peak learning rate')
+    momentum: float = _f(0.9, 'momentum factor of SGD')
+    weight_decay: float = _f(5e-4, 'weight decay (L2 for SGD and Adam, decoupled for AdamW)')
+    nesterov: bool = _f(False, 'Nesterov momentum (SGD)')
     # None: the paper's schedule of the method (``lr_schedule_name``): warmup_cosine for AC/DC and CrAM,
     # cyclic_cosine for Sparse Cocktail, step for Sup-tickets, cosine otherwise (docs/methods.md §1.8)
-    lr_schedule: Optional[str] = None
-    lr_warmup_epochs: int = 5          # warmup_cosine: linear warm-up epochs ([TH] §5.4, App. A.2: 5)
-    lr_cycle_init_epochs: int = 100    # cyclic_cosine ([SC] Table 5: init_epoch 100, interval 10,
-    lr_cycle_interval: int = 10        #   min_lr 0.001, restart_lr 0.01)
-    lr_min: float = 0.001
-    lr_restart: float = 0.01
+    lr_schedule: Optional[str] = _f(None, "learning-rate schedule (unset: the method's paper schedule)")
+    # warmup_cosine: linear warm-up epochs ([TH] §5.4, App. A.2: 5)
+    lr_warmup_epochs: int = _f(5, 'warmup_cosine: epochs of linear warm-up')
+    # cyclic_cosine ([SC] Table 5: init_epoch 100, interval 10,
+    lr_cycle_init_epochs: int = _f(100, 'cyclic_cosine: epochs of the first cycle')
+    #   min_lr 0.001, restart_lr 0.01)
+    lr_cycle_interval: int = _f(10, 'cyclic_cosine: epochs of every later cycle')
+    lr_min: float = _f(0.001, 'cyclic_cosine: lowest learning rate')
+    lr_restart: float = _f(0.01, 'cyclic_cosine: learning rate at each restart')
     # data (reference.datasets; imagefolder through accel.data)
-    dataset: str = "mnist5k"
-    data_root: Optional[str] = None
-    augment: Optional[str] = None
-    image_size: int = 32
-    synthetic_shape: list = field(default_factory=lambda: [3, 32, 32])
-    synthetic_classes: int = 10
-    synthetic_train: int = 1000
-    synthetic_test: int = 200
-    train_budget: Optional[int] = None
-    test_per_class: int = 100
-    holdout_per_class: int = 50
-    split_seed: int = 0
-    check_finite: bool = True
-    nonfinite: str = "raise"
+    dataset: str = _f("mnist5k",
+        'data: mnist5k (ships with the install), cifar10, cifar100, imagefolder, tensors (.npz) or '
+        'synthetic')
+    data_root: Optional[str] = _f(None,
+        'cifar10/100: folder holding cifar-10-batches-py or cifar-100-python; imagefolder: folder with '
+        'train/ and val/; tensors: the .npz file')
+    augment: Optional[str] = _f(None,
+        'training augmentation: none or crop_flip (unset: crop_flip for CIFAR, none otherwise)')
+    image_size: int = _f(32, 'imagefolder: images resized and center-cropped to this side')
+    synthetic_shape: list = _f(factory=lambda: [3, 32, 32], help='synthetic: shape of one sample, e.g. 3 32 32 or 20')
+    synthetic_classes: int = _f(10, 'synthetic: number of classes')
+    synthetic_train: int = _f(1000, 'synthetic: training samples')
+    synthetic_test: int = _f(200, 'synthetic: test samples')
+    train_budget: Optional[int] = _f(None,
+        'train on a class-balanced subset of this many samples (unset: the whole training split)')
+    test_per_class: int = _f(100, 'mnist5k: test samples per class')
+    holdout_per_class: int = _f(50, 'held-out samples per class taken from the training data')
+    split_seed: int = _f(0, 'seed of the train / hold-out / test split and of synthetic data')
+    check_finite: bool = _f(True, 'stop on NaN/inf in gradients (see nonfinite)')
+    nonfinite: str = _f("raise", 'on a non-finite gradient: raise, or skip the iteration')
     # data-parallel (torchrun): debug check that every rank holds the same masks after each update
-    ddp_verify_masks: bool = False
+    ddp_verify_masks: bool = _f(False,
+        'under torchrun: check after every mask update that all ranks hold the same masks')
+    # outputs
+    log_every: int = _f(0,
+        'also log the training loss, learning rate and density every this many iterations (0: per epoch '
+        'only)')
 
     def validate(self) -> "RunConfig":
         check_name("label", self.label)
@@ -479,6 +534,7 @@ class RunConfig:
         if self.dataset in ("mnist5k", "synthetic") and self.data_root is not None:
             raise ConfigError(f"data_root={self.data_root!r} is not read by dataset={self.dataset!r}; remove it")
         _check_int("image_size", self.image_size, 1)
+        _check_int("log_every", self.log_every, 0)
         for key, lo in (("synthetic_classes", 2), ("synthetic_train", 1), ("synthetic_test", 1)):
             _check_int(key, getattr(self, key), lo)
         shape = self.synthetic_shape
@@ -562,11 +618,89 @@ _FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_u
                "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-_INT_KEYS = {"image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+_INT_KEYS = {"log_every", "image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
              "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
              "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
 _LIST_KEYS = {"synthetic_shape", "cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
+
+
+# ----------------------------------------------------------------------------- keys of a selection
+# Keys that only a selected method / procedure / dataset reads, and what selects them. A key given
+# for a run that does not select its owner is an error (it would be silently ignored).
+OWNERS = (  # (key prefix or exact key, owner as the user selects it, test on the RunConfig)
+    ("acdc_", "method = 'acdc'", lambda c: c.method == "acdc"),
+    ("st_", "suptickets = true", lambda c: c.suptickets),
+    ("d2_", "procedure = 'd2sparse', 'd2_baseline' or 'd2_baseline_lb'", lambda c: c.procedure.startswith("d2")),
+    ("imp_", "procedure = 'imp'", lambda c: c.procedure == "imp"),
+    ("cram_", "procedure = 'cram'", lambda c: c.procedure == "cram"),
+    ("cocktail_", "procedure = 'cocktail'", lambda c: c.procedure == "cocktail"),
+    ("synthetic_", "dataset = 'synthetic'", lambda c: c.dataset == "synthetic"),
+    ("image_size", "dataset = 'imagefolder'", lambda c: c.dataset == "imagefolder"),
+    ("snfs_momentum", "method = 'snfs'", lambda c: c.method == "snfs"),
+    ("redistribute", "method = 'snfs'", lambda c: c.method == "snfs"),
+    ("gmp_scope", "method = 'gmp'", lambda c: c.method == "gmp"),
+    ("init_density", "method = 'granet'", lambda c: c.method == "granet"),
+    ("counter_init", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
+    ("exploration_form", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
+    ("ee_exploitation_degree", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
+)
+
+
+def key_owner(key: str):
+    """(owner text, test) of a key that belongs to one method / procedure / dataset, else None."""
+    for prefix, owner, test in OWNERS:
+        if key == prefix or (prefix.endswith("_") and key.startswith(prefix)):
+            return owner, test
+    return None
+
+
+def check_selected_keys(given, runs, where: str, any_run: bool = False, shown=None) -> None:
+    """Every key in ``given`` that belongs to a method / procedure / dataset must be read by the run
+    (``runs``: one RunConfig, or with ``any_run`` by at least one of several, for [defaults]).
+    ``shown(key, value)`` writes the key as the user gave it (default ``key=value``)."""
+    shown = shown or (lambda k, v: f"{k}={v!r}")
+    runs = runs if isinstance(runs, (list, tuple)) else [runs]
+    for key in given:
+        found = key_owner(key)
+        if found is None:
+            continue
+        owner, test = found
+        if not any(test(r) for r in runs):
+            whose = "no run of the experiment selects" if any_run else "this run does not select"
+            raise ConfigError(f"{shown(key, given[key])} in {where} belongs to {owner}, which {whose}; remove it or "
+                              f"select {owner}")
+
+
+def field_help(name: str) -> str:
+    """The help text of a RunConfig field (its metadata: the one source of the CLI and the docs)."""
+    return RUN_KEYS[name].metadata["help"]
+
+
+def config_reference() -> str:
+    """docs/config.md: every run field with its type, default and help, grouped as RunConfig is."""
+    lines = ["# Run configuration", "",
+             "Every key of a `[[run]]` / `[defaults]` table and every `twinsparse train --flag` (underscores become "
+             "dashes). Generated from the field metadata of `reference.config.RunConfig` by "
+             "`reference.config.config_reference()`; a test keeps this file equal to it.", "",
+             "Keys of a method, procedure or dataset that a run does not select are an error.", "",
+             "| key | default | belongs to | meaning |", "|---|---|---|---|"]
+    defaults = RunConfig()
+    for f in fields(RunConfig):
+        owner = key_owner(f.name)
+        default = getattr(defaults, f.name)
+        shown = "unset" if default is None else json_default(default)
+        lines.append(f"| `{f.name}` | {shown} | {owner[0].replace('|', '/') if owner else ''} | "
+                     f"{f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def json_default(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'`"{v}"`'
+    return f"`{v}`"
 
 
 def _check_choice(key, value, allowed):
@@ -654,17 +788,20 @@ def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(f"{source} needs at least one [[run]] table")
     runs, labels = [], set()
     for i, r in enumerate(runs_raw):
-        fields_ = {**defaults, **coerce_run_fields(r, f"[[run]] #{i + 1} of {source}")}
+        own = coerce_run_fields(r, f"[[run]] #{i + 1} of {source}")
+        fields_ = {**defaults, **own}
         if "seed" in fields_:
             raise ConfigError(f"'seed' in {source}: set seeds in [experiment] seeds = [...]")
         try:
             rc = RunConfig(**fields_).validate()
         except ConfigError as e:
             raise ConfigError(f"[[run]] #{i + 1} ({fields_.get('label', 'run')}) of {source}: {e}") from None
+        check_selected_keys(own, rc, f"[[run]] #{i + 1} ({rc.label}) of {source}")
         if rc.label in labels:
             raise ConfigError(f"label {rc.label!r} is used by two [[run]] tables in {source}")
         labels.add(rc.label)
         runs.append(rc)
+    check_selected_keys(defaults, runs, f"[defaults] of {source}", any_run=True)
     output = exp.get("output", f"runs/{name}")
     if not isinstance(output, str):
         raise ConfigError(f"output={output!r} in [experiment] of {source} must be a string path")
