@@ -16,6 +16,7 @@ from reference import safeio
 from reference.checkpoint import CheckpointError, check_config
 from reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
 from reference.train import Diverged
+from .events import RunEvents, existing_outputs, remove_output
 from .rundir import RunDirectoryError, RunLock, RunLog, default_output, read_log, stage_files
 
 
@@ -71,6 +72,8 @@ def check_run_files(cfg: RunConfig, log_path: str | None, ck_path: str | None, r
     intact, verified and written by this very config, and a log whose header is this config.
     Returns {"remove": [...], "history": the checkpoint's records (a training run), or None}."""
     existing = [p for p in (log_path, ck_path) if p and os.path.exists(p)] + (stage_files(ck_path) if ck_path else [])
+    if log_path and not resume:   # the CSV files and TensorBoard folder of an earlier run (a resumed run rewrites them)
+        existing += existing_outputs(log_path[: -len(".jsonl")])
     if not resume:
         if existing and not overwrite:
             raise RunDirectoryError(
@@ -130,15 +133,18 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
         ck_path = None
     split = load_split(cfg)
     log = RunLog(log_path, resume=resume) if log_path else None
-    on_epoch = log.write if log else (lambda rec: None)
+    events = RunEvents(log, log_path[: -len(".jsonl")] if log_path else "")
+    on_epoch = events.record
     try:
         on_epoch(_log_header(cfg))
-        for rec in checked["history"] or []:
-            on_epoch(rec)
+        for rec in checked["history"] or []:      # a resumed run: the checkpoint's epochs with their events
+            events.record(rec, live=False)
+        events.flush()
         if cfg.procedure != "train":
             history = _procedure_one(cfg, split, log, on_epoch, ck_path, resume)
         else:
-            history = _train_run(cfg, split, log, on_epoch, ck_path, resume, progress)
+            history = _train_run(cfg, split, log, on_epoch, ck_path, resume, progress, events.event)
+        events.flush()
         if log:
             log.finish()
     except Diverged as e:
@@ -146,12 +152,13 @@ def train_one(cfg: RunConfig, log_path: str | None = None, progress: bool = True
             log.write({"diverged": e.info, "error": str(e)})
         raise
     finally:
+        events.close()
         if log:
             log.close()
     return history
 
 
-def _train_run(cfg, split, log, on_epoch, ck_path, resume, progress) -> list:
+def _train_run(cfg, split, log, on_epoch, ck_path, resume, progress, on_event=None) -> list:
     steps = -(-len(split.x_train) // cfg.batch_size) * cfg.epochs
     bar = tqdm(total=steps, desc=f"{cfg.label} seed={cfg.seed} [{cfg.backend}]", leave=False,
                disable=not progress, file=sys.stderr, mininterval=0.5)
@@ -161,14 +168,15 @@ def _train_run(cfg, split, log, on_epoch, ck_path, resume, progress) -> list:
 
             def tick(*_):
                 bar.update(1)
-            out = train_reference(cfg, split, on_epoch=on_epoch, on_step=tick, checkpoint=ck_path, resume=resume)
+            out = train_reference(cfg, split, on_epoch=on_epoch, on_step=tick, checkpoint=ck_path, resume=resume,
+                                  on_event=on_event)
         else:
             from .train import train_accel
-            out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar, checkpoint=ck_path, resume=resume)
+            out = train_accel(cfg, split, on_epoch=on_epoch, progress=bar, checkpoint=ck_path, resume=resume,
+                              on_event=on_event)
     finally:
         bar.close()
-    if log:  # one line per mask update: t, drop fraction, counts, density, R, mask change
-        log.write(*({"mask_update": u} for u in out.get("updates", [])))
+    # (each mask update -- t, drop fraction, counts, density, R, mask change -- was logged as it happened)
     skipped = out["history"][-1].get("skipped_steps", 0) if out["history"] else 0
     if skipped:
         warnings.warn(f"run {cfg.label!r} (seed {cfg.seed}): {skipped} iteration(s) were skipped for non-finite "
@@ -195,7 +203,7 @@ def _procedure_one(cfg: RunConfig, split, log, on_epoch, ck_path=None, resume=Fa
 
 def _remove(path: str) -> None:
     try:
-        os.remove(path)
+        remove_output(path)
     except FileNotFoundError:
         pass
     except OSError as e:

@@ -132,10 +132,28 @@ def load_net(model, net: dict) -> None:
     model.load_state_dict({n: torch.as_tensor(v) for n, v in net.items()})
 
 
+def _emit_events(cfg: RunConfig, sp, seen: int, step: int, epoch: int, loss, opt, events: list, on_event) -> int:
+    """The events of one iteration, in order: its mask updates (once final), then every
+    ``log_every`` iterations the loss (read from the device only then), LR and density."""
+    for u in sp.updates[seen:]:
+        events.append({"mask_update": u})
+        on_event(events[-1])
+    if cfg.log_every and step % cfg.log_every == 0:
+        value = loss.detach().double()
+        if ddp.active():                      # every rank takes part; the global-batch mean
+            value = value.clone()
+            torch.distributed.all_reduce(value)
+            value /= ddp.world()
+        events.append({"train_step": {"t": step, "epoch": epoch + 1, "loss": float(value),
+                                      "lr": float(opt.param_groups[0]["lr"]), "density": sp.total_density()}})
+        on_event(events[-1])
+    return len(sp.updates)
+
+
 def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=None, method=None,
                 checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
                 batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None,
-                model: torch.nn.Module | None = None) -> dict:
+                model: torch.nn.Module | None = None, on_event=None) -> dict:
     """Train ``cfg`` on ``split``; returns model, sparsifier and the per-epoch history.
 
     ``on_step(step, model, sparsifier)`` runs after each optimizer step; ``progress`` is an
@@ -147,7 +165,10 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     parts (x, y) whose losses are summed; ``lr_offset`` and ``snapshot_epoch`` as in
     ``reference.train.train_reference``. ``model``: a module to train instead of ``cfg.model``
     (on the run's device and dtype). ``split`` may be an ``accel.data.LoaderData`` (with
-    ``batches``: ``accel.data.train_on_loader``).
+    ``batches``: ``accel.data.train_on_loader``). ``on_event(record)`` receives, as they happen,
+    ``{"mask_update": ...}`` for every mask update and ``{"train_step": {t, epoch, loss, lr,
+    density}}`` every ``cfg.log_every`` iterations; each epoch's record then lists its events under
+    ``"events"`` (so a resumed run's log can repeat them in order).
     """
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -180,9 +201,11 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
         sp.load_state_dict(ck["sparsifier"])
         history, start, step, snapshot = ck["history"], ck["epoch"], sp.step_count, ck.get("snapshot")
     model.train()
+    seen = len(sp.updates)
     with ddp.peer_failures_explained():
         for epoch in range(start, cfg.epochs):
             t0, loss_sum = time.perf_counter(), torch.zeros((), device=cfg.device, dtype=torch.float64)
+            events: list = []
             for parts in batches(epoch):
                 for g in opt.param_groups:   # (a method's own LR, Sup-tickets' Eq. 3, is set by the Sparsifier)
                     g["lr"] = lr_at(lr_offset + step, lr_offset + total, cfg.lr, plan)
@@ -207,6 +230,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                         [(_inputs(cfg, xb), _targets(cfg, yb)) for xb, yb in parts], F.cross_entropy)
                 step = sp.step_count
                 loss_sum += loss.detach()
+                if on_event is not None:
+                    seen = _emit_events(cfg, sp, seen, step, epoch, loss, opt, events, on_event)
                 if on_step is not None:
                     on_step(step, model, sp)
                 if progress is not None:
@@ -225,6 +250,8 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
                 record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
                 record["suptickets"] = rep
+            if on_event is not None:
+                record["events"] = events
             history.append(record)
             if snapshot_epoch == epoch + 1:
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}

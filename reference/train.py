@@ -144,10 +144,11 @@ def default_batches(cfg: RunConfig, x, y):
 
 def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=None,
                     checkpoint: str | None = None, resume: bool = False, init_net: dict | None = None,
-                    batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None) -> dict:
+                    batches=None, lr_offset: int = 0, snapshot_epoch: int | None = None, on_event=None) -> dict:
     """Train the MLP of ``cfg`` on ``split``; returns the final state, the per-epoch history and
     one record per mask update.
 
+    ``on_event`` as in ``accel.train.train_accel`` (mask updates and logged steps as they happen).
     ``on_epoch(record)`` is called after each epoch, ``on_step(t, params, masks)`` after each
     iteration (used by the trajectory conformance check). ``method`` overrides the method built
     from ``cfg`` (e.g. SET with injected random scores). ``checkpoint`` / ``resume``: an atomic
@@ -198,8 +199,24 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             ck[k] for k in ("params", "buffers", "masks", "state", "explored", "bufs", "history", "updates", "t",
                             "skipped", "epoch"))
         snapshot = ck.get("snapshot")
+    seen = len(updates)
+
+    def emit(t, epoch, loss, events):
+        """As accel.train._emit_events: this iteration's mask updates, then every log_every the loss."""
+        nonlocal seen
+        for u in updates[seen:]:
+            events.append({"mask_update": u})
+            on_event(events[-1])
+        seen = len(updates)
+        if cfg.log_every and t % cfg.log_every == 0:
+            lr_t = method.lr_override(t)
+            lr_t = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, plan) if lr_t is None else lr_t
+            events.append({"train_step": {"t": t, "epoch": epoch + 1, "loss": float(loss), "lr": float(lr_t),
+                                          "density": MET.total_density(masks) if masks else 1.0}})
+            on_event(events[-1])
+
     for epoch in range(start_epoch, cfg.epochs):
-        t0, losses = time.perf_counter(), []
+        t0, losses, events = time.perf_counter(), [], []
         for parts in batches(epoch):
             loss, grads, new_buffers = 0.0, None, buffers
             for xb, yb in parts:  # summed loss: one forward per part, the gradients add up
@@ -210,6 +227,8 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 if cfg.nonfinite == "skip":  # the iteration counts, is recorded, and changes nothing else
                     skipped += 1
                     losses.append(loss)
+                    if on_event is not None:
+                        emit(t, epoch, loss, events)
                     if on_step is not None:
                         on_step(t, params, masks)
                     continue
@@ -261,6 +280,8 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
                 updates[-1]["exploitation_degree"] = _exploitation(params, buffers, masks, state["kept"], dense_grads,
                                                                    lr_t, parts, dtype)
             losses.append(loss)
+            if on_event is not None:
+                emit(t, epoch, loss, events)
             if on_step is not None:
                 on_step(t, params, masks)
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
@@ -275,6 +296,8 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
             record.update({f"network_test_{k}": record[f"test_{k}"] for k in ("acc", "nll", "ece")})
             record.update({f"test_{k}": v for k, v in rep["ultimate"].items()})
             record["suptickets"] = rep
+        if on_event is not None:
+            record["events"] = events
         history.append(record)
         if snapshot_epoch == epoch + 1:
             snapshot = {n: np.array(v, copy=True) for n, v in {**params, **buffers}.items()}
