@@ -5,6 +5,7 @@
     twinsparse train --method static --density 0.1 --distribution erk [... every run field ...]
     twinsparse export CHECKPOINT --format {dense,slim,2:4} --out PATH [--dtype float16|bfloat16]
     twinsparse bench [--quick] [--device auto|cpu|cuda] [--sections ...] [--out DIR]
+    twinsparse plot OUTPUT_FOLDER
 
 Every field of :class:`reference.config.RunConfig` is a ``train`` flag; bad values are reported
 with the key, the value and what is allowed.
@@ -101,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--format", dest="export_format", required=True, choices=("dense", "slim", "2:4"))
     e.add_argument("--out", required=True, help="file to write (torch.save of the exported module and a report)")
     e.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="weight dtype for 2:4")
+    pl = sub.add_parser("plot", help="redraw <folder>/curves.png from the run logs in an output folder")
+    pl.add_argument("folder", help="an output folder of `twinsparse run` / `train` (holding <label>_seed<seed>.jsonl)")
     from .bench import add_arguments as _bench_arguments
     _bench_arguments(sub.add_parser("bench", help="time the Sparsifier step, a whole-model update, end-to-end ResNet-50 "
                                                   "steps and the kernels against fused dense optimizers, per-layer peer "
@@ -116,6 +119,10 @@ def main(argv=None) -> int:
         if args.command == "bench":
             from .bench import run as run_bench
             return run_bench(args)
+        if args.command == "plot":
+            from .plots import replot
+            print(f"wrote {replot(args.folder)}")
+            return 0
         if args.command == "export":
             from .export import export_checkpoint, format_export_report
             print(format_export_report(export_checkpoint(args.checkpoint, args.export_format, args.out, args.dtype)))

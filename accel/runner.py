@@ -287,38 +287,15 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def plot(results: "OrderedDict[str, list]", path: str, title: str) -> None:
-    """The accuracy and density curves as a PNG, written atomically to ``path``."""
-    safeio.write_atomic(path, plot_png(results, title))
+def plot(results: "OrderedDict[str, list]", path: str, title: str, groups: dict | None = None) -> None:
+    """The accuracy and density curves as a PNG, written atomically to ``path`` (accel.plots)."""
+    safeio.write_atomic(path, plot_png(results, title, groups))
 
 
-def plot_png(results: "OrderedDict[str, list]", title: str) -> bytes:
-    """The accuracy and density curves, as the bytes of a PNG file."""
-    import io
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, histories in results.items():
-        epochs = [r["epoch"] for r in histories[0]]
-        accs = [[100 * h[i]["test_acc"] for h in histories] for i in range(len(epochs))]
-        mean = [sum(a) / len(a) for a in accs]
-        lo = [min(a) for a in accs]
-        hi = [max(a) for a in accs]
-        line, = ax1.plot(epochs, mean, label=label)
-        ax1.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2)
-        ax2.plot(epochs, [histories[0][i]["density"] for i in range(len(epochs))], label=label, color=line.get_color())
-    ax1.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: accuracy (mean, min-max over seeds)")
-    ax2.set(xlabel="epoch", ylabel="density of the prunable set", title="density", yscale="log")
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=120, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+def plot_png(results: "OrderedDict[str, list]", title: str, groups: dict | None = None) -> bytes:
+    """The accuracy and density curves, as the bytes of a PNG file (accel.plots.plot_png)."""
+    from .plots import plot_png as png
+    return png(results, title, groups)
 
 
 def ck_load_reference(path):
@@ -405,6 +382,11 @@ def run_experiment(exp: ExperimentConfig, output: str | None = None, progress: b
             lock.release()
 
 
+def _groups(cfgs) -> dict:
+    """label -> the method (or multi-phase procedure) of the run: the colour of its curves."""
+    return {c.label: c.method if c.procedure == "train" else c.procedure for c in cfgs}
+
+
 def _run_all(exp, cfgs, stems, checks, out_dir, writer, progress, checkpoint, resume) -> list:
     results: "OrderedDict[str, list]" = OrderedDict()
     t0 = time.perf_counter()
@@ -424,7 +406,7 @@ def _run_all(exp, cfgs, stems, checks, out_dir, writer, progress, checkpoint, re
         os.path.join(out_dir, "results.md"): (header + table + "\n").encode("utf-8"),
         os.path.join(out_dir, "results.json"): json.dumps({"experiment": exp.name, "seeds": exp.seeds, "rows": rows},
                                                           indent=1).encode("utf-8"),
-        os.path.join(out_dir, "curves.png"): plot_png(results, exp.name)})
+        os.path.join(out_dir, "curves.png"): plot_png(results, exp.name, _groups(cfgs))})
     print(f"\n{exp.name} ({backend}, {len(exp.seeds)} seeds), final-epoch test metrics:\n{table}\n"
           f"results, logs and plot in {out_dir}/ ({time.perf_counter() - t0:.1f} s)")
     return rows

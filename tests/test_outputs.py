@@ -138,3 +138,59 @@ def test_without_tensorboard_there_is_no_writer():
         pytest.skip("tensorboard is installed")
     except ImportError:
         assert EV._summary_writer("/nonexistent") is None
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _hist(acc, dens):
+    return [{"epoch": i + 1, "test_acc": a, "density": d} for i, (a, d) in enumerate(zip(acc, dens))]
+
+
+def test_every_run_gets_its_own_style_and_runs_of_a_method_share_a_colour():
+    from accel.plots import styles
+    methods = ["dense", "static", "set", "rigl", "snfs", "granet", "dst_ee"]
+    labels = ["dense"] + [f"{m}-s{s}" for s in (90, 95, 98) for m in methods[1:]]
+    st = styles(labels, {lb: lb.split("-")[0] for lb in labels})
+    keys = [(v["color"], v["linestyle"], v["marker"]) for v in st.values()]
+    assert len(set(keys)) == len(labels) == 19
+    for m in methods[1:]:
+        assert len({st[f"{m}-s{s}"]["color"] for s in (90, 95, 98)}) == 1
+    assert len({st[f"{m}-s90"]["color"] for m in methods[1:]} | {st["dense"]["color"]}) == 7
+    many = styles([f"r{i}" for i in range(25)])            # more runs than colours: still all distinct
+    assert len({(v["color"], v["linestyle"], v["marker"]) for v in many.values()}) == 25
+
+
+def test_density_is_averaged_over_seeds_and_the_legend_sits_outside_the_axes():
+    from collections import OrderedDict
+
+    import matplotlib.pyplot as plt
+
+    from accel.plots import figure, series
+    res = OrderedDict(granet=[_hist([0.1, 0.5], [0.4, 0.1]), _hist([0.3, 0.7], [0.2, 0.1])],
+                      dense=[_hist([0.2, 0.6], [1.0, 1.0])])
+    s = series(res["granet"])
+    assert s["density"] == pytest.approx([0.3, 0.1]) and s["acc"] == pytest.approx([20, 60])
+    assert s["acc_lo"] == pytest.approx([10, 50]) and s["acc_hi"] == pytest.approx([30, 70])
+    fig = figure(res, "t", {"granet": "granet", "dense": "dense"})
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    (leg,) = fig.legends
+    right = max(ax.get_window_extent(r).x1 for ax in fig.axes)
+    assert leg.get_window_extent(r).x0 >= right
+    for ax in fig.axes:
+        assert not leg.get_window_extent(r).overlaps(ax.title.get_window_extent(r))
+    assert list(fig.axes[1].lines[0].get_ydata()) == pytest.approx([0.3, 0.1])
+    plt.close(fig)
+
+
+def test_twinsparse_plot_redraws_curves_from_the_logs(tmp_path):
+    from accel.cli import main
+    from accel.plots import results_from_logs
+    out = tmp_path / "o"
+    R.run_experiment(ExperimentConfig(name="t", output="unused", seeds=[0, 1], runs=[
+        RunConfig(**{**BASE, "label": "a"}).validate(), RunConfig(**{**BASE, "label": "b", "method": "set"}).validate()]),
+        output=str(out), progress=False)
+    (out / "curves.png").unlink()
+    assert main(["plot", str(out)]) == 0 and (out / "curves.png").stat().st_size > 1000
+    res, groups, name = results_from_logs(str(out))
+    assert list(res) == ["a", "b"] and [len(v) for v in res.values()] == [2, 2] and groups == {"a": "rigl", "b": "set"}
