@@ -100,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                                       "removed) or 2:4 (semi-structured sparse, NVIDIA GPU with sm >= 8.0)")
     e.add_argument("checkpoint", help="an accel checkpoint written by --checkpoint (<run>.ckpt)")
     e.add_argument("--format", dest="export_format", required=True, choices=("dense", "slim", "2:4"))
-    e.add_argument("--out", required=True, help="file to write (torch.save of the exported module and a report)")
+    e.add_argument("--out", required=True, help="weights file to write: a plain state_dict (safetensors when installed, "
+                                                "torch.save of the dict for a .pt name); the architecture, masks and "
+                                                "report go to the .json beside it")
     e.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="weight dtype for 2:4")
     pl = sub.add_parser("plot", help="redraw <folder>/curves.png from the run logs in an output folder")
     pl.add_argument("folder", help="an output folder of `twinsparse run` / `train` (holding <label>_seed<seed>.jsonl)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import math
 import zipfile
 import zlib
@@ -601,7 +602,11 @@ def _model_from_checkpoint(path: str):
     mats = [k for k, v in sd.items() if k.endswith(".weight") and getattr(v, "dim", lambda: 0)() == 2]
     if not mats:
         raise CheckpointError(f"checkpoint {path}: the model state has no Linear weight")
-    model = build_model_for(cfg, int(sd[mats[0]].shape[1]), int(sd[mats[-1]].shape[0]))
+    # the data's sample shape and class count (checkpoints before they were recorded: the widths of the
+    # first and last Linear, i.e. MNIST rows)
+    shape = tuple(payload.get("input_shape") or (int(sd[mats[0]].shape[1]),))
+    n_classes = int(payload.get("num_classes") or sd[mats[-1]].shape[0])
+    model = build_model_for(cfg, shape, n_classes)
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:
@@ -609,16 +614,18 @@ def _model_from_checkpoint(path: str):
                               f"rebuilt from its config ({e})") from None
     sp = payload["sparsifier"]
     masks = sp.get("masks") if isinstance(sp, Mapping) else None
-    return model.eval(), masks, run_to_dict(cfg)
+    return model.eval(), masks, run_to_dict(cfg), shape, n_classes
 
 
 def export_checkpoint(path: str, fmt: str, out: str, dtype: str = "float16") -> dict:
-    """Load an accel training checkpoint, rebuild its model, export it as ``fmt`` and write ``out``.
+    """Load an accel training checkpoint, rebuild its model, export it as ``fmt`` and write ``out``
+    (a plain state_dict: safetensors when installed, else torch.save of the dict) and its JSON
+    (architecture, masks, report; ``accel.export_files``).
 
     ``dense``: the model with its masks applied; ``slim``: ``slim_channels``; ``2:4``: the masked
     model in ``dtype`` on CUDA, checked by ``export_semi_structured`` (the file stores the dense
-    masked weights and the names of the 2:4 layers; ``load_exported`` converts them again).
-    Returns a report dict (params before / after, per-layer details).
+    masked weights and the JSON the names of the 2:4 layers; ``load_exported`` converts them again).
+    Returns a report dict (params before / after, per-layer details, the files written).
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format={fmt!r} is not allowed; choose one of {list(EXPORT_FORMATS)}")
@@ -628,7 +635,9 @@ def export_checkpoint(path: str, fmt: str, out: str, dtype: str = "float16") -> 
             raise RuntimeError(f"--format 2:4 cannot run here: {reason}")
         if dtype not in ("float16", "bfloat16"):
             raise ValueError(f"dtype={dtype!r} is not allowed for 2:4; choose float16 or bfloat16")
-    model, masks, cfg = _model_from_checkpoint(path)
+    from .export_files import json_path, write_export
+    json_path(out)                       # a bad --out name is an error before any work
+    model, masks, cfg, shape, n_classes = _model_from_checkpoint(path)
     before = param_count(model)
     report = {"format": fmt, "source": str(path), "params_before": before}
     semi = []
@@ -646,16 +655,14 @@ def export_checkpoint(path: str, fmt: str, out: str, dtype: str = "float16") -> 
             exported = exported.cpu()
     report["params_after"] = param_count(exported)
     report["nonzero_after"] = int(sum(int((p != 0).sum()) for p in exported.parameters()))
-    buf = io.BytesIO()
-    torch.save({"kind": EXPORT_KIND, "format": fmt, "config": cfg, "model": exported, "semi_structured": semi,
-                "report": report}, buf)
-    write_atomic(out, buf.getvalue())
-    report["out"] = str(out)
+    written = write_export(out, exported, cfg, shape, n_classes, fmt, masks, semi, report)
+    report["out"], report["json"] = str(out), written["json"]
     return report
 
 
 def format_export_report(report: dict) -> str:
-    lines = [f"export {report['format']}: {report['source']} -> {report.get('out', '?')}"]
+    lines = [f"export {report['format']}: {report['source']} -> {report.get('out', '?')} (weights) and "
+             f"{report.get('json', '?')} (architecture, masks)"]
     if report.get("layers"):
         lines.append(str(SlimReport(report["layers"], report["params_before"], report["params_after"])).rsplit("\n", 1)[0])
     if report.get("semi_structured"):
@@ -669,14 +676,20 @@ def format_export_report(report: dict) -> str:
 
 
 def load_exported(path: str, device=None) -> nn.Module:
-    """The module written by ``export_checkpoint``; a 2:4 export is converted again when ``device``
-    is a supported CUDA device (else returned dense, masked, in its half-precision dtype)."""
+    """The module written by ``export_checkpoint`` (its weights read with ``weights_only=True`` or
+    safetensors, the architecture from the JSON beside it); a 2:4 export is converted again when
+    ``device`` is a supported CUDA device (else returned dense, masked, in its half-precision dtype).
+    Files of the earlier pickled format (no JSON beside them) are still read."""
+    from .export_files import json_path, load_export
+    if os.path.exists(json_path(path)):
+        return load_export(path, device)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise CheckpointError(f"export file {path} is unreadable or truncated ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("kind") != EXPORT_KIND:
-        raise CheckpointError(f"{path} is not a twinsparse export file")
+        raise CheckpointError(f"{path} is not a twinsparse export file: an export keeps its architecture and masks "
+                              f"in {os.path.basename(json_path(path))} beside it, which is missing")
     model = payload["model"]
     if device is not None:
         model = model.to(device)

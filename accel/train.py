@@ -132,6 +132,13 @@ def load_net(model, net: dict) -> None:
     model.load_state_dict({n: torch.as_tensor(v) for n, v in net.items()})
 
 
+def _data_shape(split) -> dict:
+    """The sample shape and class count of the data (what an export rebuilds the model for)."""
+    if isinstance(split, DATA.LoaderData):
+        return {}
+    return {"input_shape": list(DATA.sample_shape(split)), "num_classes": int(split.y_train.max()) + 1}
+
+
 def _emit_events(cfg: RunConfig, sp, seen: int, step: int, epoch: int, loss, opt, events: list, on_event) -> int:
     """The events of one iteration, in order: its mask updates (once final), then every
     ``log_every`` iterations the loss (read from the device only then), LR and density."""
@@ -258,7 +265,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
             if checkpoint and ddp.rank() == 0:
                 ckpt.save(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                                        "optimizer": opt.state_dict(), "sparsifier": sp.state_dict(), "history": history,
-                                       "snapshot": snapshot})
+                                       "snapshot": snapshot, **_data_shape(split)})
             if on_epoch is not None:
                 on_epoch(record)
     return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates,

@@ -581,7 +581,7 @@ CASES = [
     ("setup-error-after-a-run-keeps-the-log", _setup_error_after_a_run, ValueError,
      r"exclude pattern 'nosuchlayer' matches no prunable weight"),
     ("fresh-run-over-an-earlier-run", _fresh_run_over_an_earlier_one, RunDirectoryError,
-     r"a_seed0.jsonl already exists \(and 1 more file\(s\) of that run\): it belongs to an earlier run. Use --resume"),
+     r"a_seed0.jsonl already exists \(and 2 more file\(s\) of that run\): it belongs to an earlier run. Use --resume"),
     ("resume-log-of-another-config", _resume_log_of_another_config, RunDirectoryError,
      r"log .*a_seed0.jsonl is from another run \(lr: 0.05 in the log vs 0.1 now\)"),
     ("train_one-over-an-earlier-log", _train_one_over_an_earlier_log, RunDirectoryError, r"a_seed0.jsonl already exists"),
