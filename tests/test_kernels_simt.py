@@ -628,8 +628,8 @@ def _topk_wrong(emu, s, k, seeds, sm_count=2, **kw):
     for seed in seeds:
         with kernels.use_backend(simt.SimtBackend(seed=seed, emu=emu, sm_count=sm_count)):
             wrong += not np.array_equal(kernels.topk_select(s, [s.numel()], [k], **kw).numpy(), want)
-        with kernels.use_backend(simt.SimtBackend(seed=seed, sm_count=sm_count)):
-            assert np.array_equal(kernels.topk_select(s, [s.numel()], [k], **kw).numpy(), want)   # original
+    with kernels.use_backend(simt.SimtBackend(seed=seeds[-1], sm_count=sm_count)):
+        assert np.array_equal(kernels.topk_select(s, [s.numel()], [k], **kw).numpy(), want)       # the original
     return wrong
 
 
@@ -656,7 +656,7 @@ def test_the_emulator_catches_an_unsynchronised_histogram_clear(tmp_path, emulat
     emu = _mutant(tmp_path, "topk.cu", anchor, "\n", count=3)      # in every histogram kernel
     s = torch.randn(6000, generator=torch.Generator().manual_seed(1))
     with emulated():
-        assert _topk_wrong(emu, s, 1234, range(3)) == 3
+        assert _topk_wrong(emu, s, 1234, range(2)) == 2
 
 
 def test_the_emulator_catches_a_segment_scanned_before_its_last_block(tmp_path, emulated):
@@ -665,7 +665,7 @@ def test_the_emulator_catches_a_segment_scanned_before_its_last_block(tmp_path, 
     emu = _mutant(tmp_path, "topk.cu", "*last = before + (u64)chunks == (u64)seg_nch[s];", "*last = before == 0;")
     s = torch.randn(9000, generator=torch.Generator().manual_seed(2))
     with emulated():
-        assert _topk_wrong(emu, s, 4000, range(3), sm_count=2) == 3
+        assert _topk_wrong(emu, s, 4000, range(2), sm_count=2) == 2
 
 
 def test_the_emulator_catches_an_off_by_one_tie_rank(tmp_path, emulated):
