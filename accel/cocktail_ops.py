@@ -1,5 +1,5 @@
-"""Sparse Cocktail operators on torch tensors ([SC] §3.4-3.6, Eq. 1, App. C; SPEC §2.6(b), §4.6, §5.6,
-§6.3); twin of ``reference.cocktail_ops``.
+"""Sparse Cocktail operators on torch tensors ([SC] §3.4-3.6, Eq. 1, App. C; docs/methods.md §1.7,
+§8.1-§8.3, §1.13); twin of ``reference.cocktail_ops``.
 
 UMG channel masks and the nested IMP masks select with the project's tie rule (``accel.topk``);
 the score arithmetic follows the reference's operation order with scalars rounded to the tensor

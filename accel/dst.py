@@ -1,4 +1,4 @@
-"""Dynamic sparse training operators on torch tensors (SPEC §3.2, §3.3); twin of ``reference.dst``.
+"""Dynamic sparse training operators on torch tensors (docs/methods.md §2.1, §3.2); twin of ``reference.dst``.
 
 Same names, arguments and results (checked by ``conformance/entries/dst.py``). Name, count and
 scalar validation is the reference's scalar logic, imported, not copied.
@@ -197,7 +197,7 @@ def _out(sel: _Sel, flat: torch.Tensor, counts) -> FlatDict:
 # ----------------------------------------------------------------------------- prune and grow
 
 def swap_counts(masks: Mapping, fraction: float):
-    """k_l = floor(f * n_active_l) for every layer (issue #3 / SPEC §3.2): python ints, or device
+    """k_l = floor(f * n_active_l) for every layer (docs/methods.md §2.1): python ints, or device
     counts inside an update when the host does not know the active counts."""
     masks = _bool_masks(masks)
     f = check_fraction(fraction)
@@ -270,7 +270,7 @@ def require_counts(masks: Mapping, expected: Mapping, what: str) -> None:
 # ----------------------------------------------------------------------------- DST-EE ([EE] Eq. 1)
 
 def init_counters(masks: Mapping, init: str = "mask") -> dict:
-    """Activation counter N (SPEC §3.3 ambiguity 2): N_0 = M_0 ('mask') or zeros; int64."""
+    """Activation counter N (docs/methods.md §3.2 item 2): N_0 = M_0 ('mask') or zeros; int64."""
     masks = _bool_masks(masks)
     if init not in COUNTER_INITS:
         raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
@@ -280,7 +280,7 @@ def init_counters(masks: Mapping, init: str = "mask") -> dict:
 
 
 def increment_counters(counters: Mapping, masks: Mapping) -> dict:
-    """N <- N + M_new (SPEC §3.3 ambiguity 3: the mask after drop and grow)."""
+    """N <- N + M_new (docs/methods.md §3.2 item 3: the mask after drop and grow)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, counters, "counters")
     for n, m in masks.items():
@@ -386,7 +386,7 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep) -> dict:
 
 
 def explored_union(explored: Mapping, masks: Mapping) -> dict:
-    """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; SPEC §8.6)."""
+    """ITOP bookkeeping: b <- b OR m (a weight is explored once it was ever active; docs/methods.md §3.4)."""
     masks = _bool_masks(masks)
     check_layer_names(masks, explored, "explored")
     lay = layout_of(masks)

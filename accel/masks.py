@@ -1,4 +1,4 @@
-"""Mask operators on torch tensors (SPEC §2.1-2.6); twin of ``reference.masks``.
+"""Mask operators on torch tensors (docs/methods.md §1.2-§1.7); twin of ``reference.masks``.
 
 Same names, same arguments, same results (checked by ``conformance/entries/masks.py``).
 Name/shape/density validation is the scalar logic of ``reference.masks``, imported, not copied.
@@ -27,7 +27,7 @@ from .topk import _require_finite, topk_mask, topk_masks_global, topk_masks_per_
 # ----------------------------------------------------------------------------- magnitude (§2.1/2.2)
 
 def magnitude_mask(w: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the floor(d*n+0.5) largest |w| of one layer (SPEC §2.1/2.2, tie rule §0.3)."""
+    """Keep the floor(d*n+0.5) largest |w| of one layer (docs/methods.md §1.2-§1.3, the tie rule)."""
     w = as_real_tensor(w, "weight")
     return topk_mask(w.abs(), count_for_density(density, w.numel()))
 
@@ -49,7 +49,7 @@ def _abs_scores(weights: Mapping[str, torch.Tensor]) -> dict:
 
 
 def magnitude_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Per-layer magnitude masks (SPEC §2.2 uniform variant): one segmented selection."""
+    """Per-layer magnitude masks (docs/methods.md §1.3, uniform): one segmented selection."""
     check_layer_dict(weights, "weights")
     check_layer_names(weights, densities, "densities")
     for n, d in densities.items():
@@ -58,7 +58,7 @@ def magnitude_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str,
 
 
 def global_magnitude_masks(weights: Mapping[str, torch.Tensor], density: float) -> dict[str, torch.Tensor]:
-    """One top-k of |w| over the concatenation of all layers (SPEC §2.1/2.2 global)."""
+    """One top-k of |w| over the concatenation of all layers (docs/methods.md §1.3, global)."""
     check_layer_dict(weights, "weights")
     d = check_density(density)
     scores = _abs_scores(weights)
@@ -247,7 +247,7 @@ def channel_masks(weights: Mapping[str, torch.Tensor], densities: Mapping[str, f
 # ----------------------------------------------------------------------------- random (§2.4)
 
 def random_scores(shapes: Mapping[str, tuple], seed: int, device="cpu") -> dict[str, torch.Tensor]:
-    """The reference's NumPy float64 scores (SPEC §0.3), copied to ``device`` -- not redrawn: one
+    """The reference's NumPy float64 scores (docs/methods.md §1.5), copied to ``device`` -- not redrawn: one
     flat buffer (``FlatDict``), one copy from pinned memory that does not block the host."""
     arrays = _ref.random_scores(shapes, seed)
     lay = Layout(list(arrays), [a.shape for a in arrays.values()])
@@ -259,13 +259,13 @@ def random_scores(shapes: Mapping[str, tuple], seed: int, device="cpu") -> dict[
 
 
 def random_mask(random_scores: torch.Tensor, density: float) -> torch.Tensor:
-    """Exactly floor(d*n+0.5) positions: top-k of the given random scores (SPEC §2.4)."""
+    """Exactly floor(d*n+0.5) positions: top-k of the given random scores (docs/methods.md §1.5)."""
     s = as_real_tensor(random_scores, "random scores")
     return topk_mask(s, count_for_density(density, s.numel()))
 
 
 def random_masks(random_scores: Mapping[str, torch.Tensor], densities: Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Per-layer random masks with exact counts, from explicit random scores (SPEC §2.4)."""
+    """Per-layer random masks with exact counts, from explicit random scores (docs/methods.md §1.5)."""
     check_layer_dict(random_scores, "random scores")
     check_layer_names(random_scores, densities, "densities")
     for name, d in densities.items():

@@ -23,7 +23,7 @@ def _device(d: dict):
 
 
 def random_scores_like(weights: dict, seed: int) -> dict:
-    """NumPy's stream, copied to the weights' device (SPEC §0.3: identical on every backend)."""
+    """NumPy's stream, copied to the weights' device (docs/methods.md §1.5: identical on every backend)."""
     return random_scores({n: tuple(w.shape) for n, w in weights.items()}, seed, device=_device(weights))
 
 

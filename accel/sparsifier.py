@@ -1,5 +1,5 @@
 """The Sparsifier: masks over the prunable weights of any ``nn.Module``, wrapped around any
-``torch.optim`` optimizer (docs/engine.md; SPEC §4.5 and §0.3 for the masked update).
+``torch.optim`` optimizer (docs/engine.md; the masked update: docs/methods.md §1.9).
 
     sp = Sparsifier(model, opt, density=densities.erk(0.1), method=methods.Static())
     loss.backward(); sp.step()          # replaces opt.step()
@@ -102,7 +102,7 @@ class Sparsifier(torch.optim.Optimizer):
         self.step_count = 0
         self.masks: Optional[FlatDict] = None
         self.method_state: dict = {}   # the method's state (DST-EE counters, SNFS momentum, tickets, ...)
-        self.explored: Optional[FlatDict] = None  # ITOP bookkeeping: ever-active positions (SPEC §8.6)
+        self.explored: Optional[FlatDict] = None  # ITOP bookkeeping: ever-active positions (docs/methods.md §3.4)
         self.updates: list = []        # one record per mask update: t, R, mask change, counts
         self.on_update = None          # optional callback(t, masks) after every installed update (DDP check)
         self._squashed = False
@@ -505,7 +505,7 @@ class Sparsifier(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ reporting
     def exploration_degree(self) -> float:
-        """R of [EE] (SPEC §8.6): the fraction of prunable weights that were ever active."""
+        """R of [EE] (docs/methods.md §3.4): the fraction of prunable weights that were ever active."""
         return 1.0 if self.explored is None else self._explored_count / self._layout.numel
 
     def layer_densities(self) -> dict:

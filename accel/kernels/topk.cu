@@ -6,7 +6,7 @@
 //
 // Problem. A flat buffer of scores is cut into consecutive segments (layers). Segment s keeps
 // exactly k_s of its candidate positions: larger score first, equal scores -> smaller flat index
-// first (DESIGN.md tie rule). Candidates are given by a uint8 array (cand != 0, or == 0 when
+// first (the tie rule, docs/methods.md §1.2). Candidates are given by a uint8 array (cand != 0, or == 0 when
 // `invert`), or are all positions when the array pointer is null. Scores are finite (the host
 // checks; a NaN is an error, never ranked) and 0 <= k_s <= #candidates of s (host-validated).
 // The output byte of every position is keep, or keep | or_with[i] when or_with is given (the grow
