@@ -128,6 +128,22 @@ def test_imagefolder_without_torchvision_is_a_clear_error(tmp_path):
         load_split(RunConfig(dataset="imagefolder", data_root=str(tmp_path), batch_size=1, holdout_per_class=0))
 
 
+def test_imagefolder_with_torchvision(tmp_path):
+    pytest.importorskip("torchvision")
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 3), ("val", 1)):
+        for c in ("cat", "dog"):
+            (tmp_path / part / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(tmp_path / part / c / f"{i}.png")
+    cfg = RunConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8, holdout_per_class=1, batch_size=2)
+    s = load_split(cfg)
+    assert s.x_train.shape == (4, 3, 8, 8) and s.x_test.shape == (2, 3, 8, 8) and len(s.y_holdout) == 2
+    assert sorted(s.y_test.tolist()) == [0, 1] and cfg.n_train() == 4
+    assert AD.data_info(cfg) == ((3, 8, 8), 2)
+
+
 # ----------------------------------------------------------------------------- augmentation and pipelines
 
 def test_crop_flip_by_hand():

@@ -159,6 +159,8 @@ def _fwd_bwd(model, x):
 def test_every_model_runs_on_mnist_shape(name):
     torch.manual_seed(0)
     kw = {} if name in ("mlp", "cnn") else {"in_channels": 1, "width": 8, "num_classes": 10}
+    if name == "vit":                        # a transformer: embedding width and the image size it patches
+        kw = {"in_channels": 1, "dim": 16, "image_size": 28, "num_classes": 10}
     model = build_model(name, **kw)
     assert _fwd_bwd(model, torch.randn(2, 1, 28, 28)).shape == (2, 10)
     model.zero_grad()
