@@ -27,15 +27,14 @@ import numpy as np
 
 from . import densities as D
 from . import metrics as MET
-from . import ops
 from . import checkpoint as CK
 from .config import RunConfig, run_to_dict
 from .data import iterate_batches
-from .methods import InitContext, from_run_config
+from .methods import from_run_config
 from .exploitation import exploitation_degree, exploitation_pair, grown_positions
 from .methods import DSTEE
 from .nn import init_mlp, mlp_forward, mlp_loss_and_grads, softmax_cross_entropy
-from .optim import masked_sgd_step
+from .sparsifier import Sparsifier
 from .prunable import select_prunable
 from .schedules import lr_at
 
@@ -178,41 +177,30 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
     plan = cfg.lr_plan(steps_per_epoch)
     method = from_run_config(cfg, total, steps_per_epoch) if method is None else method
     measure_ee = cfg.ee_exploitation_degree and isinstance(method, DSTEE)
-    masks = state = explored = None
-
-    def start(grads):
-        nonlocal masks, state, explored, params
-        masks = method.init_masks(ops, InitContext({n: params[n] for n in prunable}, grads, densities, cfg.seed))
-        state = method.init_state(ops, masks)
-        explored = dict(masks)
-        params = {n: p * masks[n] if n in masks else p for n, p in params.items()}
-
-    if not method.needs_init_grads:
-        start(None)
-    hp = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    bufs: dict = {}
-    history, updates, t, skipped, start_epoch, snapshot = [], [], 0, 0, 0, None
+    sp = Sparsifier(params, prunable, densities, method, cfg.seed, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov, nonfinite=cfg.nonfinite)
+    history, start_epoch, snapshot = [], 0, None
     if resume and checkpoint and os.path.exists(checkpoint):
         ck = CK.load_reference(checkpoint)
         CK.check_config(ck["config"], run_to_dict(cfg), checkpoint)
-        (params, buffers, masks, state, explored, bufs, history, updates, t, skipped, start_epoch) = (
-            ck[k] for k in ("params", "buffers", "masks", "state", "explored", "bufs", "history", "updates", "t",
-                            "skipped", "epoch"))
+        buffers, history, start_epoch = ck["buffers"], ck["history"], ck["epoch"]
+        sp.load_state_dict({"params": ck["params"], "masks": ck["masks"], "method_state": ck["state"],
+                            "explored": ck["explored"], "bufs": ck["bufs"], "updates": ck["updates"],
+                            "step_count": ck["t"], "skipped_steps": ck["skipped"]})
         snapshot = ck.get("snapshot")
-    seen = len(updates)
+    seen = len(sp.updates)
 
     def emit(t, epoch, loss, events):
         """As accel.train._emit_events: this iteration's mask updates, then every log_every the loss."""
         nonlocal seen
-        for u in updates[seen:]:
+        for u in sp.updates[seen:]:
             events.append({"mask_update": u})
             on_event(events[-1])
-        seen = len(updates)
+        seen = len(sp.updates)
         if cfg.log_every and t % cfg.log_every == 0:
-            lr_t = method.lr_override(t)
-            lr_t = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, plan) if lr_t is None else lr_t
+            lr_t = sp.lr_at(t, lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, plan))
             events.append({"train_step": {"t": t, "epoch": epoch + 1, "loss": float(loss), "lr": float(lr_t),
-                                          "density": MET.total_density(masks) if masks else 1.0}})
+                                          "density": MET.total_density(sp.masks) if sp.masks else 1.0}})
             on_event(events[-1])
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -220,72 +208,25 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         for parts in batches(epoch):
             loss, grads, new_buffers = 0.0, None, buffers
             for xb, yb in parts:  # summed loss: one forward per part, the gradients add up
-                lp, gp, new_buffers, _ = mlp_loss_and_grads(params, new_buffers, np.asarray(xb, dtype=dtype), yb)
+                lp, gp, new_buffers, _ = mlp_loss_and_grads(sp.params, new_buffers, np.asarray(xb, dtype=dtype), yb)
                 loss, grads = loss + lp, gp if grads is None else {n: grads[n] + gp[n] for n in gp}
-            t, buffers = t + 1, new_buffers      # the forward ran: its BN statistics count, as in torch
-            if not all(np.all(np.isfinite(g)) for g in grads.values()):
-                if cfg.nonfinite == "skip":  # the iteration counts, is recorded, and changes nothing else
-                    skipped += 1
-                    losses.append(loss)
-                    if on_event is not None:
-                        emit(t, epoch, loss, events)
-                    if on_step is not None:
-                        on_step(t, params, masks)
-                    continue
-                raise ValueError(f"gradients at iteration {t} contain non-finite values (NaN or inf)")
-            dense_grads = {n: grads[n] for n in prunable}
-            if masks is None:  # SNIP: saliency |w * g| at the dense initialisation, first batch
-                start(dense_grads)
-            if method.observes_grads:
-                state = method.observe(ops, state, t, dense_grads)
-
-            def mask_update():
-                nonlocal masks, state, explored, grown_now
-                up = method.update(ops, t, {n: params[n] for n in prunable}, dense_grads, masks, state, cfg.seed)
-                for n in prunable:  # dropped and grown positions restart from 0, momentum too
-                    params[n] = params[n] * up.survivors[n]
-                    if bufs.get(n) is not None:
-                        bufs[n] = bufs[n] * up.survivors[n]
-                if up.reset_optimizer_state:  # AC/DC decompression: every momentum buffer <- 0 (all parameters)
-                    for n, b in bufs.items():
-                        if b is not None:
-                            bufs[n] = np.zeros_like(b)
-                explored = ops.explored_union(explored, up.masks)
-                updates.append({"t": t, **up.info, "density": MET.total_density(up.masks),
-                                "exploration_degree": MET.exploration_degree(explored),
-                                **MET.mask_change(masks, up.masks)})
-                masks, state = up.masks, up.state
-
-            grown_now = False
-            due = method.due(t)
-            after = due and method.update_after_step(t)
-            step = True
-            lr_t = method.lr_override(t)
-            lr_t = lr_at(lr_offset + t - 1, lr_offset + total, cfg.lr, plan) if lr_t is None else lr_t
-            if due and not after:
-                mask_update()
-                grown_now = measure_ee
-                step = method.step_on_update
-            if step:
-                new = {}
-                for n, p in params.items():
-                    m = masks[n] if n in masks else np.ones(p.shape, dtype=bool)
-                    new[n], bufs[n] = masked_sgd_step(p, grads[n], m, bufs.get(n), lr=lr_t, **hp)
-                params = new
-            if method.collects(t):
-                state = method.collect(ops, t, {**params, **buffers}, masks, state)
-            if after:
-                mask_update()
-            if grown_now:   # DST-EE's exploitation degree of this update (Eq. 3), beside R
-                updates[-1]["exploitation_degree"] = _exploitation(params, buffers, masks, state["kept"], dense_grads,
-                                                                   lr_t, parts, dtype)
+            buffers = new_buffers      # the forward ran: its BN statistics count, as in torch
+            lr = lr_at(lr_offset + sp.step_count, lr_offset + total, cfg.lr, plan)
+            stepped = sp.step(grads, lr, buffers)      # one iteration: reference/sparsifier.py
+            t = sp.step_count
+            if stepped and measure_ee and sp.updated_at == t:   # DST-EE's exploitation degree (Eq. 3), beside R
+                sp.updates[-1]["exploitation_degree"] = _exploitation(
+                    sp.params, buffers, sp.masks, sp.method_state["kept"], {n: grads[n] for n in prunable},
+                    sp.lr_at(t, lr), parts, dtype)
             losses.append(loss)
             if on_event is not None:
                 emit(t, epoch, loss, events)
             if on_step is not None:
-                on_step(t, params, masks)
+                on_step(t, sp.params, sp.masks)
+        params, masks, state, explored = sp.params, sp.masks, sp.method_state, sp.explored
+        updates, skipped = sp.updates, sp.skipped_steps
         record = {"epoch": epoch + 1, "step": t, "train_loss": float(np.mean(losses)),
-                  "lr": lr_at(lr_offset + t, lr_offset + total, cfg.lr, plan) if method.lr_override(t) is None else method.lr_override(t),
+                  "lr": sp.lr_at(t, lr_at(lr_offset + t, lr_offset + total, cfg.lr, plan)),
                   **{f"test_{k}": v for k, v in epoch_test_scores(cfg, params, buffers, split, epoch + 1, t, skipped).items()},
                   "density": MET.total_density(masks), "layer_density": MET.layer_densities(masks),
                   "exploration_degree": MET.exploration_degree(explored), "skipped_steps": skipped, "epoch_time": time.perf_counter() - t0}
@@ -304,10 +245,10 @@ def train_reference(cfg: RunConfig, split, on_epoch=None, on_step=None, method=N
         if checkpoint:
             CK.save_tagged(checkpoint, {"config": run_to_dict(cfg), "epoch": epoch + 1,
                                            "params": params, "buffers": buffers, "masks": masks, "state": state,
-                                           "explored": explored, "bufs": bufs, "history": history,
+                                           "explored": explored, "bufs": sp.bufs, "history": history,
                                            "updates": updates, "t": t, "skipped": skipped,
                                            "snapshot": snapshot})
         if on_epoch is not None:
             on_epoch(record)
-    return {"params": params, "buffers": buffers, "masks": masks, "densities": densities, "history": history,
-            "updates": updates, "state": state, "snapshot": snapshot}
+    return {"params": sp.params, "buffers": buffers, "masks": sp.masks, "densities": densities, "history": history,
+            "updates": sp.updates, "state": sp.method_state, "snapshot": snapshot}

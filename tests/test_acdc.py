@@ -191,7 +191,8 @@ def test_reference_phases_masks_and_momentum_reset(plan, distribution, density):
     split = load_split(cfg)
     spe = -(-len(split.y_train) // cfg.batch_size)
     method, steps, bufs_in, current = _recording(cfg, spe), [], [], []
-    orig = reference_train.masked_sgd_step
+    import reference.sparsifier as reference_sparsifier
+    orig = reference_sparsifier.masked_sgd_step
 
     def recording_step(w, g, mask, buf=None, **hp):
         current.append(None if buf is None else buf.copy())
@@ -202,7 +203,7 @@ def test_reference_phases_masks_and_momentum_reset(plan, distribution, density):
         current.clear()
         steps.append(({n: m.copy() for n, m in masks.items()}, {n: params[n].copy() for n in masks}))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reference_train, "masked_sgd_step", recording_step)
+        mp.setattr(reference_sparsifier, "masked_sgd_step", recording_step)
         reference_train.train_reference(cfg, split, method=method, on_step=on_step)
     boundaries = _check_run(method, spe, steps, method.log)
     for t in boundaries:  # the momentum buffers entering the first step of a dense phase are all 0
