@@ -58,14 +58,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         g = groups[f"only with {owner[0]}" if owner else "run"]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        if f.name in C._BOOL_KEYS:
+        if f.name in C.BOOL_KEYS:
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=_flag_help(f.name, default))
-        elif f.name in C._LIST_KEYS:
+        elif f.name in C.LIST_KEYS:
             g.add_argument(flag, dest=f.name, nargs="*", type=_LIST_TYPES.get(f.name, str), default=None,
                            help=_flag_help(f.name, default))
         else:
-            typ = float if f.name in C._FLOAT_KEYS else int if f.name in C._INT_KEYS else str
+            typ = float if f.name in C.FLOAT_KEYS else int if f.name in C.INT_KEYS else str
             g.add_argument(flag, dest=f.name, type=typ, default=None, choices=_CHOICES.get(f.name),
                            help=_flag_help(f.name, default))
 

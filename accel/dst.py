@@ -263,7 +263,7 @@ def require_counts(masks: Mapping, expected: Mapping, what: str) -> None:
     def msg():
         a, b = want.tolist(), actual.tolist()
         bad = {n: (x, y) for n, x, y in zip(lay.names, a, b) if x != y}
-        return f"{what}: update changed per-layer active counts {bad} (before, after)"
+        return f"{what}: per-layer active counts {bad} (expected, got) break the update's invariant"
     deferred.require((actual == want).all(), msg, RuntimeError)
 
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from reference.bn import bnupdate_batches
 from reference.data import Split
 from reference.procedure_tools import phase_method
-from . import ops
+from . import cocktail_step, ops
+from .checkpoint import io_for
 from .bn import bn_recalibrate
 from .prunable import discover_prunable
 from .train import _inputs, _targets, build_model_for, evaluate, load_net, predict, train_accel
@@ -24,7 +25,19 @@ def _clone(state: dict) -> dict:
 
 
 class AccelEngine:
+    """The torch backend of the procedures (same interface as ``reference.engine.ReferenceEngine``)."""
+    name = "accel"
     ops = ops
+    cocktail_step = cocktail_step
+
+    def checkpoint_io(self) -> tuple:
+        """(save, load) of procedure checkpoints (torch.save, content-hashed, loaded to the run's device)."""
+        return io_for(self.cfg.device)
+
+    def cram_backend(self, cfg):
+        """What the 'cram' procedure trains with: the torch CrAM loop."""
+        from .cram_train import AccelCramBackend
+        return AccelCramBackend(cfg, self.split)
 
     def __init__(self, cfg, split):
         """``split.x_train`` is the training set D; the test split is evaluated after each epoch."""

@@ -15,7 +15,7 @@ import torch
 
 from reference._checks import check_density
 from reference.masks import check_layer_dict
-from reference.merge import BN_AVG_MODES, _check_t
+from reference.merge import BN_AVG_MODES, check_t
 from . import kernels as _kernels
 from . import deferred
 from ._checks import as_real_tensor, check_all_finite, scalar_as
@@ -98,7 +98,7 @@ def _assemble(names, parts) -> dict:
 def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
     """Running connection-independent average, [ST] Eq. (4): avg_t = ((t - 1) avg_{t-1} + theta_t) / t.
     ``avg`` is None for the first ticket (t = 1), which returns a copy of the ticket."""
-    t = _check_t(t)
+    t = check_t(t)
     if avg is None:
         if t != 1:
             raise ValueError(f"the running average is missing but t={t} (only the first ticket starts one)")
@@ -217,7 +217,7 @@ def reprune(weights: Mapping, densities: Mapping | None = None, density: float |
 def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") -> tuple[torch.Tensor, torch.Tensor]:
     """Running average of a BN layer's statistics over tickets ([ST] §5): mean and standard deviation
     (``mode='std'``; stored variance = averaged std squared) or the variance (``mode='var'``)."""
-    t = _check_t(t)
+    t = check_t(t)
     if mode not in BN_AVG_MODES:
         raise ValueError(f"bn average mode {mode!r} is not allowed; choose one of {list(BN_AVG_MODES)}")
     mean, var = as_real_tensor(mean, "running mean"), as_real_tensor(var, "running variance")

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference.nn import _check_sizes, buffer_names, param_names
+from reference.nn import check_sizes, buffer_names, param_names
 
 
 def _to_images(x: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ class MLP(nn.Module):
     def __init__(self, sizes=(784, 300, 100, 10), batchnorm: bool = False, bn_eps: float = 1e-5,
                  bn_momentum: float = 0.1):
         super().__init__()
-        self.sizes = _check_sizes(sizes)
+        self.sizes = check_sizes(sizes)
         self.batchnorm = bool(batchnorm)
         self.fc = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes[:-1], self.sizes[1:]))
         if self.batchnorm:

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from .acdc import acdc_compress  # noqa: F401
-from .dst import (active_counts, dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
+from .dst import (active_counts as _active_counts, dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
                   increment_counters, init_counters, mean_abs_over_mask, prune_to_count, require_counts,
                   swap_counts, total)
-from .flat import layout_of
+from .flat import layout_of as _layout_of
 from .masks import magnitude_masks, random_masks, random_scores  # noqa: F401
 from .merge import (average_bn_stats, average_bn_stats_all, caa, clone_all, interpolate, reprune,  # noqa: F401
                     superpose_cia, superpose_cima)
@@ -28,13 +28,13 @@ def random_scores_like(weights: dict, seed: int) -> dict:
 
 
 def from_numpy_like(arrays: dict, like: dict) -> dict:
-    lay = layout_of(like)
+    lay = _layout_of(like)
     flat = np.concatenate([np.asarray(arrays[n], dtype=np.float64).reshape(-1) for n in lay.names])
     return lay.split(torch.from_numpy(flat).to(_device(like)))
 
 
 def ones_like_masks(weights: dict) -> dict:
-    lay = layout_of(weights)
+    lay = _layout_of(weights)
     return lay.split(torch.ones(lay.numel, dtype=torch.bool, device=_device(weights)), counts=lay.sizes)
 
 
@@ -45,14 +45,14 @@ def sizes(arrays: dict) -> dict:
 def count_active(masks: dict) -> dict:
     """Per-layer active counts: host ints (known, or read with one sync), or device counts inside
     a Sparsifier update when the host does not know them (``accel.dst.active_counts``)."""
-    return active_counts(masks)
+    return _active_counts(masks)
 
 
 def abs_all(arrays: dict) -> dict:
     """|a| of every layer, as one flat buffer (``FlatDict``) when the layers share a dtype."""
     if len({a.dtype for a in arrays.values()}) > 1:
         return {n: a.abs() for n, a in arrays.items()}
-    lay = layout_of(arrays)
+    lay = _layout_of(arrays)
     return lay.split(lay.flatten(arrays).abs())
 
 

@@ -188,7 +188,7 @@ def _procedure_one(cfg: RunConfig, split, log, on_epoch, ck_path=None, resume=Fa
     """A multi-phase procedure (D²-Sparse and its baselines, ...): one log record per state (state 0
     = the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
     from . import distributed as ddp
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     history = []
 
     def on_record(rec):

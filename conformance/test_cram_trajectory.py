@@ -17,7 +17,7 @@ from accel.runner import load_split
 from conformance.tolerances import assert_derived_close, tolerance
 from reference.config import RunConfig
 from reference.cram_train import train_cram_reference
-from reference.procedures import run_procedure
+from accel.backends import run_procedure
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = {

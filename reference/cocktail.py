@@ -42,7 +42,6 @@ unmasked weights, [SC] Fig. 3 "channel-weight-based mask generation").
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import numpy as np
@@ -136,8 +135,9 @@ def pruning_range(names: list, which: str) -> list:
 
 
 def backend(engine):
-    """``reference.cocktail_step`` or ``accel.cocktail_step``, by the engine's package."""
-    return importlib.import_module(f"{type(engine).__module__.split('.')[0]}.cocktail_step")
+    """The backend's co-training step and array operators (``reference.cocktail_step`` /
+    ``accel.cocktail_step``), as its engine offers them."""
+    return engine.cocktail_step
 
 
 def _bn_of(net: dict) -> dict:

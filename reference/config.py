@@ -611,18 +611,18 @@ def check_mask_updates(cfg: RunConfig) -> int:
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-_BOOL_KEYS = {"st_explore_at_stage_start", "ee_exploitation_degree", "cram_uniform_first_last_dense", "cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
+BOOL_KEYS = {"st_explore_at_stage_start", "ee_exploitation_degree", "cram_uniform_first_last_dense", "cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
               "st_prune_each_step", "ddp_verify_masks",
               "cocktail_rewind", "cocktail_interpolate", "cocktail_pivot", "cocktail_umg"}
-_FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
+FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
                "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
                "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
                "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-_INT_KEYS = {"log_every", "image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
+INT_KEYS = {"log_every", "image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
              "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
              "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
              "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
-_LIST_KEYS = {"synthetic_shape", "cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
+LIST_KEYS = {"synthetic_shape", "cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
 
 
 # ----------------------------------------------------------------------------- keys of a selection
@@ -729,17 +729,17 @@ def coerce_run_fields(d: dict, where: str) -> dict:
         if value is None and RUN_KEYS[key].default is None:   # an optional key left unset (its default)
             out[key] = value
             continue
-        if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
+        if key in FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if key in _BOOL_KEYS and not isinstance(value, bool) and not (value is None and RUN_KEYS[key].default is None):
+        if key in BOOL_KEYS and not isinstance(value, bool) and not (value is None and RUN_KEYS[key].default is None):
             raise ConfigError(f"{key}={value!r} in {where} must be true or false")
-        if key in _FLOAT_KEYS and not isinstance(value, float):
+        if key in FLOAT_KEYS and not isinstance(value, float):
             raise ConfigError(f"{key}={value!r} in {where} must be a number")
-        if key in _INT_KEYS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if key in INT_KEYS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{key}={value!r} in {where} must be an integer")
-        if key in _LIST_KEYS and not isinstance(value, list):
+        if key in LIST_KEYS and not isinstance(value, list):
             raise ConfigError(f"{key}={value!r} in {where} must be a list")
-        if key not in _FLOAT_KEYS | _BOOL_KEYS | _INT_KEYS | _LIST_KEYS and not isinstance(value, str):
+        if key not in FLOAT_KEYS | BOOL_KEYS | INT_KEYS | LIST_KEYS and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} in {where} must be a string")
         out[key] = value
     return out

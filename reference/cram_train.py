@@ -295,13 +295,6 @@ def one_shot_evaluation(backend, net, cfg, split) -> list[dict]:
     return rows
 
 
-def make_cram_backend(cfg, split):
-    if cfg.backend == "reference":
-        return ReferenceCramBackend(cfg, split)
-    from accel.cram_train import AccelCramBackend  # the torch twin, lazily (reference stays NumPy-only)
-    return AccelCramBackend(cfg, split)
-
-
 def run_cram(engine, cfg, on_record=None, backend=None, stages=None) -> dict:
     """The 'cram' procedure ([TH] Alg. 2 training, then docs/methods.md §7.5's one-shot protocol): one record per
     training epoch (the dense model's test metrics); the last one also holds ``oneshot``, the list of
@@ -309,7 +302,7 @@ def run_cram(engine, cfg, on_record=None, backend=None, stages=None) -> dict:
     ``stages`` (``reference.stages.Stages``): training (epochs checkpointed) and the one-shot
     evaluation are resumable stages."""
     split = engine.split
-    backend = make_cram_backend(cfg, split) if backend is None else backend
+    backend = engine.cram_backend(cfg) if backend is None else backend
     stages = Stages.attach(stages, on_record)
 
     def training(**kw):

@@ -2,7 +2,8 @@
 the MLP of ``reference.nn`` trained by ``reference.train.train_reference`` phase by phase.
 
 An engine offers: ``ops`` (the twin operators), ``split`` (D = split.x_train), ``clock()``,
-``init_net(cfg, n_in, n_classes)``, ``prunable(net)``, ``train(phase_cfg, net, masks, batches)``
+``checkpoint_io()``, ``cram_backend(cfg)``, ``cocktail_step`` (the backend's modules for CrAM and
+Sparse Cocktail), ``init_net(cfg, n_in, n_classes)``, ``prunable(net)``, ``train(phase_cfg, net, masks, batches)``
 -> {net, masks, updates, history, snapshot, final_masks} ("masks" only when masks were given,
 "final_masks" the masks at the end of every run), ``grads(net, x, y)`` (dense gradients of the
 prunable weights), ``evaluate(net, x, y)``, ``predict(net, x)`` (logits) and ``bn_recalibrate(net, x)``. ``accel.engine.AccelEngine``
@@ -14,7 +15,8 @@ import time
 
 import numpy as np
 
-from . import ops
+from . import cocktail_step, ops
+from .checkpoint import IO
 from .bn import bn_recalibrate, bnupdate_batches
 from .data import Split
 from .procedure_tools import phase_method
@@ -24,7 +26,20 @@ from .train import evaluate, load_net, predict, train_reference
 
 
 class ReferenceEngine:
+    """The NumPy backend of the procedures (see the module docstring)."""
+    name = "reference"
     ops = ops
+    cocktail_step = cocktail_step
+
+    @staticmethod
+    def checkpoint_io() -> tuple:
+        """(save, load) of procedure checkpoints (pickle, content-hashed)."""
+        return IO
+
+    def cram_backend(self, cfg):
+        """What the 'cram' procedure trains with: the NumPy MLP's CrAM loop."""
+        from .cram_train import ReferenceCramBackend
+        return ReferenceCramBackend(cfg, self.split)
 
     def __init__(self, cfg, split):
         if cfg.model != "mlp":

@@ -35,7 +35,7 @@ def check_alike(nets: Sequence[Mapping], what: str = "networks") -> None:
                                  f"has shape {np.shape(first[n])}")
 
 
-def _check_t(t) -> int:
+def check_t(t) -> int:
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
         raise ValueError(f"t={t!r} must be the 1-based index of the ticket (an integer >= 1)")
     return int(t)
@@ -45,7 +45,7 @@ def superpose_cia(avg: Mapping | None, ticket: Mapping, t: int) -> dict:
     """Running connection-independent average, [ST] Eq. (4):  avg_t = ((t - 1) avg_{t-1} + theta_t) / t.
 
     ``avg`` is None for the first ticket (t = 1), which returns a copy of the ticket."""
-    t = _check_t(t)
+    t = check_t(t)
     if avg is None:
         if t != 1:
             raise ValueError(f"the running average is missing but t={t} (only the first ticket starts one)")
@@ -148,7 +148,7 @@ def average_bn_stats(avg_mean, avg_var, mean, var, t: int, mode: str = "std") ->
     """Running average of a BN layer's statistics over tickets ([ST] §5 "Batch Normalization"):
     the mean and the standard deviation are averaged (``mode='std'``, literal; the stored running
     variance is the squared averaged std) or the variance itself (``mode='var'``). t = 1 starts."""
-    t = _check_t(t)
+    t = check_t(t)
     if mode not in BN_AVG_MODES:
         raise ValueError(f"bn average mode {mode!r} is not allowed; choose one of {list(BN_AVG_MODES)}")
     mean, var = as_real_array(mean, "running mean"), as_real_array(var, "running variance")

@@ -42,7 +42,7 @@ def buffer_names(n_linear: int, batchnorm: bool) -> list[str]:
             for b in ("running_mean", "running_var", "num_batches_tracked")]
 
 
-def _check_sizes(sizes) -> tuple[int, ...]:
+def check_sizes(sizes) -> tuple[int, ...]:
     try:
         sizes = tuple(sizes)
     except TypeError:
@@ -137,7 +137,7 @@ def init_mlp(sizes=(784, 300, 100, 10), batchnorm: bool = False, seed: int = 0, 
     and cast to ``dtype``. BatchNorm weights are 1, biases 0, running mean 0, running var 1,
     ``num_batches_tracked`` a 0-d int64 zero (as ``nn.BatchNorm1d``).
     """
-    sizes = _check_sizes(sizes)
+    sizes = check_sizes(sizes)
     dt = _check_dtype(dtype)
     rng = np.random.default_rng(seed)
     n = len(sizes) - 1

@@ -1,8 +1,9 @@
-"""Multi-phase procedures by name, each written once over an engine (``reference.engine`` /
-``accel.engine``): ``run_procedure(cfg, split, on_record)`` picks the backend's engine and runs
-``cfg.procedure``; one record per state / iteration goes to ``on_record``. Every procedure takes a
-``reference.stages.Stages`` (records, update log, resumable stages), so each is checkpointed and
-resumed the same way."""
+"""Multi-phase procedures by name, each written once over a backend (``reference.engine.
+ReferenceEngine`` or ``accel.engine.AccelEngine``: the array operators, the training of a phase,
+the optimizer step, checkpoint I/O). ``run_procedure(engine, cfg)`` runs ``cfg.procedure`` on the
+backend it is given (the code above both packages chooses it: ``accel.backends``); one record
+per state / iteration goes to ``on_record``. Every procedure takes a ``reference.stages.Stages``
+(records, update log, resumable stages), so each is checkpointed and resumed the same way."""
 from __future__ import annotations
 
 from .acdc_procedure import run_acdc
@@ -17,31 +18,13 @@ PROCEDURES = {"d2sparse": run_d2, "d2_baseline": run_d2, "d2_baseline_lb": run_d
               "cocktail": run_cocktail, "cram": run_cram}
 
 
-def make_engine(cfg, split):
-    if cfg.backend == "reference":
-        from .engine import ReferenceEngine
-        return ReferenceEngine(cfg, split)
-    from accel.engine import AccelEngine
-    return AccelEngine(cfg, split)
-
-
-def checkpoint_io(cfg) -> tuple:
-    """(save, load) of the procedure checkpoint on the run's backend."""
-    if cfg.backend == "reference":
-        from .checkpoint import IO
-        return IO
-    from accel.checkpoint import io_for
-    return io_for(cfg.device)
-
-
-def run_procedure(cfg, split, on_record=None, checkpoint: str | None = None, resume: bool = False,
+def run_procedure(engine, cfg, on_record=None, checkpoint: str | None = None, resume: bool = False,
                   writer: bool = True) -> dict:
     """``checkpoint``: the procedure checkpoint, saved atomically after every stage (and each
     training phase's epochs beside it, ``reference.stages``); ``resume``: continue from it when it
     exists; ``writer``: False on DDP ranks > 0 (they read checkpoints, never write them)."""
     if cfg.procedure not in PROCEDURES:
         raise ValueError(f"procedure={cfg.procedure!r} is not a multi-phase procedure; choose one of {sorted(PROCEDURES)}")
-    engine = make_engine(cfg, split)
     stages = Stages(on_record, path=checkpoint, config=run_to_dict(cfg), resume=resume,
-                    io=checkpoint_io(cfg) if checkpoint else None, writer=writer)
+                    io=engine.checkpoint_io() if checkpoint else None, writer=writer)
     return PROCEDURES[cfg.procedure](engine, cfg, stages=stages)

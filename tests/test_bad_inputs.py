@@ -241,7 +241,7 @@ PROC_CFG = dict(CKPT_CFG, procedure="imp", method="dense", density=1.0, imp_iter
 def _proc_ckpt(tmp):
     """A finished IMP procedure's stage checkpoint."""
     from accel.runner import load_split
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     cfg = RunConfig(**PROC_CFG).validate()
     path = str(tmp / "proc.ckpt")
     run_procedure(cfg, load_split(cfg), checkpoint=path)
@@ -250,7 +250,7 @@ def _proc_ckpt(tmp):
 
 def _procedure_from_run_ckpt(tmp, watch):
     from accel.runner import load_split
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     path = watch(_accel_ckpt(tmp))
     cfg = RunConfig(**PROC_CFG).validate()
     run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)
@@ -266,7 +266,7 @@ def _run_from_procedure_ckpt(tmp, watch):
 
 def _procedure_other_config(tmp, watch):
     from accel.runner import load_split
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     path = watch(_proc_ckpt(tmp))
     cfg = RunConfig(**{**PROC_CFG, "imp_rate": 0.5}).validate()
     run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)

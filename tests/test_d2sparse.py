@@ -12,7 +12,7 @@ import accel.ops as A
 import reference.ops as R
 from accel.runner import load_split
 from reference.config import ConfigError, RunConfig
-from reference.procedures import run_procedure
+from accel.backends import run_procedure
 from reference.d2sparse import Views, best_alpha, derive_seed, masked, state_densities, total_epochs
 
 TINY = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_size=16, delta_t=3,

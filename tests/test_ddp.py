@@ -56,7 +56,7 @@ def _procedure_worker(rank, world, port, cfg_kw, out_dir, stop_at_record, timeou
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     from accel import distributed as ddp
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     ddp.init_from_env(timeout_s=timeout_s)
     cfg = RunConfig(**cfg_kw).validate()
     records = []
@@ -119,7 +119,7 @@ def test_a_dead_rank_fails_the_other_with_a_clear_error(tmp_path):
 def test_a_preempted_procedure_resumes_on_every_rank(tmp_path):
     """IMP under DDP, all ranks stopped after iteration 1's record, relaunched with resume: every
     rank restores from rank 0's checkpoint and ends with the masks of a single-process run."""
-    from reference.procedures import run_procedure
+    from accel.backends import run_procedure
     cfg_kw = {**CFG, "procedure": "imp", "method": "dense", "density": 1.0, "epochs": 2, "imp_iterations": 2,
               "imp_rate": 0.5, "imp_rewind_epoch": 1}
     _launch(tmp_path, cfg_kw, die_at=2, target=_procedure_worker)

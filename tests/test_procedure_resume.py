@@ -15,7 +15,7 @@ import reference.checkpoint as RCK
 from accel.runner import load_split, train_one
 from reference.checkpoint import CheckpointError
 from reference.config import RunConfig
-from reference.procedures import run_procedure
+from accel.backends import run_procedure
 from reference.stages import Stages
 
 TINY = dict(train_budget=100, hidden=[24, 12], batch_size=20, test_per_class=20, dtype="float64")
