@@ -3,8 +3,8 @@ procedures (``reference.procedures``) take the engine they are given, so the Num
 imports this one."""
 from __future__ import annotations
 
-from reference.engine import ReferenceEngine
-from reference.procedures import run_procedure as _run_procedure
+from twinsparse.reference.engine import ReferenceEngine
+from twinsparse.reference.procedures import run_procedure as _run_procedure
 
 BACKENDS = ("reference", "accel")
 

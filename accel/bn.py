@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from reference.bn import bnt_batches, bnupdate_batches
+from twinsparse.reference.bn import bnt_batches, bnupdate_batches
 from .models import mlp_from_reference
 
 __all__ = ["bn_recalibrate", "mlp_bn_recalibrate", "bnt_batches", "bnupdate_batches"]

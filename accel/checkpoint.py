@@ -7,7 +7,7 @@ import io
 
 import torch
 
-from reference.checkpoint import (ArrayCodec, CheckpointError, check_config, seal, verify,  # noqa: F401 (re-export)
+from twinsparse.reference.checkpoint import (ArrayCodec, CheckpointError, check_config, seal, verify,  # noqa: F401 (re-export)
                                   write_atomic)
 
 KIND = "twinsparse-accel"

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import fields
 
-from reference import config as C
+from twinsparse.reference import config as C
 
 _CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "model": C.MODELS,
             "method": C.METHODS, "distribution": C.DISTRIBUTIONS, "mask_init": C.MASK_INITS,

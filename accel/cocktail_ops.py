@@ -13,13 +13,13 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from reference._checks import check_density, count_for_density, imp_keep_count
-from reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS, NM_SCHEDULE,  # noqa: F401
+from twinsparse.reference._checks import check_density, count_for_density, imp_keep_count
+from twinsparse.reference.cocktail_ops import (CANDIDATE_POOL, CHANNEL_RATE, IMP_ITERATIONS, NM_SCHEDULE,  # noqa: F401
                                     UMG_BETA, UNSTRUCTURED_RATE, channel_sparsity_at, check_beta, check_pool,
                                     check_rate, check_temperature, choose_alpha, greedy_interpolation,
                                     greedy_interpolation_table, imp_schedule, interpolation_coefficients,
                                     nm_generated_at, nm_pattern_at, pivot_step, unstructured_sparsity_at)
-from reference.masks import check_layer_dict, check_layer_names
+from twinsparse.reference.masks import check_layer_dict, check_layer_names
 from . import kernels as _kernels
 from ._checks import as_real_tensor, check_finite, scalar_as
 from ._exact import true_div

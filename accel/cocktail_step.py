@@ -1,5 +1,5 @@
 """Sparse Cocktail's co-training step on any torch model ([SC] §3.5, Eq. 1; docs/methods.md §8.2) and the
-array operators ``reference.cocktail`` calls on this backend; twin of ``reference.cocktail_step``
+array operators ``reference.cocktail_procedure`` calls on this backend; twin of ``reference.cocktail_step``
 (read that one for the maths).
 
 The subnetwork forward is ``torch.func.functional_call`` with the masked weights W ⊙ m, so the
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from reference.optim import check_sgd_hyperparameters
+from twinsparse.reference.optim import check_sgd_hyperparameters
 from .cocktail_ops import dense_pivot_criterion, imp_unstructured_masks, umg_channel_masks  # noqa: F401
 from .masks import nm_masks  # noqa: F401
 from .merge import interpolate  # noqa: F401

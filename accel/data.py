@@ -18,9 +18,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from reference import datasets as RD
-from reference.config import RunConfig
-from reference.data import N_PIXELS, Split, as_images, batch_order, class_balanced_subset, split_mnist5k
+from twinsparse.reference import datasets as RD
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.data import N_PIXELS, Split, as_images, batch_order, class_balanced_subset, split_mnist5k
 from .kernels.loader import upload
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

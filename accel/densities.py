@@ -15,10 +15,10 @@ from typing import Iterable, Mapping, Optional
 
 import torch
 
-from reference._checks import check_density
-from reference.densities import (DISTRIBUTIONS, check_keeps_weights, er_densities, erk_densities,  # noqa: F401
+from twinsparse.reference._checks import check_density
+from twinsparse.reference.densities import (DISTRIBUTIONS, check_keeps_weights, er_densities, erk_densities,  # noqa: F401
                                  layer_densities_for, uniform_densities)
-from reference.masks import check_layer_dict
+from twinsparse.reference.masks import check_layer_dict
 from .masks import global_magnitude_masks
 
 __all__ = ["DISTRIBUTIONS", "uniform_densities", "er_densities", "erk_densities", "layer_densities_for",

@@ -23,9 +23,9 @@ from typing import Mapping
 
 import torch
 
-from reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
-from reference.dst import check_counts, check_fraction, check_iteration
-from reference.masks import check_layer_dict, check_layer_names
+from twinsparse.reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
+from twinsparse.reference.dst import check_counts, check_fraction, check_iteration
+from twinsparse.reference.masks import check_layer_dict, check_layer_names
 from . import deferred
 from . import kernels as _kernels
 from ._checks import as_real_tensor, check_same_shape, scalar_as

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.bn import bnupdate_batches
-from reference.data import Split
-from reference.procedure_tools import phase_method
+from twinsparse.reference.bn import bnupdate_batches
+from twinsparse.reference.data import Split
+from twinsparse.reference.procedure_tools import phase_method
 from . import cocktail_step, ops
 from .checkpoint import io_for
 from .bn import bn_recalibrate
@@ -36,7 +36,7 @@ class AccelEngine:
 
     def cram_backend(self, cfg):
         """What the 'cram' procedure trains with: the torch CrAM loop."""
-        from .cram_train import AccelCramBackend
+        from .cram_procedure import AccelCramBackend
         return AccelCramBackend(cfg, self.split)
 
     def __init__(self, cfg, split):

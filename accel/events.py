@@ -24,7 +24,7 @@ import io
 import os
 import shutil
 
-from reference import safeio
+from twinsparse.reference import safeio
 
 
 def run_paths(stem: str) -> dict:

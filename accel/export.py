@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference.checkpoint import CheckpointError, write_atomic
+from twinsparse.reference.checkpoint import CheckpointError, write_atomic
 from .models import MLP, SmallCNN, VGG16
 
 __all__ = ["slim_channels", "SlimReport", "apply_masks", "param_count", "semi_structured_supported",
@@ -587,7 +587,7 @@ EXPORT_KIND = "twinsparse-export"
 
 
 def _model_from_checkpoint(path: str):
-    from reference.config import RunConfig, coerce_run_fields, run_to_dict
+    from twinsparse.reference.config import RunConfig, coerce_run_fields, run_to_dict
     from . import checkpoint as ckpt
     from .train import build_model_for
     payload = ckpt.load(path)

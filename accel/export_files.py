@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from reference import safeio
-from reference.checkpoint import CheckpointError
+from twinsparse.reference import safeio
+from twinsparse.reference.checkpoint import CheckpointError
 
 EXPORT_FORMAT = "twinsparse-export"
 EXPORT_VERSION = 1
@@ -153,7 +153,7 @@ def _resized(mod: nn.Module, shape: list) -> nn.Module:
 def load_export(out: str, device=None) -> nn.Module:
     """The module of a ``write_export`` pair, in eval mode; a 2:4 export becomes semi-structured again
     on a supported CUDA ``device``."""
-    from reference.config import RunConfig, coerce_run_fields
+    from twinsparse.reference.config import RunConfig, coerce_run_fields
     from .export import export_semi_structured
     from .train import build_model_for
     meta = _read_meta(out)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from reference.methods import build as build_method
+from twinsparse.reference.methods import build as build_method
 
 __all__ = ["unwrap", "StrayStepGuard", "method_from_name", "starts_dense", "NonFiniteGradientError"]
 
 
 def starts_dense(method) -> bool:
     """Methods whose masks start all-ones and that set their own target densities (GMP, AC/DC)."""
-    from reference.methods import ACDC, GMP
+    from twinsparse.reference.methods import ACDC, GMP
     base = getattr(method, "base", method)
     return isinstance(method, (GMP, ACDC)) or isinstance(base, (GMP, ACDC))
 
@@ -20,7 +20,7 @@ def starts_dense(method) -> bool:
 def method_from_name(name: str, density, total_steps, steps_per_epoch):
     """A method given by name: its schedule (t_end, prune_end, AC/DC phases, ...) follows the
     project's defaults for a run of ``total_steps`` iterations (the same ones a config gets)."""
-    from reference.methods import METHODS
+    from twinsparse.reference.methods import METHODS
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available methods: {sorted(METHODS)}")
     if name in ("dense", "static"):
@@ -32,8 +32,8 @@ def method_from_name(name: str, density, total_steps, steps_per_epoch):
         raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1 (iterations)")
     if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be an integer >= 1")
-    from reference.config import RunConfig
-    from reference.methods import from_run_config
+    from twinsparse.reference.config import RunConfig
+    from twinsparse.reference.methods import from_run_config
     target = density if isinstance(density, (int, float)) and not isinstance(density, bool) else \
         getattr(density, "density", 0.1)
     epochs = max(1, total_steps // steps_per_epoch)

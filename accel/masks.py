@@ -12,9 +12,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from reference import masks as _ref
-from reference._checks import check_density, count_for_density
-from reference.masks import (check_channel_dim, check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
+from twinsparse.reference import masks as _ref
+from twinsparse.reference._checks import check_density, count_for_density
+from twinsparse.reference.masks import (check_channel_dim, check_layer_dict, check_layer_names, check_nm, check_nm_divisible,
                              layer_axis, nm_group_length, nm_view_shape, warn_dense_layers)
 from . import deferred
 from . import kernels as _kernels

@@ -13,9 +13,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from reference._checks import check_density
-from reference.masks import check_layer_dict
-from reference.merge import BN_AVG_MODES, check_t
+from twinsparse.reference._checks import check_density
+from twinsparse.reference.masks import check_layer_dict
+from twinsparse.reference.merge import BN_AVG_MODES, check_t
 from . import kernels as _kernels
 from . import deferred
 from ._checks import as_real_tensor, check_all_finite, scalar_as

@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from reference._checks import check_nonempty, check_same_keys
+from twinsparse.reference._checks import check_nonempty, check_same_keys
 from . import deferred
 from ._checks import check_finite, check_same_shape
 from ._exact import true_div

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from reference.nn import check_sizes, buffer_names, param_names
+from twinsparse.reference.nn import check_sizes, buffer_names, param_names
 
 
 def _to_images(x: torch.Tensor, in_channels: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .acdc import acdc_compress  # noqa: F401
+from .acdc_ops import acdc_compress  # noqa: F401
 from .dst import (active_counts as _active_counts, dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
                   increment_counters, init_counters, mean_abs_over_mask, prune_to_count, require_counts,
                   swap_counts, total)

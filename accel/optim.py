@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from reference.optim import check_adam_hyperparameters, check_sgd_hyperparameters
+from twinsparse.reference.optim import check_adam_hyperparameters, check_sgd_hyperparameters
 from . import kernels as _kernels
 from ._checks import check_all_finite, check_same_shape, scalar_as
 

@@ -117,7 +117,7 @@ def results_from_logs(folder: str) -> tuple["OrderedDict[str, list]", dict, str]
 
 def replot(folder: str) -> str:
     """Rewrite ``<folder>/curves.png`` (atomically) from the run logs in ``folder``; returns its path."""
-    from reference import safeio
+    from twinsparse.reference import safeio
     results, groups, name = results_from_logs(folder)
     path = os.path.join(folder, "curves.png")
     safeio.write_atomic(path, plot_png(results, name, groups))

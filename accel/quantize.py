@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-from reference.quantize import check_bits, qmax
+from twinsparse.reference.quantize import check_bits, qmax
 from ._checks import as_real_tensor
 from ._exact import true_div
 

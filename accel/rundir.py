@@ -25,7 +25,7 @@ import sys
 import time
 import warnings
 
-from reference import safeio
+from twinsparse.reference import safeio
 
 LOCK_NAME = ".twinsparse.lock"
 TIME_KEYS = ("epoch_time", "time_s")   # what a resumed run may legitimately change in a record

@@ -12,10 +12,10 @@ from collections import OrderedDict
 
 from tqdm import tqdm
 
-from reference import safeio
-from reference.checkpoint import CheckpointError, check_config
-from reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
-from reference.train import Diverged
+from twinsparse.reference import safeio
+from twinsparse.reference.checkpoint import CheckpointError, check_config
+from twinsparse.reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
+from twinsparse.reference.train import Diverged
 from .events import RunEvents, existing_outputs, remove_output
 from .rundir import RunDirectoryError, RunLock, RunLog, default_output, read_log, stage_files
 
@@ -39,10 +39,10 @@ def preflight(cfg: RunConfig) -> None:
     if cfg.backend == "reference":
         import numpy as np
 
-        from reference.methods import from_run_config
-        from reference.nn import init_mlp
-        from reference.prunable import select_prunable
-        from reference.train import resolve_densities
+        from twinsparse.reference.methods import from_run_config
+        from twinsparse.reference.nn import init_mlp
+        from twinsparse.reference.prunable import select_prunable
+        from twinsparse.reference.train import resolve_densities
         params, _ = init_mlp((n_in[0], *cfg.hidden, n_classes), batchnorm=cfg.batchnorm, seed=cfg.seed,
                              dtype=np.dtype(cfg.dtype))
         names = select_prunable([n for n in params if n.startswith("fc.") and n.endswith(".weight")],
@@ -164,7 +164,7 @@ def _train_run(cfg, split, log, on_epoch, ck_path, resume, progress, on_event=No
                disable=not progress, file=sys.stderr, mininterval=0.5)
     try:
         if cfg.backend == "reference":
-            from reference.train import train_reference
+            from twinsparse.reference.train import train_reference
 
             def tick(*_):
                 bar.update(1)
@@ -188,7 +188,7 @@ def _procedure_one(cfg: RunConfig, split, log, on_epoch, ck_path=None, resume=Fa
     """A multi-phase procedure (D²-Sparse and its baselines, ...): one log record per state (state 0
     = the dense warm-up), with ``epoch`` = the state index so tables and plots read it as a curve."""
     from . import distributed as ddp
-    from accel.backends import run_procedure
+    from twinsparse.accel.backends import run_procedure
     history = []
 
     def on_record(rec):
@@ -242,13 +242,13 @@ def describe_run(cfg: RunConfig) -> str:
                      + ("; procedure acdc adds a dense fine-tune of the last dense checkpoint"
                         if cfg.procedure == "acdc" else ""))
     if cfg.procedure == "cocktail":
-        from reference.cocktail import describe
+        from twinsparse.reference.cocktail_procedure import describe
         lines.append(describe(cfg))
     if cfg.procedure == "cram":
-        from reference.cram_spec import describe_cram
+        from twinsparse.reference.cram_options import describe_cram
         lines.append(describe_cram(cfg))
     if cfg.procedure not in ("train", "acdc", "cocktail", "cram"):
-        from reference.d2sparse import state_densities, total_epochs
+        from twinsparse.reference.d2sparse import state_densities, total_epochs
         dens = state_densities(cfg.density, cfg.d2_states, cfg.d2_schedule)
         lines.append(f"procedure {cfg.procedure}: {cfg.d2_states} state(s) at densities "
                      f"{', '.join(f'{d:.4f}' for d in dens)}; {total_epochs(cfg)} training epochs in all "
@@ -299,7 +299,7 @@ def plot_png(results: "OrderedDict[str, list]", title: str, groups: dict | None 
 
 
 def ck_load_reference(path):
-    from reference.checkpoint import load_reference
+    from twinsparse.reference.checkpoint import load_reference
     return load_reference(path)
 
 

@@ -5,8 +5,8 @@ from typing import Mapping
 
 import torch
 
-from reference._checks import check_density, count_for_density
-from reference.masks import check_layer_dict
+from twinsparse.reference._checks import check_density, count_for_density
+from twinsparse.reference.masks import check_layer_dict
 from ._checks import check_same_shape, as_real_tensor
 from .topk import topk_masks_global
 

@@ -34,9 +34,9 @@ from typing import Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from reference._checks import check_density
-from reference.densities import check_keeps_weights
-from reference.methods import InitContext, Method
+from twinsparse.reference._checks import check_density
+from twinsparse.reference.densities import check_keeps_weights
+from twinsparse.reference.methods import InitContext, Method
 from . import deferred
 from . import densities as D
 from . import ops

@@ -26,7 +26,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from reference._checks import check_count, check_nonempty, count_for_density
+from twinsparse.reference._checks import check_count, check_nonempty, count_for_density
 from . import deferred
 from . import kernels as _kernels
 from ._checks import check_finite

@@ -11,14 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.config import RunConfig, run_to_dict
-from reference.nn import init_mlp
-from reference.train import check_diverged
-from reference.schedules import lr_at
+from twinsparse.reference.config import RunConfig, run_to_dict
+from twinsparse.reference.nn import init_mlp
+from twinsparse.reference.train import check_diverged
+from twinsparse.reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
 from . import densities as D
-from reference.methods import DSTEE, from_run_config
+from twinsparse.reference.methods import DSTEE, from_run_config
 from . import exploitation as EE
 from . import metrics as MET
 from . import data as DATA

@@ -1,4 +1,4 @@
-"""Trajectory check of Sparse Cocktail (reference/cocktail.py, written once) on both engines: a tiny
+"""Trajectory check of Sparse Cocktail (reference/cocktail_procedure.py, written once) on both engines: a tiny
 float64 MLP with BatchNorm, dense stage + 2 IMP iterations (so P_2 makes the 1:2 mask and Alg. 1
 chooses alpha_2 over the 12 candidates) + BnUpdate per subnetwork. Masks and the chosen alphas must
 be identical, every hold-out objective value (a sum of accuracies) within the derived tolerance, the
@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from accel.engine import AccelEngine
-from accel.runner import load_split
-from conformance.tolerances import assert_derived_close, tolerance
-from reference.cocktail import run_cocktail
-from reference.config import RunConfig
-from reference.engine import ReferenceEngine
+from twinsparse.accel.engine import AccelEngine
+from twinsparse.accel.runner import load_split
+from twinsparse.conformance.tolerances import assert_derived_close, tolerance
+from twinsparse.reference.cocktail_procedure import run_cocktail
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.engine import ReferenceEngine
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

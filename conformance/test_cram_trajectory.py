@@ -1,7 +1,7 @@
 """Trajectory checks for CrAM ([TH] Alg. 2; docs/methods.md §7.1, §7.2, §7.5): the same training run on both backends.
 
 float64 tiny MLP, same init (reference.nn.init_mlp), same NumPy batches, 30 iterations of
-``reference.cram_train.cram_step`` vs the ``accel.cram_optim.CrAM`` wrapper around torch SGD. After every
+``reference.cram_procedure.cram_step`` vs the ``accel.cram_optimizer.CrAM`` wrapper around torch SGD. After every
 step: the same compression C was drawn, the same Top-K / N:M masks were used (exact) and refreshed at the
 same steps (tau), every parameter and every BN running statistic is within the float64 tolerance, and
 ``num_batches_tracked`` equals the step count on both sides (exactly one BN update per step: the perturbed
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from accel.cram_train import train_cram_accel
-from accel.runner import load_split
-from conformance.tolerances import assert_derived_close, tolerance
-from reference.config import RunConfig
-from reference.cram_train import train_cram_reference
-from accel.backends import run_procedure
+from twinsparse.accel.cram_procedure import train_cram_accel
+from twinsparse.accel.runner import load_split
+from twinsparse.conformance.tolerances import assert_derived_close, tolerance
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.cram_procedure import train_cram_reference
+from twinsparse.accel.backends import run_procedure
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = {

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-import accel.cram as AC
-import accel.cram_optim as ACO
-import accel.merge as AMG
-import accel.metrics as AM
-import accel.quantize as AQ
-import reference.cram as RC
-import reference.merge as RMG
-import reference.metrics as RM
-import reference.quantize as RQ
-from accel._exact import true_div
-from conformance.cuda_arith import cuda_arithmetic
+import twinsparse.accel.cram_ops as AC
+import twinsparse.accel.cram_optimizer as ACO
+import twinsparse.accel.merge as AMG
+import twinsparse.accel.metrics as AM
+import twinsparse.accel.quantize as AQ
+import twinsparse.reference.cram_ops as RC
+import twinsparse.reference.merge as RMG
+import twinsparse.reference.metrics as RM
+import twinsparse.reference.quantize as RQ
+from twinsparse.accel._exact import true_div
+from twinsparse.conformance.cuda_arith import cuda_arithmetic
 
 # (dtype, bits) with boundary weights among the halves up to 40 (q_max = 1 at 2 bits divides exactly)
 BOUNDARY_CASES = [(np.float32, 3), (np.float32, 4), (np.float32, 8), (np.float64, 4), (np.float64, 8)]

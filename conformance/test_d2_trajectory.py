@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from accel.engine import AccelEngine
-from accel.runner import load_split
-from conformance.tolerances import tolerance
-from reference.config import RunConfig
-from reference.engine import ReferenceEngine
-from reference.d2sparse import run_d2
+from twinsparse.accel.engine import AccelEngine
+from twinsparse.accel.runner import load_split
+from twinsparse.conformance.tolerances import tolerance
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.engine import ReferenceEngine
+from twinsparse.reference.d2sparse import run_d2
 
 BASE = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_size=16, delta_t=3,
             drop_fraction=0.4, d2_warmup_epochs=1, d2_state_epochs=3, d2_finetune_epochs=2, d2_baseline_epochs=3,

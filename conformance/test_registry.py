@@ -2,7 +2,7 @@
 
 The forced CUDA-kernel entries (tag ``cuda_kernel``) run on the CUDA device (marked ``gpu``) and,
 on every machine, on ``simt``: CPU tensors with the kernels executed by the SIMT emulator
-(conformance/simt), reached through the accel operators' own dispatch. Same strategies, same
+(accel/kernels/simt), reached through the accel operators' own dispatch. Same strategies, same
 comparison rules; skipped with the reason when no C++ compiler can build the emulator.
 
 Device ``cuda-arith`` runs the other entries on CPU tensors with CUDA's rewritten arithmetic in force
@@ -17,11 +17,11 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from accel import kernels
-from conformance import simt
-from conformance.convert import to_numpy, to_torch
-from conformance.cuda_arith import cuda_arithmetic
-from conformance.registry import compare_default, load_all
+from twinsparse.accel import kernels
+from twinsparse.accel.kernels import simt
+from twinsparse.conformance.convert import to_numpy, to_torch
+from twinsparse.conformance.cuda_arith import cuda_arithmetic
+from twinsparse.conformance.registry import compare_default, load_all
 
 REG = load_all()
 DEVICES = ["cpu", "cuda-arith"] + (["cuda"] if torch.cuda.is_available() else [])

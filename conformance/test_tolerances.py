@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from conformance.registry import compare_exact
-from conformance.tolerances import DERIVED, assert_derived_close
+from twinsparse.conformance.registry import compare_exact
+from twinsparse.conformance.tolerances import DERIVED, assert_derived_close
 
 
 def test_derived_tolerance_accepts_summation_order_noise():

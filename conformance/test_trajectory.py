@@ -6,7 +6,7 @@ cases (SET with injected random scores, RigL, DST-EE, SNFS, GraNet) update the m
 iterations, so each run makes >= 5 mask updates, and the update records must match too. The AC/DC
 cases run 12 epochs of 5 iterations (phase changes at epoch starts, momentum reset at decompressions).
 Device "simt" runs the accel side on CPU tensors with the CUDA kernels executed by the SIMT emulator
-(conformance/simt): the fused masked SGD step every iteration, the top-k / N:M / DST-EE / CIA kernels
+(accel/kernels/simt): the fused masked SGD step every iteration, the top-k / N:M / DST-EE / CIA kernels
 at every mask update, compared with the reference exactly as the torch path is.
 """
 import contextlib
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from accel import kernels
-from accel.runner import load_split
-from accel.train import train_accel
-from conformance import simt
-from conformance.tolerances import assert_derived_close, tolerance
-from reference.config import RunConfig
-from reference.train import train_reference
+from twinsparse.accel import kernels
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import train_accel
+from twinsparse.accel.kernels import simt
+from twinsparse.conformance.tolerances import assert_derived_close, tolerance
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.train import train_reference
 
 DEVICES = ["cpu", "simt"] + (["cuda"] if torch.cuda.is_available() else [])
 CASES = {
@@ -75,7 +75,7 @@ SCALAR_ONLY = ("suptickets-set-fge-explore",)
 
 def _injected_set(cfg, total):
     """SET whose random grow scores are injected (the same arrays for both backends)."""
-    from reference.methods import from_run_config
+    from twinsparse.reference.methods import from_run_config
 
     base = from_run_config(cfg, total)
     rng_cache = {}

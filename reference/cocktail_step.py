@@ -1,5 +1,5 @@
 """Sparse Cocktail's co-training step for the NumPy MLP ([SC] §3.5, Eq. 1, Fig. 2; docs/methods.md §1.9, §8.2)
-and the array operators the procedure (``reference.cocktail``, written once) calls on this backend.
+and the array operators the procedure (``reference.cocktail_procedure``, written once) calls on this backend.
 Twin: ``accel.cocktail_step``.
 
 One shared weight set W (the dense network D_k); a subnetwork S_k = D_k ⊙ m shares it.

@@ -124,7 +124,7 @@ class RunConfig:
     # AC/DC ([TH] Alg. 1, §3.4.1; docs/methods.md §6.1): phase lengths in epochs; a length left unset
     # (None) takes the thesis value 10/5/5/10/15 with acdc_plan = "thesis" (the default: lengths kept,
     # the alternating block fills the budget, [TH] §3.4.3 "preserving the duration of each compressed
-    # and decompressed phase"), or reference.acdc.scaled_acdc_lengths(epochs) with acdc_plan = "scaled"
+    # and decompressed phase"), or reference.acdc_ops.scaled_acdc_lengths(epochs) with acdc_plan = "scaled"
     # (the lengths scaled to a small budget: a project choice for miniatures). density = density of
     # the compressed phases.
     acdc_plan: str = _f("thesis",
@@ -191,7 +191,7 @@ class RunConfig:
     imp_rate: float = _f(0.2, 'IMP: fraction of the remaining weights pruned per iteration')
     imp_rewind_epoch: int = _f(1, 'IMP: epoch whose weights the survivors are rewound to')
     imp_scope: str = _f("global", 'IMP: prune by global or per-layer magnitude')
-    # CrAM ([TH] Ch. 5 Alg. 2; docs/methods.md §7.1, §7.2, §7.5; reference.cram_spec): procedure 'cram' trains a dense
+    # CrAM ([TH] Ch. 5 Alg. 2; docs/methods.md §7.1, §7.2, §7.5; reference.cram_options): procedure 'cram' trains a dense
     # model with cram_mode, then prunes it one-shot at cram_eval_sparsities (+ BNT on cram_bnt_samples)
     cram_mode: str = _f("cram", 'CrAM: training mode: cram, sam, csam or plain sgd')
     cram_rho: float = _f(0.05, 'CrAM: step size rho of the perturbation')
@@ -214,7 +214,7 @@ class RunConfig:
     # and the last layer dense ([TH] §5.4.1: "we keep the first and last layers dense"); False prunes them
     cram_uniform_first_last_dense: bool = _f(True, 'CrAM: uniform Top-K keeps the first and last layer dense')
     # Sparse Cocktail ([SC] §3-4, App. C, F; docs/methods.md §8.1): N IMP iterations of UMG masks + dense-pivot
-    # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail)
+    # co-training, greedy interpolation on a hold-out, BnUpdate per subnetwork (reference.cocktail_procedure)
     cocktail_iterations: int = _f(10, 'Sparse Cocktail: number of IMP iterations')
     cocktail_rewind_epoch: int = _f(1, 'Sparse Cocktail: epoch whose weights each iteration rewinds to')
     cocktail_unstructured_rate: float = _f(0.2, 'Sparse Cocktail: unstructured pruning rate per iteration')
@@ -397,8 +397,8 @@ class RunConfig:
                               f"epochs={self.epochs}: {e}{hint}") from None
 
     def acdc_phase_plan(self) -> list:
-        """The AC/DC phases of this run (reference.acdc.Phase list; method 'acdc' only)."""
-        from .acdc import acdc_phases
+        """The AC/DC phases of this run (reference.acdc_ops.Phase list; method 'acdc' only)."""
+        from .acdc_ops import acdc_phases
         from .methods.acdc import LENGTH_KEYS, acdc_lengths
         return acdc_phases(self.epochs, **acdc_lengths(self.epochs, plan=self.acdc_plan,
                                                        **{k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}))
@@ -489,7 +489,7 @@ class RunConfig:
         _check_range("imp_rate", self.imp_rate, 0.0, 0.999, lo_open=True)
         _check_int("imp_rewind_epoch", self.imp_rewind_epoch, 0)
         _check_choice("imp_scope", self.imp_scope, ("global", "layer"))
-        from .cram_spec import validate_cram_fields
+        from .cram_options import validate_cram_fields
         validate_cram_fields(self, ConfigError)
         if self.procedure == "cram":
             return

@@ -38,7 +38,7 @@ class ReferenceEngine:
 
     def cram_backend(self, cfg):
         """What the 'cram' procedure trains with: the NumPy MLP's CrAM loop."""
-        from .cram_train import ReferenceCramBackend
+        from .cram_procedure import ReferenceCramBackend
         return ReferenceCramBackend(cfg, self.split)
 
     def __init__(self, cfg, split):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .acdc import acdc_compress  # noqa: F401
+from .acdc_ops import acdc_compress  # noqa: F401
 from .dst import (dst_ee_scores, drop, drop_and_grow, ema_update, explored_union, grow,  # noqa: F401
                   increment_counters, init_counters, mean_abs_over_mask, prune_to_count, swap_counts)
 from .masks import magnitude_masks, random_masks, random_scores  # noqa: F401

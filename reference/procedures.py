@@ -7,8 +7,8 @@ per state / iteration goes to ``on_record``. Every procedure takes a ``reference
 from __future__ import annotations
 
 from .acdc_procedure import run_acdc
-from .cocktail import run_cocktail
-from .cram_train import run_cram
+from .cocktail_procedure import run_cocktail
+from .cram_procedure import run_cram
 from .d2sparse import run_d2
 from .config import run_to_dict
 from .imp import run_imp

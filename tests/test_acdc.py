@@ -11,19 +11,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import accel.ops as A
-import accel.train as accel_train
-from accel.step import StepEngine
-import reference.ops as R
-import reference.train as reference_train
-from accel.cli import main
-from accel.engine import AccelEngine
-from accel.runner import load_split
-from reference.acdc import phase_at
-from reference.acdc_procedure import run_acdc
-from reference.config import ConfigError, RunConfig
-from reference.engine import ReferenceEngine
-from reference.methods import ACDC, acdc_lengths, from_run_config
+import twinsparse.accel.ops as A
+import twinsparse.accel.train as accel_train
+from twinsparse.accel.step import StepEngine
+import twinsparse.reference.ops as R
+import twinsparse.reference.train as reference_train
+from twinsparse.accel.cli import main
+from twinsparse.accel.engine import AccelEngine
+from twinsparse.accel.runner import load_split
+from twinsparse.reference.acdc_ops import phase_at
+from twinsparse.reference.acdc_procedure import run_acdc
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.engine import ReferenceEngine
+from twinsparse.reference.methods import ACDC, acdc_lengths, from_run_config
 
 TINY = dict(hidden=[16], train_budget=100, batch_size=25, test_per_class=20, lr=0.05, momentum=0.9,
             weight_decay=5e-4, seed=1, acdc_plan="scaled", lr_schedule="cosine")  # 4 iterations per epoch;
@@ -191,7 +191,7 @@ def test_reference_phases_masks_and_momentum_reset(plan, distribution, density):
     split = load_split(cfg)
     spe = -(-len(split.y_train) // cfg.batch_size)
     method, steps, bufs_in, current = _recording(cfg, spe), [], [], []
-    import reference.sparsifier as reference_sparsifier
+    import twinsparse.reference.sparsifier as reference_sparsifier
     orig = reference_sparsifier.masked_sgd_step
 
     def recording_step(w, g, mask, buf=None, **hp):
@@ -224,7 +224,7 @@ def test_adam_state_fully_reset_at_decompression(monkeypatch):
 def test_sparsifier_reset_optimizer_state_zeroes_every_slot():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    from accel.sparsifier import Sparsifier
+    from twinsparse.accel.sparsifier import Sparsifier
     sp = Sparsifier(model, opt, density=1.0, method=ACDC(density=0.5, total_epochs=3, warmup=0, compressed=1, decompressed=1,
                                              final_decompressed=1, final_compressed=1))
     model(torch.randn(5, 4)).sum().backward()

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import accel.acdc as AA
-import accel.cram as AC
-import accel.quantize as AQ
-import reference.acdc as RA
-import reference.cram as RC
-import reference.quantize as RQ
+import twinsparse.accel.acdc_ops as AA
+import twinsparse.accel.cram_ops as AC
+import twinsparse.accel.quantize as AQ
+import twinsparse.reference.acdc_ops as RA
+import twinsparse.reference.cram_ops as RC
+import twinsparse.reference.quantize as RQ
 
 
 def np_in(x):

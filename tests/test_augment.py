@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from reference import augment as A
-from reference import data as D
+from twinsparse.reference import augment as A
+from twinsparse.reference import data as D
 
 TOL = 1e-5
 

@@ -16,23 +16,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accel import checkpoint as ack
-from accel import densities as D
-from accel import merge as MG
-from accel import metrics as MET
-from accel.export import (MaskBankError, UnknownMaskSetError, export_semi_structured, load_mask_bank,
+from twinsparse.accel import checkpoint as ack
+from twinsparse.accel import densities as D
+from twinsparse.accel import merge as MG
+from twinsparse.accel import metrics as MET
+from twinsparse.accel.export import (MaskBankError, UnknownMaskSetError, export_semi_structured, load_mask_bank,
                           save_mask_bank, slim_channels)
-from accel.masks import channel_mask, magnitude_mask, nm_mask
-from accel.methods import RigL, Static
-from accel.models import MLP, ResNet18, build_model
-from accel.sparsifier import Sparsifier
-from accel.rundir import RunDirectoryError, RunLock
-from accel.runner import run_experiment, train_one
-from reference import checkpoint as rck
-from reference import safeio
-from reference.config import ConfigError, ExperimentConfig, RunConfig, load_experiment, parse_experiment, run_to_dict
-from reference.schedules import lr_at
-from reference.train import Diverged
+from twinsparse.accel.masks import channel_mask, magnitude_mask, nm_mask
+from twinsparse.accel.methods import RigL, Static
+from twinsparse.accel.models import MLP, ResNet18, build_model
+from twinsparse.accel.sparsifier import Sparsifier
+from twinsparse.accel.rundir import RunDirectoryError, RunLock
+from twinsparse.accel.runner import run_experiment, train_one
+from twinsparse.reference import checkpoint as rck
+from twinsparse.reference import safeio
+from twinsparse.reference.config import ConfigError, ExperimentConfig, RunConfig, load_experiment, parse_experiment, run_to_dict
+from twinsparse.reference.schedules import lr_at
+from twinsparse.reference.train import Diverged
 
 CKPT_CFG = dict(hidden=[8], epochs=1, batch_size=50, train_budget=50, method="static", density=0.5)
 
@@ -205,16 +205,16 @@ def _sparsifier(density=0.5, **kw):
 
 
 def _resume_other_run(tmp, watch):
-    from accel.runner import load_split
-    from accel.train import train_accel
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.train import train_accel
     path = watch(_accel_ckpt(tmp))
     cfg = RunConfig(**{**CKPT_CFG, "hidden": [16]}).validate()     # another model: hidden width 16
     train_accel(cfg, load_split(cfg), checkpoint=path, resume=True)
 
 
 def _resume_truncated(tmp, watch):
-    from accel.runner import load_split
-    from accel.train import train_accel
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.train import train_accel
     path = watch(_truncate(_accel_ckpt(tmp)))
     cfg = RunConfig(**{**CKPT_CFG, "epochs": 2}).validate()
     train_accel(cfg, load_split(cfg), checkpoint=path, resume=True)
@@ -231,7 +231,7 @@ def _accel_ckpt_as_reference(tmp, watch):
 
 
 def _cli_export_truncated(tmp, watch):
-    from accel.export import export_checkpoint
+    from twinsparse.accel.export import export_checkpoint
     export_checkpoint(watch(_truncate(_accel_ckpt(tmp), 0.3)), "slim", str(tmp / "out.pt"))
 
 
@@ -240,8 +240,8 @@ PROC_CFG = dict(CKPT_CFG, procedure="imp", method="dense", density=1.0, imp_iter
 
 def _proc_ckpt(tmp):
     """A finished IMP procedure's stage checkpoint."""
-    from accel.runner import load_split
-    from accel.backends import run_procedure
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.backends import run_procedure
     cfg = RunConfig(**PROC_CFG).validate()
     path = str(tmp / "proc.ckpt")
     run_procedure(cfg, load_split(cfg), checkpoint=path)
@@ -249,31 +249,31 @@ def _proc_ckpt(tmp):
 
 
 def _procedure_from_run_ckpt(tmp, watch):
-    from accel.runner import load_split
-    from accel.backends import run_procedure
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.backends import run_procedure
     path = watch(_accel_ckpt(tmp))
     cfg = RunConfig(**PROC_CFG).validate()
     run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)
 
 
 def _run_from_procedure_ckpt(tmp, watch):
-    from accel.runner import load_split
-    from accel.train import train_accel
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.train import train_accel
     path = watch(_proc_ckpt(tmp))
     cfg = RunConfig(**CKPT_CFG).validate()
     train_accel(cfg, load_split(cfg), checkpoint=path, resume=True)
 
 
 def _procedure_other_config(tmp, watch):
-    from accel.runner import load_split
-    from accel.backends import run_procedure
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.backends import run_procedure
     path = watch(_proc_ckpt(tmp))
     cfg = RunConfig(**{**PROC_CFG, "imp_rate": 0.5}).validate()
     run_procedure(cfg, load_split(cfg), checkpoint=path, resume=True)
 
 
 def _export_procedure_ckpt(tmp, watch):
-    from accel.export import export_checkpoint
+    from twinsparse.accel.export import export_checkpoint
     export_checkpoint(watch(_proc_ckpt(tmp)), "dense", str(tmp / "out.pt"))
 
 
@@ -423,8 +423,8 @@ def _flipped_weight_bytes(backend):
 
 
 def _nonfinite_checkpoint(tmp, watch):
-    from accel.runner import load_split
-    from accel.train import train_accel
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.train import train_accel
     cfg = RunConfig(**CKPT_CFG).validate()
     sd = _mlp().state_dict()
     sd["fc.1.weight"][0, 0] = float("nan")
@@ -443,8 +443,8 @@ def _runner_rejects(**kw):
 
 
 def _reference_tiny_density(tmp, watch):
-    from accel.runner import load_split
-    from reference.train import train_reference
+    from twinsparse.accel.runner import load_split
+    from twinsparse.reference.train import train_reference
     cfg = RunConfig(backend="reference", **{**CKPT_CFG, "density": 1e-9}).validate()
     train_reference(cfg, load_split(cfg))
 

@@ -3,9 +3,9 @@ and a JSON with every ratio key, the device and the versions."""
 import json
 import math
 
-from accel.bench import RATIO_KEYS, resnet18_shapes, resnet50_shapes
-from accel.cli import main
-from accel.models import ResNet50
+from twinsparse.accel.bench import RATIO_KEYS, resnet18_shapes, resnet50_shapes
+from twinsparse.accel.cli import main
+from twinsparse.accel.models import ResNet50
 
 
 def test_resnet_shape_lists():

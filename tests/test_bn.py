@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-import accel.bn as A
-import reference.bn as R
-import reference.nn as RN
-from accel.models import MLP, SmallCNN, mlp_from_reference, mlp_to_reference
+import twinsparse.accel.bn as A
+import twinsparse.reference.bn as R
+import twinsparse.reference.nn as RN
+from twinsparse.accel.models import MLP, SmallCNN, mlp_from_reference, mlp_to_reference
 
 
 def stale_mlp(sizes=(5, 6, 4, 3), seed=0):

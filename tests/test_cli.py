@@ -2,7 +2,7 @@
 import json
 import pytest
 
-from accel.cli import main
+from twinsparse.accel.cli import main
 
 
 def test_train_writes_log_table_and_plot(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Sparse Cocktail (reference/cocktail.py, accel/cocktail.py): nested masks with exact counts, N:M and
+"""Sparse Cocktail (reference/cocktail_procedure.py, accel/cocktail_bank.py): nested masks with exact counts, N:M and
 channel structure, the subnetwork bank (24 at N = 10), selection errors, bank round trip, the hold-out
 kept out of training, the co-training step, the ablation switches and config validation."""
 import math
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import reference.cocktail as RC
-from accel.cocktail import Cocktail, UnknownSubnetworkError
-from accel.cocktail_step import cotrain_sgd_step as acc_step
-from accel.runner import describe_run, load_split
-from accel.train import build_model_for
-from reference.cocktail_step import cotrain_sgd_step as ref_step
-from reference.config import ConfigError, RunConfig
-from reference.engine import ReferenceEngine
+import twinsparse.reference.cocktail_procedure as RC
+from twinsparse.accel.cocktail_bank import Cocktail, UnknownSubnetworkError
+from twinsparse.accel.cocktail_step import cotrain_sgd_step as acc_step
+from twinsparse.accel.runner import describe_run, load_split
+from twinsparse.accel.train import build_model_for
+from twinsparse.reference.cocktail_step import cotrain_sgd_step as ref_step
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.engine import ReferenceEngine
 
 TINY = dict(procedure="cocktail", dtype="float64", hidden=[32, 32, 16], batchnorm=True, epochs=2, batch_size=32,
             cocktail_rewind_epoch=1, train_budget=400, test_per_class=20)
@@ -110,7 +110,7 @@ def test_holdout_is_last_per_class_and_never_trained_on(monkeypatch):
                 seen[key] += 1
                 yield xb, yb
         return f
-    import reference.train as RT
+    import twinsparse.reference.train as RT
     monkeypatch.setattr(RC, "iterate_batches", spy(RC.iterate_batches, "train"))
     monkeypatch.setattr(RT, "iterate_batches", spy(RT.iterate_batches, "train"))
     orig_bn = ReferenceEngine.bn_recalibrate
@@ -171,14 +171,14 @@ def test_ablations_run(flag):
     if flag == "cocktail_interpolate":
         assert out["alphas"] == [] and all(np.array_equal(out["net"][n], out["nets"][-1][n]) for n in out["net"])
     if flag == "cocktail_umg":     # channel-1: plain L1 of the rows of D_0 (no unstructured / N:M masks)
-        from reference.topk import topk_mask
+        from twinsparse.reference.topk import topk_mask
         score = np.abs(out["pretrained"]["fc.1.weight"]).sum(axis=1)
         c = out["iterations"][0]["channel"]["fc.1.weight"]
         assert np.array_equal(c[:, 0], topk_mask(score, 29))      # round(0.9 * 32) rows
 
 
 def test_accel_engine_runs_the_same_procedure_and_builds_a_cocktail():
-    from accel.cocktail import train_cocktail
+    from twinsparse.accel.cocktail_bank import train_cocktail
     cfg = RunConfig(**TINY, cocktail_iterations=2, backend="accel").validate()
     ck = train_cocktail(cfg)
     assert ck.names() == RC.subnetwork_names(2)

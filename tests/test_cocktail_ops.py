@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import accel.cocktail_ops as A
-import reference.cocktail_ops as R
-from reference.schedules import gmp_density_at
+import twinsparse.accel.cocktail_ops as A
+import twinsparse.reference.cocktail_ops as R
+from twinsparse.reference.schedules import gmp_density_at
 
 
 def to_np(x):

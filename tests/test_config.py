@@ -1,7 +1,7 @@
 """TOML experiment configs and run validation: every bad key or value names itself."""
 import pytest
 
-from reference.config import ConfigError, RunConfig, load_experiment, parse_experiment
+from twinsparse.reference.config import ConfigError, RunConfig, load_experiment, parse_experiment
 
 GOOD = """
 [experiment]

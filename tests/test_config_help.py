@@ -7,8 +7,8 @@ from dataclasses import fields
 
 import pytest
 
-from accel.cli import _parser, main
-from reference.config import ConfigError, RunConfig, config_reference, key_owner, parse_experiment
+from twinsparse.accel.cli import _parser, main
+from twinsparse.reference.config import ConfigError, RunConfig, config_reference, key_owner, parse_experiment
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "config.md")
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accel import cram as AC
-from accel.cli import main
-from accel.cram_optim import CrAM, frozen_bn_stats
-from accel.models import mlp_from_reference
-from reference.config import ConfigError, RunConfig
-from reference.cram import sample_compression, topk_compression
-from reference.cram_spec import parse_compression, parse_compressions, parse_eval_patterns
-from reference.cram_train import cram_step
-from reference.nn import init_mlp, mlp_forward
+from twinsparse.accel import cram_ops as AC
+from twinsparse.accel.cli import main
+from twinsparse.accel.cram_optimizer import CrAM, frozen_bn_stats
+from twinsparse.accel.models import mlp_from_reference
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.cram_ops import sample_compression, topk_compression
+from twinsparse.reference.cram_options import parse_compression, parse_compressions, parse_eval_patterns
+from twinsparse.reference.cram_procedure import cram_step
+from twinsparse.reference.nn import init_mlp, mlp_forward
 
 
 
@@ -241,8 +241,8 @@ def test_wrapper_works_around_adam_and_trains():
 
 
 def test_adam_run_config_trains_on_accel():
-    from accel.cram_train import train_cram_accel
-    from accel.runner import load_split
+    from twinsparse.accel.cram_procedure import train_cram_accel
+    from twinsparse.accel.runner import load_split
     cfg = RunConfig(procedure="cram", optimizer="adam", lr=1e-3, epochs=1, hidden=[16], train_budget=100,
                     batch_size=25, batchnorm=True, cram_compressions=["topk:0.7"], lr_schedule="cosine",
                     cram_uniform_first_last_dense=False).validate()

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-import accel.ops as A
-import reference.ops as R
-from accel.runner import load_split
-from reference.config import ConfigError, RunConfig
-from accel.backends import run_procedure
-from reference.d2sparse import Views, best_alpha, derive_seed, masked, state_densities, total_epochs
+import twinsparse.accel.ops as A
+import twinsparse.reference.ops as R
+from twinsparse.accel.runner import load_split
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.accel.backends import run_procedure
+from twinsparse.reference.d2sparse import Views, best_alpha, derive_seed, masked, state_densities, total_epochs
 
 TINY = dict(method="rigl", density=0.1, train_budget=60, hidden=[24, 12], batch_size=16, delta_t=3,
             d2_warmup_epochs=1, d2_state_epochs=2, d2_finetune_epochs=1, d2_baseline_epochs=2, d2_view_pool=1,
@@ -167,7 +167,7 @@ def test_one_shot_is_a_single_state_at_the_final_density():
 
 
 def test_cli_runs_d2sparse_and_logs_one_record_per_state(tmp_path):
-    from accel.cli import main
+    from twinsparse.accel.cli import main
     args = ["train", "--procedure", "d2sparse", "--method", "rigl", "--density", "0.1", "--train-budget", "60",
             "--hidden", "24", "12", "--batch-size", "16", "--d2-states", "2", "--d2-warmup-epochs", "1",
             "--d2-state-epochs", "1", "--d2-finetune-epochs", "1", "--d2-view-pool", "1", "--test-per-class", "20",

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from reference import data as D
+from twinsparse.reference import data as D
 
 
 def test_path_points_at_shipped_file():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from accel import data as AD
-from accel.cli import main
-from accel.runner import load_split
-from accel.train import build_model_for, train_accel
-from reference import datasets as RD
-from reference.config import ConfigError, RunConfig
+from twinsparse.accel import data as AD
+from twinsparse.accel.cli import main
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import build_model_for, train_accel
+from twinsparse.reference import datasets as RD
+from twinsparse.reference.config import ConfigError, RunConfig
 
 
 def write_cifar(root, name="cifar10", n=6, seed=0):
@@ -224,8 +224,8 @@ def test_models_take_channels_and_size_from_the_data(model):
 
 
 def test_vit_attention_projections_are_prunable_and_stay_zero():
-    from accel.prunable import discover_prunable
-    from accel.sparsifier import Sparsifier
+    from twinsparse.accel.prunable import discover_prunable
+    from twinsparse.accel.sparsifier import Sparsifier
     m = build_model_for(RunConfig(model="vit"), (3, 8, 8), 4)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
     sp = Sparsifier(m, opt, density=0.5, method="rigl", total_steps=4)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from accel.runner import load_split
-from accel.train import train_accel
-from reference.config import RunConfig
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import train_accel
+from twinsparse.reference.config import RunConfig
 
 CFG = dict(hidden=[32], epochs=2, batch_size=32, train_budget=320, delta_t=2, dtype="float64", seed=1,
            ddp_verify_masks=True)
@@ -31,7 +31,7 @@ def _free_port():
 def _worker(rank, world, port, cfg_kw, out_dir, die_at, timeout_s):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from accel import distributed as ddp
+    from twinsparse.accel import distributed as ddp
     result = {"rank": rank}
     try:
         ddp.init_from_env(timeout_s=timeout_s)
@@ -55,8 +55,8 @@ def _procedure_worker(rank, world, port, cfg_kw, out_dir, stop_at_record, timeou
     stops dead (a preempted job) when record ``stop_at_record`` is emitted."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from accel import distributed as ddp
-    from accel.backends import run_procedure
+    from twinsparse.accel import distributed as ddp
+    from twinsparse.accel.backends import run_procedure
     ddp.init_from_env(timeout_s=timeout_s)
     cfg = RunConfig(**cfg_kw).validate()
     records = []
@@ -119,7 +119,7 @@ def test_a_dead_rank_fails_the_other_with_a_clear_error(tmp_path):
 def test_a_preempted_procedure_resumes_on_every_rank(tmp_path):
     """IMP under DDP, all ranks stopped after iteration 1's record, relaunched with resume: every
     rank restores from rank 0's checkpoint and ends with the masks of a single-process run."""
-    from accel.backends import run_procedure
+    from twinsparse.accel.backends import run_procedure
     cfg_kw = {**CFG, "procedure": "imp", "method": "dense", "density": 1.0, "epochs": 2, "imp_iterations": 2,
               "imp_rate": 0.5, "imp_rewind_epoch": 1}
     _launch(tmp_path, cfg_kw, die_at=2, target=_procedure_worker)

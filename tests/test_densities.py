@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.densities as AD
-from reference.densities import (DISTRIBUTIONS, er_densities, erk_densities, global_magnitude_densities,
+import twinsparse.accel.densities as AD
+from twinsparse.reference.densities import (DISTRIBUTIONS, er_densities, erk_densities, global_magnitude_densities,
                                  layer_densities_for, uniform_densities)
 
 

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from accel.train import device_batches
-from reference.config import RunConfig
-from reference.train import default_batches
+from twinsparse.accel.train import device_batches
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.train import default_batches
 
 
 def test_device_batches_equal_the_standard_pipeline():

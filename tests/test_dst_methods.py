@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accel import Sparsifier, densities, methods
-from accel.models import MLP
-from reference.config import ConfigError, RunConfig
-from reference.methods import allocate_proportional
-from reference.schedules import drop_fraction_at, gmp_density_at, update_due
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.accel.models import MLP
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.methods import allocate_proportional
+from twinsparse.reference.schedules import drop_fraction_at, gmp_density_at, update_due
 
 SIZES = (12, 10, 8, 3)
 

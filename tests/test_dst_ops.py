@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import accel.dst as A
-import accel.topk as AT
-import reference.dst as R
-import reference.topk as RT
+import twinsparse.accel.dst as A
+import twinsparse.accel.topk as AT
+import twinsparse.reference.dst as R
+import twinsparse.reference.topk as RT
 
 IMPLS = pytest.mark.parametrize("impl", [R, A], ids=["reference", "accel"])
 

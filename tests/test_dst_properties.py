@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from accel import Sparsifier, densities, methods
+from twinsparse.accel import Sparsifier, densities, methods
 
 
 class _Net(nn.Module):

@@ -9,9 +9,9 @@ torch.cuda.set_sync_debug_mode("error").
 import pytest
 import torch
 
-from accel import Sparsifier, contract, densities, kernels, methods
-from accel.bench import ShapeNet, resnet18_shapes, resnet50_shapes
-from reference.methods import ACDC, SupTickets
+from twinsparse.accel import Sparsifier, contract, densities, kernels, methods
+from twinsparse.accel.bench import ShapeNet, resnet18_shapes, resnet50_shapes
+from twinsparse.reference.methods import ACDC, SupTickets
 
 T = 12
 
@@ -97,7 +97,7 @@ def test_plain_step_launches_are_few():
 def test_the_contract_holds_on_the_cuda_kernels(method_name):
     """The kernel path (emulated on the CPU): a plain step is the guard kernel and one fused update
     kernel, whatever the number of layers; a RigL update adds the segmented top-k chain."""
-    simt = pytest.importorskip("conformance.simt")
+    simt = pytest.importorskip("twinsparse.accel.kernels.simt")
     if simt.unavailable_reason():
         pytest.skip(simt.unavailable_reason())
     small = _run("resnet18", method_name, "sgd", emulate=simt.SimtBackend())

@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from accel import checkpoint as ack
-from accel.cli import main
-from accel.export import (MaskBankError, UnknownMaskSetError, apply_masks, check_export_accuracy,
+from twinsparse.accel import checkpoint as ack
+from twinsparse.accel.cli import main
+from twinsparse.accel.export import (MaskBankError, UnknownMaskSetError, apply_masks, check_export_accuracy,
                           export_semi_structured, is_two_four, load_exported, load_mask_bank, param_count,
                           save_mask_bank, semi_structured_supported, slim_channels)
-from accel.masks import channel_masks, nm_masks, random_masks, random_scores
-from accel.models import MLP, ResNet18, SmallCNN, VGG16
-from accel.prunable import discover_prunable
+from twinsparse.accel.masks import channel_masks, nm_masks, random_masks, random_scores
+from twinsparse.accel.models import MLP, ResNet18, SmallCNN, VGG16
+from twinsparse.accel.prunable import discover_prunable
 
 F64 = torch.float64
 
@@ -254,9 +254,9 @@ def test_mask_bank_errors(tmp_path):
 @pytest.fixture(scope="module")
 def channel_checkpoint(tmp_path_factory):
     """A real (tiny) training checkpoint whose masks were replaced by channel masks."""
-    from accel.runner import load_split
-    from accel.train import train_accel
-    from reference.config import RunConfig
+    from twinsparse.accel.runner import load_split
+    from twinsparse.accel.train import train_accel
+    from twinsparse.reference.config import RunConfig
     cfg = RunConfig(hidden=[24, 16], batchnorm=True, epochs=1, batch_size=50, train_budget=100, method="static",
                     density=0.5, dtype="float64", seed=1).validate()
     split = load_split(cfg)

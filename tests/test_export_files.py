@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from accel import checkpoint as ack
-from accel.cli import main
-from accel.export import load_exported
-from accel.export_files import unpack_mask
-from accel.runner import load_split
-from accel.train import train_accel
-from reference.config import RunConfig
+from twinsparse.accel import checkpoint as ack
+from twinsparse.accel.cli import main
+from twinsparse.accel.export import load_exported
+from twinsparse.accel.export_files import unpack_mask
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import train_accel
+from twinsparse.reference.config import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_export_errors_name_the_file(tmp_path, cnn_checkpoint, capsys):
     out = tmp_path / "m.pt"
     assert main(["export", path, "--format", "dense", "--out", str(out)]) == 0
     (tmp_path / "m.json").unlink()
-    from reference.checkpoint import CheckpointError
+    from twinsparse.reference.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match=r"architecture and masks in m.json beside it, which is missing"):
         load_exported(str(out))
     assert main(["export", path, "--format", "dense", "--out", str(out)]) == 0

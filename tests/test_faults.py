@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from accel import checkpoint as ack
-from accel.runner import run_experiment
-from accel.rundir import LOCK_NAME, RunDirectoryError, RunLock
-from reference import checkpoint as rck
-from reference import safeio
-from reference.config import ExperimentConfig, RunConfig
+from twinsparse.accel import checkpoint as ack
+from twinsparse.accel.runner import run_experiment
+from twinsparse.accel.rundir import LOCK_NAME, RunDirectoryError, RunLock
+from twinsparse.reference import checkpoint as rck
+from twinsparse.reference import safeio
+from twinsparse.reference.config import ExperimentConfig, RunConfig
 
 TINY = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)
 TIME_KEYS = ("epoch_time", "time_s")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from accel.runner import load_split
-from accel.train import train_accel
-from reference.config import ConfigError, RunConfig
-from reference.methods import GMP
-from reference.schedules import gmp_density_at
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import train_accel
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.methods import GMP
+from twinsparse.reference.schedules import gmp_density_at
 
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
@@ -68,7 +68,7 @@ def test_gmp_invariants_over_random_models(widths, final, delta_t, scope, opt, s
     """After every iteration: masks nested, active count = the schedule's target at each update
     (exact), pruned weights and every optimizer slot exactly 0 (weight decay / momentum never
     revive them), nothing non-finite."""
-    from accel import Sparsifier
+    from twinsparse.accel import Sparsifier
     torch.manual_seed(seed)
     dims = [16, *widths, 3]
     model = torch.nn.Sequential(*[m for a, b in zip(dims, dims[1:]) for m in (torch.nn.Linear(a, b), torch.nn.ReLU())][:-1])

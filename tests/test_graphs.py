@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accel import Sparsifier, densities, methods
-from accel.graphs import GraphedStep
-from accel.models import MLP
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.accel.graphs import GraphedStep
+from twinsparse.accel.models import MLP
 
 
 class FakeGraph:

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-import accel.ops as A
-import reference.ops as R
-from accel.engine import AccelEngine
-from accel.runner import load_split
-from conformance.tolerances import tolerance
-from reference.config import ConfigError, RunConfig
-from reference.engine import ReferenceEngine
-from reference.imp import prune_fraction_of_remaining, run_imp
+import twinsparse.accel.ops as A
+import twinsparse.reference.ops as R
+from twinsparse.accel.engine import AccelEngine
+from twinsparse.accel.runner import load_split
+from twinsparse.conformance.tolerances import tolerance
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.engine import ReferenceEngine
+from twinsparse.reference.imp import prune_fraction_of_remaining, run_imp
 
 TINY = dict(procedure="imp", epochs=3, imp_iterations=3, imp_rate=0.3, imp_rewind_epoch=1, train_budget=100,
             hidden=[24, 12], batch_size=20, test_per_class=20)

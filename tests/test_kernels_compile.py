@@ -21,8 +21,8 @@ import torch
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from accel import kernels
-import reference.topk as RT
+from twinsparse.accel import kernels
+import twinsparse.reference.topk as RT
 
 SOURCES = sorted(kernels.KERNEL_DIR.glob("*.cu"))
 ARCHS = ("sm_80", "sm_90")
@@ -227,7 +227,7 @@ def test_source_inlines_each_local_header_once(tmp_path, monkeypatch):
 
 def test_host_constants_match_the_sources():
     """The numbers the wrappers size launches with are the ones the kernels were written for."""
-    from accel.kernels import merge, nm, topk
+    from twinsparse.accel.kernels import merge, nm, topk
     src = {f: (kernels.KERNEL_DIR / f).read_text() for f in ("topk.cu", "nm_mask.cu", "merge.cu")}
     assert f"#define TOPK_MIN_BLOCKS {topk.BLOCKS_PER_SM}" in src["topk.cu"]
     assert f"#define TOPK_FILTER_MIN_BLOCKS {topk.FILTER_BLOCKS_PER_SM}" in src["topk.cu"]
@@ -265,7 +265,7 @@ def test_persistent_grid_kernels_fit_their_resident_blocks(arch, tmp_path):
     relies on all of them being resident (__launch_bounds__): registers and shared memory allow it."""
     if NVCC is None:
         pytest.skip("nvcc not found: the resource report needs it")
-    from accel.kernels import topk
+    from twinsparse.accel.kernels import topk
     rep = ptxas_report(kernels.KERNEL_DIR / "topk.cu", arch, tmp_path)
     assert set(rep) == set(kernels.KERNELS["topk.cu"])
     for name, (regs, smem, spill) in rep.items():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from accel import kernels
-from conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
+from twinsparse.accel import kernels
+from twinsparse.conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not kernels.available(), reason=f"CUDA kernels: {kernels.unavailable_reason()}")]
@@ -68,7 +68,7 @@ def test_topk_on_a_side_stream_and_with_grad_inputs():
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (2, 6), (16, 32), (0, 4), (4, 4)])
 @pytest.mark.parametrize("axis", ["reduction", "rows"])
 def test_nm_mask_matches_torch(dtype, n, m, axis, torch_path):
-    from accel.masks import nm_mask
+    from twinsparse.accel.masks import nm_mask
     g = torch.Generator(device="cpu").manual_seed(2)
     for shape in [(64, 4 * m), (32, 2 * m, 3, 3), (16, m, 1, 1)]:
         w = (torch.randint(-2, 3, shape, generator=g).to(dtype) * 0.25).to(DEV)   # many ties
@@ -78,8 +78,8 @@ def test_nm_mask_matches_torch(dtype, n, m, axis, torch_path):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("momentum,nesterov,dampening,wd", SGD_SETTINGS)
 def test_masked_sgd_step_all_matches_reference(dtype, momentum, nesterov, dampening, wd):
-    import reference.optim as RO
-    from accel.optim import masked_sgd_step_all
+    import twinsparse.reference.optim as RO
+    from twinsparse.accel.optim import masked_sgd_step_all
     shapes = {"a": (64, 3, 3, 3), "b": (512, 4608 // 9, 3, 3), "c": (10, 512), "d": (7,)}
     ws, gs, ms, bs = sgd_case(shapes, dtype, momentum)
     hp = dict(lr=0.1, momentum=momentum, weight_decay=wd, dampening=dampening, nesterov=nesterov)
@@ -100,8 +100,8 @@ def _one_step_from_identical_states(opt_name, torch_path):
     """The kernel path and the torch path each take ONE Sparsifier step from the same weights,
     masks, optimizer state and gradients (no forward pass in between, so nothing amplifies a
     difference): their results, in units of the last place."""
-    from accel import Sparsifier, densities, methods
-    from accel.models import build_model
+    from twinsparse.accel import Sparsifier, densities, methods
+    from twinsparse.accel.models import build_model
 
     def run(disable):
         torch.manual_seed(0)
@@ -140,8 +140,8 @@ def test_one_fused_step_is_within_a_few_ulps_of_torchs_fused_update(opt_name, to
 def test_fused_step_training_matches_the_torch_path_without_batchnorm(torch_path):
     """A whole training run (forward, backward, step) on an MLP without BatchNorm, deterministic:
     the two paths stay within float32 rounding of each other after 5 steps."""
-    from accel import Sparsifier, densities, methods
-    from accel.models import build_model
+    from twinsparse.accel import Sparsifier, densities, methods
+    from twinsparse.accel.models import build_model
 
     def run(disable):
         torch.manual_seed(0)
@@ -165,8 +165,8 @@ def test_fused_step_training_matches_the_torch_path_without_batchnorm(torch_path
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_masked_adam_kernel_matches_reference(amsgrad, decoupled):
-    import reference.optim as RO
-    from accel.optim import masked_adam_step
+    import twinsparse.reference.optim as RO
+    from twinsparse.accel.optim import masked_adam_step
     g = torch.Generator().manual_seed(5)
     shp = (256, 128, 3, 3)
     m = torch.rand(shp, generator=g) < 0.3
@@ -184,8 +184,8 @@ def test_masked_adam_kernel_matches_reference(amsgrad, decoupled):
 
 
 def _cuda_setup(method, shapes_fn, width=16):
-    from accel import Sparsifier, densities
-    from accel.bench import ShapeNet, resnet50_shapes
+    from twinsparse.accel import Sparsifier, densities
+    from twinsparse.accel.bench import ShapeNet, resnet50_shapes
     torch.manual_seed(0)
     model = ShapeNet(shapes_fn(width=width) if shapes_fn is not resnet50_shapes else
                      resnet50_shapes(width=width, num_classes=10)).to(DEV)
@@ -196,8 +196,8 @@ def _cuda_setup(method, shapes_fn, width=16):
 def test_no_host_sync_on_plain_steps_and_at_most_one_per_update(recwarn):
     """torch.cuda.set_sync_debug_mode: 'error' around plain steps (any sync raises), 'warn' around
     an update (at most one warning)."""
-    from accel import methods
-    from accel.bench import resnet50_shapes
+    from twinsparse.accel import methods
+    from twinsparse.accel.bench import resnet50_shapes
     model, sp = _cuda_setup(methods.RigL(delta_t=5, t_end=100), resnet50_shapes)
     params = list(model.parameters())
     grads = [[torch.randn_like(p) for p in params] for _ in range(10)]
@@ -218,8 +218,8 @@ def test_no_host_sync_on_plain_steps_and_at_most_one_per_update(recwarn):
 
 
 def test_launches_do_not_grow_with_the_number_of_layers_on_the_gpu():
-    from accel import contract, methods
-    from accel.bench import resnet18_shapes, resnet50_shapes
+    from twinsparse.accel import contract, methods
+    from twinsparse.accel.bench import resnet18_shapes, resnet50_shapes
     counts = {}
     for name, fn in (("18", resnet18_shapes), ("50", resnet50_shapes)):
         model, sp = _cuda_setup(methods.RigL(delta_t=3, t_end=100), fn)
@@ -242,9 +242,9 @@ def test_cuda_graph_replay_equals_eager_training(method_name):
     """GraphedStep: plain iterations replayed from one CUDA graph, updates eager; the result equals
     the same training run eagerly (an MLP without BatchNorm: no cuDNN algorithm choice involved)."""
     import torch.nn.functional as F
-    from accel import Sparsifier, densities, methods
-    from accel.graphs import GraphedStep
-    from accel.models import build_model
+    from twinsparse.accel import Sparsifier, densities, methods
+    from twinsparse.accel.graphs import GraphedStep
+    from twinsparse.accel.models import build_model
     g = torch.Generator(device="cpu").manual_seed(3)
     data = [(torch.randn(64, 784, generator=g).to(DEV), torch.randint(0, 10, (64,), generator=g).to(DEV))
             for _ in range(24)]
@@ -272,12 +272,12 @@ def test_cuda_graph_replay_equals_eager_training(method_name):
 
 
 def test_dst_ee_scores_and_cia_and_umg_match_reference():
-    import reference.cocktail_ops as RCO
-    import reference.dst as RD
-    import reference.merge as RMG
-    from accel.cocktail_ops import umg_channel_scores
-    from accel.dst import dst_ee_scores
-    from accel.merge import superpose_cia
+    import twinsparse.reference.cocktail_ops as RCO
+    import twinsparse.reference.dst as RD
+    import twinsparse.reference.merge as RMG
+    from twinsparse.accel.cocktail_ops import umg_channel_scores
+    from twinsparse.accel.dst import dst_ee_scores
+    from twinsparse.accel.merge import superpose_cia
     rng = np.random.default_rng(4)
     grads = {f"l{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate([(64, 27), (128, 576), (10,)])}
     counters = {k: rng.integers(0, 9, v.shape) for k, v in grads.items()}

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from accel import kernels
-from conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
+from twinsparse.accel import kernels
+from twinsparse.conformance.kernel_cases import check_segmented, ref_topk_within, segmented_case
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not kernels.available(), reason=f"CUDA kernels: {kernels.unavailable_reason()}")]
@@ -28,7 +28,7 @@ L2_ROTATE_BYTES = 1 << 30          # inputs rotated through at least this much m
 
 
 def resnet50_shapes():
-    from accel.bench.shapes import resnet50_shapes as shapes
+    from twinsparse.accel.bench.shapes import resnet50_shapes as shapes
     return shapes()
 
 
@@ -124,7 +124,7 @@ def test_topk_with_device_counts_never_synchronises_and_unaligned_views_work():
 
 
 def test_nm_masks_one_launch_for_resnet50_equals_the_torch_path(monkeypatch):
-    from accel.masks import nm_masks
+    from twinsparse.accel.masks import nm_masks
     g = torch.Generator().manual_seed(5)
     ws = {f"l{i}": (torch.randint(-3, 4, s, generator=g) * 0.5).float().to(DEV) for i, s in enumerate(resnet50_shapes())}
     with warnings.catch_warnings():
@@ -140,8 +140,8 @@ def test_nm_masks_one_launch_for_resnet50_equals_the_torch_path(monkeypatch):
 
 
 def test_nm_and_umg_report_non_finite_weights():
-    from accel.cocktail_ops import umg_channel_scores_all
-    from accel.masks import nm_masks
+    from twinsparse.accel.cocktail_ops import umg_channel_scores_all
+    from twinsparse.accel.masks import nm_masks
     ws = {"a": torch.randn(64, 64, 3, 3, device=DEV), "b": torch.randn(10, 512, device=DEV)}
     ws["b"][3, 7] = float("nan")
     with pytest.raises(ValueError, match="weight 'b' contains 1 non-finite"):
@@ -151,10 +151,10 @@ def test_nm_and_umg_report_non_finite_weights():
 
 
 def test_dst_ee_cia_bit_for_bit_and_umg_close_at_resnet50_sizes():
-    import reference.cocktail_ops as RCO
-    import reference.dst as RD
-    import reference.merge as RMG
-    from accel.cocktail_ops import umg_channel_scores_all
+    import twinsparse.reference.cocktail_ops as RCO
+    import twinsparse.reference.dst as RD
+    import twinsparse.reference.merge as RMG
+    from twinsparse.accel.cocktail_ops import umg_channel_scores_all
     rng = np.random.default_rng(6)
     shapes = resnet50_shapes()
     grads = {f"l{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
@@ -208,7 +208,7 @@ def test_target_global_topk_within_4x_the_one_read_floor_and_faster_than_torch_t
 
 
 def test_target_segmented_topk_drop_grow_nm_umg_dst_cia_on_resnet50(bandwidth):
-    from accel.cocktail_ops import umg_channel_scores_all
+    from twinsparse.accel.cocktail_ops import umg_channel_scores_all
     shapes, sizes, n, sets = _resnet50_case()
     ks = [int(0.1 * s + 0.5) for s in sizes]
     rows = {}

@@ -1,4 +1,4 @@
-"""The CUDA kernels (accel/kernels/*.cu) executed on the CPU by the SIMT emulator (conformance/simt).
+"""The CUDA kernels (accel/kernels/*.cu) executed on the CPU by the SIMT emulator (accel/kernels/simt).
 
 No GPU is needed: the unchanged sources run with real barriers and warp collectives, driven by the
 loader's own host code, so these tests check the kernels' logic, their tie rule, their block and
@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from accel import kernels
-from conformance import simt
-from conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
-import reference.cocktail_ops as RCO
-import reference.dst as RD
-import reference.masks as RM
-import reference.merge as RMG
-import reference.optim as RO
-import reference.topk as RT
+from twinsparse.accel import kernels
+from twinsparse.accel.kernels import simt
+from twinsparse.conformance.kernel_cases import SGD_SETTINGS, check_segmented, ref_topk_within, segmented_case, sgd_case
+import twinsparse.reference.cocktail_ops as RCO
+import twinsparse.reference.dst as RD
+import twinsparse.reference.masks as RM
+import twinsparse.reference.merge as RMG
+import twinsparse.reference.optim as RO
+import twinsparse.reference.topk as RT
 
 pytestmark = pytest.mark.skipif(simt.unavailable_reason() is not None,
                                 reason=f"SIMT emulator: {simt.unavailable_reason()}")
@@ -312,7 +312,7 @@ def test_a_whole_buffer_with_the_production_chunk(emulated):
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (4, 8), (3, 8), (2, 6), (16, 32), (0, 4), (4, 4)])
 @pytest.mark.parametrize("axis", ["reduction", "rows"])
 def test_nm_mask_matches_the_torch_path(emulated, dtype, n, m, axis):
-    from accel.masks import nm_mask
+    from twinsparse.accel.masks import nm_mask
     g = torch.Generator().manual_seed(2)
     for shape in [(8, 4 * m), (4, 2 * m, 3, 3), (3, m, 1, 1)]:
         w = torch.randint(-2, 3, shape, generator=g).to(dtype) * 0.25       # many ties
@@ -337,7 +337,7 @@ def _model_weights(dtype, g):
 @pytest.mark.parametrize("axis", ["reduction", "rows"])
 @pytest.mark.parametrize("n,m", [(2, 4), (5, 8), (3, 6)])
 def test_nm_masks_one_launch_for_a_whole_model_equals_the_reference(emulated, n, m, axis):
-    from accel.masks import nm_masks
+    from twinsparse.accel.masks import nm_masks
     ws = _model_weights(torch.float32, torch.Generator().manual_seed(n + m))
     with emulated(seed=m, max_blocks=3) as b, pytest.warns(UserWarning, match="dense"):
         got, dense = nm_masks(ws, n, m, axis)
@@ -352,7 +352,7 @@ def test_nm_masks_one_launch_for_a_whole_model_equals_the_reference(emulated, n,
 def test_nm_masks_mixed_dtypes_and_unaligned_views(emulated):
     """float32 and float64 layers: one launch per dtype, each skipping the other's tensors; layers
     that are views at offsets of one flat buffer (not 16-byte aligned: the scalar loads)."""
-    from accel.masks import nm_masks
+    from twinsparse.accel.masks import nm_masks
     g = torch.Generator().manual_seed(9)
     flat = torch.randn(1 + 64 * 32 + 12 * 8 * 3 * 3, generator=g)
     ws = {"lin": flat[1:1 + 64 * 32].view(64, 32), "conv": flat[1 + 64 * 32:].view(12, 8, 3, 3),
@@ -369,7 +369,7 @@ def test_nm_masks_mixed_dtypes_and_unaligned_views(emulated):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("momentum,nesterov,dampening,wd", SGD_SETTINGS)
 def test_masked_sgd_step_all_equals_the_reference_bit_for_bit(emulated, dtype, momentum, nesterov, dampening, wd):
-    from accel.optim import masked_sgd_step_all
+    from twinsparse.accel.optim import masked_sgd_step_all
     shapes = {"a": (16, 3, 3, 3), "b": (40, 30), "c": (10, 51), "d": (7,)}
     ws, gs, ms, bs = sgd_case(shapes, dtype, momentum)
     hp = dict(lr=0.1, momentum=momentum, weight_decay=wd, dampening=dampening, nesterov=nesterov)
@@ -389,8 +389,8 @@ def test_sparsifier_fused_optimizer_step_matches_the_torch_path(emulated, opt_na
     """Sparsifier.step on a model: the guard (one nonfinite_check launch) and the optimizer's
     update (one masked_sgd / masked_adam launch for every tensor) on the emulated kernels, against
     the torch path (masked gradients + torch's fused update)."""
-    from accel import Sparsifier, densities, methods
-    from accel.models import build_model
+    from twinsparse.accel import Sparsifier, densities, methods
+    from twinsparse.accel.models import build_model
 
     def run(emulate):
         torch.manual_seed(0)
@@ -434,9 +434,9 @@ def test_sparsifier_fused_optimizer_step_matches_the_torch_path(emulated, opt_na
 
 @pytest.mark.parametrize("form", ["eq1", "text"])
 def test_dst_ee_scores_and_cia_equal_the_reference_and_umg_is_close(emulated, form):
-    from accel.cocktail_ops import umg_channel_scores
-    from accel.dst import dst_ee_scores
-    from accel.merge import superpose_cia
+    from twinsparse.accel.cocktail_ops import umg_channel_scores
+    from twinsparse.accel.dst import dst_ee_scores
+    from twinsparse.accel.merge import superpose_cia
     rng = np.random.default_rng(4)
     grads = {f"l{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate([(16, 27), (32, 76), (10,)])}
     counters = {k: rng.integers(0, 9, v.shape) for k, v in grads.items()}
@@ -471,7 +471,7 @@ def _umg_layers(rng, dtype, exact):
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_umg_channel_scores_all_one_launch_for_every_layer(emulated, exact):
-    from accel.cocktail_ops import umg_channel_scores_all
+    from twinsparse.accel.cocktail_ops import umg_channel_scores_all
     rng = np.random.default_rng(6)
     ws, mu, mnm = _umg_layers(rng, np.float32, exact)
     w64, mu64, mnm64 = _umg_layers(rng, np.float64, exact)
@@ -494,7 +494,7 @@ def test_umg_channel_scores_all_one_launch_for_every_layer(emulated, exact):
 def test_umg_channel_masks_score_once_and_select_once(emulated):
     """Sparse Cocktail's channel masks: one score launch for every layer, then one segmented top-k
     chain (nested among the alive channels), equal to the reference."""
-    from accel.cocktail_ops import umg_channel_masks
+    from twinsparse.accel.cocktail_ops import umg_channel_masks
     rng = np.random.default_rng(7)
     ws, mu, mnm = _umg_layers(rng, np.float32, True)
     names = [f"conv{i}.weight" for i in range(len(ws))]
@@ -517,9 +517,9 @@ def test_nm_and_umg_kernels_flag_non_finite_weights_as_they_read_them(emulated, 
     """No separate finiteness pass on the kernel path: the N:M and UMG kernels flag NaN / inf
     (contiguous and strided groups; "stem" is a layer N:M leaves dense, checked on its own), the
     error names the layer; inside an update the check waits for the commit."""
-    from accel import deferred
-    from accel.cocktail_ops import umg_channel_masks, umg_channel_scores_all
-    from accel.masks import nm_masks
+    from twinsparse.accel import deferred
+    from twinsparse.accel.cocktail_ops import umg_channel_masks, umg_channel_scores_all
+    from twinsparse.accel.masks import nm_masks
     ws = _model_weights(torch.float32, torch.Generator().manual_seed(1))
     ws[where].view(-1)[7] = bad
     with emulated() as b, pytest.raises(ValueError, match=rf"weight '{where}' contains 1 non-finite"):
@@ -540,9 +540,9 @@ def test_dst_ee_and_cia_whole_model_bit_for_bit_with_unaligned_views(emulated, d
     """Layers as views at offsets of one flat buffer (some 16-byte aligned, some not), chunks that
     split layers and end off a vector boundary: one launch each, equal to the reference bit for
     bit, and returned as one flat buffer."""
-    from accel.dst import dst_ee_scores
-    from accel.flat import FlatDict
-    from accel.merge import superpose_cia
+    from twinsparse.accel.dst import dst_ee_scores
+    from twinsparse.accel.flat import FlatDict
+    from twinsparse.accel.merge import superpose_cia
     rng = np.random.default_rng(11)
     shapes = {"a": (3,), "b": (16, 27), "c": (33, 7), "d": (64, 3, 3), "e": (1,)}
     sizes = [int(np.prod(s)) for s in shapes.values()]
@@ -757,7 +757,7 @@ def test_addresssanitizer_build_reports_an_out_of_bounds_read_with_its_thread():
     process with AddressSanitizer's report, and the emulator names the launch and thread."""
     code = textwrap.dedent(f"""
         import numpy as np, torch
-        from conformance import simt
+        from twinsparse.accel.kernels import simt
         emu = simt.Emulator({str(PROBE_DIR)!r}, {PROBES!r})
         assert emu.sanitize
         x, out = torch.randn(100), torch.zeros(100)
@@ -784,8 +784,8 @@ def test_every_emulated_kernel_test_is_memory_clean_under_addresssanitizer():
 def test_mixed_dtypes_take_one_launch_each_and_one_block_walks_every_chunk(emulated):
     """A float32 + float64 network: one launch per dtype; with the grid capped at one block, that
     block's grid-stride loop covers every chunk of every tensor."""
-    from accel.merge import superpose_cia
-    from accel.optim import masked_sgd_step_all
+    from twinsparse.accel.merge import superpose_cia
+    from twinsparse.accel.optim import masked_sgd_step_all
     g = torch.Generator().manual_seed(7)
     dtypes = {"a": torch.float32, "b": torch.float64, "c": torch.float32, "d": torch.float64}
     shapes = {"a": (33, 17), "b": (5, 3, 3, 3), "c": (700,), "d": (1,)}

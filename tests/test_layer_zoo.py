@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import accel.masks as AM
-import reference.masks as RM
-from accel import densities as D
-from accel.prunable import discover_prunable, output_dims, reduction_dims
-from accel.sparsifier import Sparsifier
+import twinsparse.accel.masks as AM
+import twinsparse.reference.masks as RM
+from twinsparse.accel import densities as D
+from twinsparse.accel.prunable import discover_prunable, output_dims, reduction_dims
+from twinsparse.accel.sparsifier import Sparsifier
 
 
 class Zoo(nn.Module):

@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel import Sparsifier, densities, methods
-from accel.models import MLP
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.accel.models import MLP
 
 
 def _model(seed=0):
@@ -174,7 +174,7 @@ def test_methods_by_name_take_their_schedule_from_total_steps():
     m = _model()
     sp = Sparsifier(m, torch.optim.SGD(m.parameters(), lr=0.1), method=methods.GMP(final_density=0.1, prune_end=50))
     assert sp.total_density() == 1.0                        # no density needed for a method that starts dense
-    from accel.methods import SupTickets
+    from twinsparse.accel.methods import SupTickets
     assert SupTickets.name == "suptickets"
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.masks as A
-import reference.masks as R
+import twinsparse.accel.masks as A
+import twinsparse.reference.masks as R
 
 
 def np_in(x):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.merge as A
-import reference.merge as R
+import twinsparse.accel.merge as A
+import twinsparse.reference.merge as R
 
 
 def np_in(x):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from accel import Sparsifier, densities, methods
-from reference._checks import count_for_density
-from reference.acdc import phase_at
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.reference._checks import count_for_density
+from twinsparse.reference.acdc_ops import phase_at
 from tests.test_dst_properties import model_and_optimizer
 
 

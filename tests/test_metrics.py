@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 
-import accel.metrics as A
-import reference.metrics as R
-from conformance.convert import to_torch
+import twinsparse.accel.metrics as A
+import twinsparse.reference.metrics as R
+from twinsparse.conformance.convert import to_torch
 
 BACKENDS = [pytest.param((R, lambda v: v), id="reference"), pytest.param((A, lambda v: to_torch(v, "cpu")), id="accel")]
 LN3 = math.log(3.0)

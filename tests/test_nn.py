@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import reference.nn as R
-from accel.models import MLP, MODEL_NAMES, ResNet18, VGG16, build_model, mlp_from_reference, mlp_to_reference
+import twinsparse.reference.nn as R
+from twinsparse.accel.models import MLP, MODEL_NAMES, ResNet18, VGG16, build_model, mlp_from_reference, mlp_to_reference
 
 SIZES = (6, 5, 4, 3)
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.optim as A
-import reference.optim as R
+import twinsparse.accel.optim as A
+import twinsparse.reference.optim as R
 
 
 @pytest.mark.parametrize("hp", [dict(momentum=0.9, weight_decay=0.1), dict(momentum=0.9, nesterov=True),

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-import accel.events as EV
-import accel.runner as R
-from accel.rundir import canonical
-from reference.config import ExperimentConfig, RunConfig
+import twinsparse.accel.events as EV
+import twinsparse.accel.runner as R
+from twinsparse.accel.rundir import canonical
+from twinsparse.reference.config import ExperimentConfig, RunConfig
 
 BASE = dict(hidden=[16], epochs=3, batch_size=50, train_budget=200, method="rigl", density=0.2, delta_t=3,
             log_every=2, t_end_fraction=1.0)
@@ -26,7 +26,7 @@ def _lines(path):
 
 def _due(cfg):
     """The iterations at which the method updates its masks (4 iterations per epoch)."""
-    from reference.methods import from_run_config
+    from twinsparse.reference.methods import from_run_config
     m = from_run_config(cfg, 12, 4)
     return [t for t in range(1, 13) if m.due(t)]
 
@@ -147,7 +147,7 @@ def _hist(acc, dens):
 
 
 def test_every_run_gets_its_own_style_and_runs_of_a_method_share_a_colour():
-    from accel.plots import styles
+    from twinsparse.accel.plots import styles
     methods = ["dense", "static", "set", "rigl", "snfs", "granet", "dst_ee"]
     labels = ["dense"] + [f"{m}-s{s}" for s in (90, 95, 98) for m in methods[1:]]
     st = styles(labels, {lb: lb.split("-")[0] for lb in labels})
@@ -165,7 +165,7 @@ def test_density_is_averaged_over_seeds_and_the_legend_sits_outside_the_axes():
 
     import matplotlib.pyplot as plt
 
-    from accel.plots import figure, series
+    from twinsparse.accel.plots import figure, series
     res = OrderedDict(granet=[_hist([0.1, 0.5], [0.4, 0.1]), _hist([0.3, 0.7], [0.2, 0.1])],
                       dense=[_hist([0.2, 0.6], [1.0, 1.0])])
     s = series(res["granet"])
@@ -184,8 +184,8 @@ def test_density_is_averaged_over_seeds_and_the_legend_sits_outside_the_axes():
 
 
 def test_twinsparse_plot_redraws_curves_from_the_logs(tmp_path):
-    from accel.cli import main
-    from accel.plots import results_from_logs
+    from twinsparse.accel.cli import main
+    from twinsparse.accel.plots import results_from_logs
     out = tmp_path / "o"
     R.run_experiment(ExperimentConfig(name="t", output="unused", seeds=[0, 1], runs=[
         RunConfig(**{**BASE, "label": "a"}).validate(), RunConfig(**{**BASE, "label": "b", "method": "set"}).validate()]),

@@ -9,24 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-import accel.ops as AO
-import reference.ops as RO
-from accel import distributed as ddp
-from accel.cram_optim import CrAM
-from accel.engine import AccelEngine
-from accel.exploitation import measure
-from accel.models import mlp_from_reference
-from accel.runner import load_split
-from reference.config import ConfigError, RunConfig
-from reference.cram import base_step_at, topk_compression
-from reference.cram_spec import training_compressions, uniform_topk
-from reference.cram_train import cram_step
-from reference.d2sparse import state_masks
-from reference.engine import ReferenceEngine
-from reference.exploitation import exploitation_degree, exploitation_pair, grown_positions
-from reference.methods import from_run_config
-from reference.nn import init_mlp, mlp_forward, softmax_cross_entropy
-from reference.schedules import LRSchedule, lr_at, stage_collects, stage_lr
+import twinsparse.accel.ops as AO
+import twinsparse.reference.ops as RO
+from twinsparse.accel import distributed as ddp
+from twinsparse.accel.cram_optimizer import CrAM
+from twinsparse.accel.engine import AccelEngine
+from twinsparse.accel.exploitation import measure
+from twinsparse.accel.models import mlp_from_reference
+from twinsparse.accel.runner import load_split
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.cram_ops import base_step_at, topk_compression
+from twinsparse.reference.cram_options import training_compressions, uniform_topk
+from twinsparse.reference.cram_procedure import cram_step
+from twinsparse.reference.d2sparse import state_masks
+from twinsparse.reference.engine import ReferenceEngine
+from twinsparse.reference.exploitation import exploitation_degree, exploitation_pair, grown_positions
+from twinsparse.reference.methods import from_run_config
+from twinsparse.reference.nn import init_mlp, mlp_forward, softmax_cross_entropy
+from twinsparse.reference.schedules import LRSchedule, lr_at, stage_collects, stage_lr
 
 
 # ----------------------------------------------------------------------------- AC/DC phase plan
@@ -213,7 +213,7 @@ def test_measure_equals_the_reference_loss_difference_and_restores_the_model():
 
 
 def test_dst_ee_runs_log_the_exploitation_degree_beside_r():
-    from accel.train import train_accel
+    from twinsparse.accel.train import train_accel
     cfg = RunConfig(method="dst_ee", density=0.1, epochs=2, train_budget=200, batch_size=50, hidden=[16],
                     delta_t=2, test_per_class=20, dtype="float64").validate()
     out = train_accel(cfg, load_split(cfg))
@@ -262,7 +262,7 @@ def test_cram_uniform_keeps_the_first_and_last_layer_dense():
     assert comps[0].first_last_dense and comps[0].distribution == "uniform" and not comps[1].first_last_dense
     assert uniform_topk(cfg.replace(cram_uniform_first_last_dense=False), 0.9, "uniform").first_last_dense is False
     w = {f"fc.{i}.weight": np.random.default_rng(i).normal(size=(8, 8)) for i in range(3)}
-    from reference.cram import compress
+    from twinsparse.reference.cram_ops import compress
     out, _ = compress(w, uniform_topk(cfg, 0.75, "uniform"))
     assert [int(np.count_nonzero(out[n])) for n in w] == [64, 16, 64]   # only the middle layer pruned, 75%
     with pytest.raises(ConfigError, match=r"hidden=\[16\] has 2 layers, so uniform Top-K would prune none"):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-import accel.checkpoint as ACK
-import reference.checkpoint as RCK
-from accel.runner import load_split, train_one
-from reference.checkpoint import CheckpointError
-from reference.config import RunConfig
-from accel.backends import run_procedure
-from reference.stages import Stages
+import twinsparse.accel.checkpoint as ACK
+import twinsparse.reference.checkpoint as RCK
+from twinsparse.accel.runner import load_split, train_one
+from twinsparse.reference.checkpoint import CheckpointError
+from twinsparse.reference.config import RunConfig
+from twinsparse.accel.backends import run_procedure
+from twinsparse.reference.stages import Stages
 
 TINY = dict(train_budget=100, hidden=[24, 12], batch_size=20, test_per_class=20, dtype="float64")
 CASES = {
@@ -133,8 +133,8 @@ def test_checkpoint_holds_completed_top_level_stages_only(tmp_path):
     # a resumed finished run trains nothing: every stage is replayed
     records = []
     st = Stages(records.append, path=path, config=payload["config"], resume=True, io=RCK.IO)
-    from reference.d2sparse import run_d2
-    from reference.engine import ReferenceEngine
+    from twinsparse.reference.d2sparse import run_d2
+    from twinsparse.reference.engine import ReferenceEngine
     run_d2(ReferenceEngine(cfg, load_split(cfg)), cfg, stages=st)
     assert st.resumed == [("warmup",), ("state1",), ("state2",)] and [r["state"] for r in records] == [0, 1, 2]
 

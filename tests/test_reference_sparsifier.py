@@ -3,9 +3,9 @@ Sparsifier over whole runs; here its own rules)."""
 import numpy as np
 import pytest
 
-from reference.methods import RigL, Static
-from reference.nn import init_mlp, mlp_loss_and_grads
-from reference.sparsifier import Sparsifier
+from twinsparse.reference.methods import RigL, Static
+from twinsparse.reference.nn import init_mlp, mlp_loss_and_grads
+from twinsparse.reference.sparsifier import Sparsifier
 
 
 def _setup(method, nonfinite="raise"):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from accel import checkpoint as ack
-from accel.runner import load_split
-from accel.train import train_accel
-from reference import checkpoint as rck
-from reference.config import RunConfig
-from reference.train import train_reference
+from twinsparse.accel import checkpoint as ack
+from twinsparse.accel.runner import load_split
+from twinsparse.accel.train import train_accel
+from twinsparse.reference import checkpoint as rck
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.train import train_reference
 
 BASE = dict(hidden=[24], epochs=4, batch_size=32, train_budget=320, delta_t=3, lr=0.05, seed=2)
 CASES = {

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from accel import densities as D
-from accel.cli import main
-from accel.models import MLP
-from accel.rundir import RunLog, default_output
-from accel.runner import run_experiment
-from accel.sparsifier import Sparsifier
-from reference.config import ExperimentConfig, RunConfig, load_experiment
-from reference.train import Diverged
+from twinsparse.accel import densities as D
+from twinsparse.accel.cli import main
+from twinsparse.accel.models import MLP
+from twinsparse.accel.rundir import RunLog, default_output
+from twinsparse.accel.runner import run_experiment
+from twinsparse.accel.sparsifier import Sparsifier
+from twinsparse.reference.config import ExperimentConfig, RunConfig, load_experiment
+from twinsparse.reference.train import Diverged
 
 TINY = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)
 ARGS = ["--hidden", "8", "--epochs", "1", "--batch-size", "50", "--train-budget", "100", "--test-per-class", "20",
@@ -89,7 +89,7 @@ def test_a_resumed_log_keeps_its_records_and_appends(tmp_path):
     def stop_after_first_epoch(rec):
         if rec.get("epoch") == 1:
             raise Stop
-    import accel.runner as R
+    import twinsparse.accel.runner as R
     real = R.RunLog.write
 
     def write(self, *recs):
@@ -139,7 +139,7 @@ def test_a_diverged_run_logs_why_and_how_many_steps_were_skipped(tmp_path):
 def test_skipped_iterations_are_reported_as_a_warning(tmp_path, monkeypatch):
     """nonfinite='skip' with some skipped iterations (but no divergence): a warning, and the running
     count is in every epoch record."""
-    import accel.train as T
+    import twinsparse.accel.train as T
     real = T.build_sparsifier
     state = {"n": 0}
 

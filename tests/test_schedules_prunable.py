@@ -2,8 +2,8 @@
 
 import pytest
 
-from reference.prunable import select_prunable
-from reference.schedules import lr_at
+from twinsparse.reference.prunable import select_prunable
+from twinsparse.reference.schedules import lr_at
 
 NAMES = ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight", "fc.weight"]
 

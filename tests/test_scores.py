@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.scores as A
-import reference.scores as R
+import twinsparse.accel.scores as A
+import twinsparse.reference.scores as R
 
 
 def out_np(x):

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel import Sparsifier, densities, methods
-from accel.sparsifier import NonFiniteGradientError
-from accel.models import MLP, SmallCNN
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.accel.sparsifier import NonFiniteGradientError
+from twinsparse.accel.models import MLP, SmallCNN
 
 
 def _setup(opt_name="sgd", density=densities.erk(0.1), method="static", **kw):

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
 
-from accel import Sparsifier, densities, methods
-from accel.models import MLP
-from reference.config import ConfigError, RunConfig
-from reference.methods import SupTickets
-from reference.schedules import cyclic_lr
+from twinsparse.accel import Sparsifier, densities, methods
+from twinsparse.accel.models import MLP
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.methods import SupTickets
+from twinsparse.reference.schedules import cyclic_lr
 
 
 def test_cyclic_lr_is_the_eq3_triangle():

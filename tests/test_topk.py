@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import accel.topk as A
-import reference.topk as R
+import twinsparse.accel.topk as A
+import twinsparse.reference.topk as R
 
 
 def _both(fn_name, *args):

@@ -36,7 +36,7 @@ import sys
 
 import torch
 
-from reference.safeio import write_atomic_group
+from twinsparse.reference.safeio import write_atomic_group
 from .. import kernels
 from .engine import e2e_rows, quickstart_row, step_rows, update_rows
 from .hotpaths import hot_path_rows

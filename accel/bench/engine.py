@@ -205,7 +205,7 @@ def quickstart_row(devices: list, timeout: float = 3600) -> dict:
     for dev in devices:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "accel", "run", os.path.abspath(cfg), "--device", dev,
+            r = subprocess.run([sys.executable, "-m", "twinsparse", "run", os.path.abspath(cfg), "--device", dev,
                                 "--output", os.path.join(tmp, "qs"), "--no-progress"],
                                capture_output=True, text=True, timeout=timeout)
             wall = time.perf_counter() - t0

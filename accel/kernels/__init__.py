@@ -16,7 +16,7 @@ float64), and CuPy is importable; otherwise the accel operators keep their torch
 which is the CPU path and the fallback. ``TWINSPARSE_NO_CUDA_KERNELS=1`` switches them off.
 Every call site guards the kernel branch with ``kernels.on_device(tensor)`` (``tensor.is_cuda``)
 first, so on CPU nothing here runs and CuPy is never imported. A test can swap the backend
-(``use_backend``): ``conformance.simt`` runs these same sources on the CPU under a SIMT emulator,
+(``use_backend``): ``accel.kernels.simt`` runs these same sources on the CPU under a SIMT emulator,
 through this same host code.
 
 Layout: ``loader.py`` (backends, compilation, launches, pointer and chunk tables) and one small

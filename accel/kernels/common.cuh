@@ -3,7 +3,7 @@
 // A kernel source includes it with #include "common.cuh". NVRTC (CuPy's RawModule) is given the
 // source with this file already inlined by accel.kernels.source(), so it compiles one header-free
 // text, and CuPy's kernel cache, keyed by that text, sees an edit of this file; nvcc (the CI
-// compile check) and the SIMT emulator (conformance/simt) resolve the include themselves.
+// compile check) and the SIMT emulator (accel/kernels/simt) resolve the include themselves.
 //
 // Each *_rn helper is one IEEE operation rounded to nearest (__fmul_rn and friends), never
 // contracted with a neighbour into a fused multiply-add, so a kernel written with them rounds

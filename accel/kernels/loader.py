@@ -110,7 +110,7 @@ def sm_count(device: torch.device) -> int:
 
 @contextlib.contextmanager
 def use_backend(b):
-    """Launch the kernels through ``b`` inside this block (conformance.simt.SimtBackend runs the
+    """Launch the kernels through ``b`` inside this block (accel.kernels.simt.SimtBackend runs the
     same sources on the CPU under a SIMT emulator; call sites then dispatch CPU tensors to them)."""
     global _backend
     prev, _backend = _backend, b

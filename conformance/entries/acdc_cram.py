@@ -15,15 +15,15 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.acdc as AA
-import accel.cram as AC
-import accel.quantize as AQ
-import reference.acdc as RA
-import reference.cram as RC
-import reference.quantize as RQ
-from conformance.registry import compare_exact, register
-from conformance.strategies import scores, shapes
-from conformance.entries.masks import NM_PATTERNS, exact_sum_weights
+import twinsparse.accel.acdc_ops as AA
+import twinsparse.accel.cram_ops as AC
+import twinsparse.accel.quantize as AQ
+import twinsparse.reference.acdc_ops as RA
+import twinsparse.reference.cram_ops as RC
+import twinsparse.reference.quantize as RQ
+from twinsparse.conformance.registry import compare_exact, register
+from twinsparse.conformance.strategies import scores, shapes
+from twinsparse.conformance.entries.masks import NM_PATTERNS, exact_sum_weights
 
 
 def _quiet(fn):

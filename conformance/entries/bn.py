@@ -10,11 +10,11 @@ num_batches_tracked is compared exactly.
 import numpy as np
 from hypothesis import assume, strategies as st
 
-import accel.bn as A
-import reference.bn as R
-import reference.nn as RN
-from conformance.entries.nn import has_margin
-from conformance.registry import register
+import twinsparse.accel.bn as A
+import twinsparse.reference.bn as R
+import twinsparse.reference.nn as RN
+from twinsparse.conformance.entries.nn import has_margin
+from twinsparse.conformance.registry import register
 
 @st.composite
 def _mlp_bn_recalibrate_args(draw, dtype):

@@ -10,11 +10,11 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.cocktail_ops as A
-import reference.cocktail_ops as R
-from conformance.registry import register
-from conformance.strategies import scores, shapes
-from conformance.entries.masks import exact_sum_weights
+import twinsparse.accel.cocktail_ops as A
+import twinsparse.reference.cocktail_ops as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import scores, shapes
+from twinsparse.conformance.entries.masks import exact_sum_weights
 
 
 def _beta():

@@ -5,10 +5,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.cocktail_step as A
-import reference.cocktail_step as R
-from conformance.registry import register
-from conformance.strategies import scores, shapes
+import twinsparse.accel.cocktail_step as A
+import twinsparse.reference.cocktail_step as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import scores, shapes
 
 
 @st.composite

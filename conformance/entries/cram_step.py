@@ -1,5 +1,5 @@
-"""One CrAM training step ([TH] Alg. 2, Eq. 5.2-5.9, C.2; docs/methods.md §7.1, §7.2): ``reference.cram_train.cram_step``
-(NumPy MLP, hand-written backward, masked_sgd_step) vs ``accel.cram_train.cram_step`` (the ``CrAM`` wrapper
+"""One CrAM training step ([TH] Alg. 2, Eq. 5.2-5.9, C.2; docs/methods.md §7.1, §7.2): ``reference.cram_procedure.cram_step``
+(NumPy MLP, hand-written backward, masked_sgd_step) vs ``accel.cram_procedure.cram_step`` (the ``CrAM`` wrapper
 around torch SGD on ``accel.models.MLP``).
 
 Drawn: a small MLP with or without BatchNorm (non-trivial BN running statistics), momentum buffers or none,
@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 from hypothesis import assume, strategies as st
 
-import accel.cram_train as A
-import reference.cram_train as R
-from conformance.registry import compare_default, register
-from reference.cram import nm_compression, quant_compression, topk_compression
-from reference.nn import init_mlp, mlp_forward
+import twinsparse.accel.cram_procedure as A
+import twinsparse.reference.cram_procedure as R
+from twinsparse.conformance.registry import compare_default, register
+from twinsparse.reference.cram_ops import nm_compression, quant_compression, topk_compression
+from twinsparse.reference.nn import init_mlp, mlp_forward
 
 _RELU_MARGIN, _VAR_MARGIN = 1e-9, 1e-9
 

@@ -6,10 +6,10 @@ depend on both giving the same batches."""
 import numpy as np
 from hypothesis import strategies as st
 
-import accel.data as A
-import reference.datasets as R
-from conformance.registry import compare_exact, register
-from conformance.strategies import scores
+import twinsparse.accel.data as A
+import twinsparse.reference.datasets as R
+from twinsparse.conformance.registry import compare_exact, register
+from twinsparse.conformance.strategies import scores
 
 
 @st.composite

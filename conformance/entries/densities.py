@@ -2,10 +2,10 @@
 ERK) are scalar logic written once in reference and imported by accel, so they have no twin."""
 from hypothesis import strategies as st
 
-import accel.densities as A
-import reference.densities as R
-from conformance.registry import register
-from conformance.strategies import layer_dict
+import twinsparse.accel.densities as A
+import twinsparse.reference.densities as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict
 
 
 @st.composite

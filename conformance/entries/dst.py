@@ -10,12 +10,12 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.dst as A
-import accel.topk as AT
-import reference.dst as R
-import reference.topk as RT
-from conformance.registry import register
-from conformance.strategies import layer_dict, scores, shapes, tied_scores
+import twinsparse.accel.dst as A
+import twinsparse.accel.topk as AT
+import twinsparse.reference.dst as R
+import twinsparse.reference.topk as RT
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict, scores, shapes, tied_scores
 
 DTYPE_FREE = (np.float64,)          # ops whose inputs/outputs do not depend on the float dtype
 

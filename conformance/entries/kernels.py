@@ -10,26 +10,26 @@ strategies as the ordinary entries (adversarial ties included); comparisons are 
 """
 from hypothesis import strategies as st
 
-import accel.cocktail_ops as ACO
-import accel.dst as AD
-import accel.masks as AM
-import accel.merge as AMG
-import accel.optim as AO
-import accel.topk as AT
-import reference.cocktail_ops as RCO
-import reference.dst as RD
-import reference.masks as RM
-import reference.merge as RMG
-import reference.optim as RO
-import reference.topk as RT
-from accel import kernels
-from conformance.entries import cocktail as E_cocktail
-from conformance.entries import dst as E_dst
-from conformance.entries import masks as E_masks
-from conformance.entries import merge as E_merge
-from conformance.entries import optim as E_optim
-from conformance.entries import topk as E_topk
-from conformance.registry import register
+import twinsparse.accel.cocktail_ops as ACO
+import twinsparse.accel.dst as AD
+import twinsparse.accel.masks as AM
+import twinsparse.accel.merge as AMG
+import twinsparse.accel.optim as AO
+import twinsparse.accel.topk as AT
+import twinsparse.reference.cocktail_ops as RCO
+import twinsparse.reference.dst as RD
+import twinsparse.reference.masks as RM
+import twinsparse.reference.merge as RMG
+import twinsparse.reference.optim as RO
+import twinsparse.reference.topk as RT
+from twinsparse.accel import kernels
+from twinsparse.conformance.entries import cocktail as E_cocktail
+from twinsparse.conformance.entries import dst as E_dst
+from twinsparse.conformance.entries import masks as E_masks
+from twinsparse.conformance.entries import merge as E_merge
+from twinsparse.conformance.entries import optim as E_optim
+from twinsparse.conformance.entries import topk as E_topk
+from twinsparse.conformance.registry import register
 
 KERNEL_TAG = "cuda_kernel"
 

@@ -11,10 +11,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.masks as A
-import reference.masks as R
-from conformance.registry import register
-from conformance.strategies import layer_dict, scores, shapes, tied_scores
+import twinsparse.accel.masks as A
+import twinsparse.reference.masks as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict, scores, shapes, tied_scores
 
 NM_PATTERNS = [(1, 2), (2, 4), (4, 8), (0, 4), (4, 4), (3, 5), (1, 1), (0, 1), (2, 3), (1, 4)]
 

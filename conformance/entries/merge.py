@@ -9,10 +9,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.merge as A
-import reference.merge as R
-from conformance.registry import register
-from conformance.strategies import scores, shapes, tied_scores
+import twinsparse.accel.merge as A
+import twinsparse.reference.merge as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import scores, shapes, tied_scores
 
 
 def _net_shapes():

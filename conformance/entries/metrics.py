@@ -18,10 +18,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.metrics as A
-import reference.metrics as R
-from conformance.registry import compare_exact, register
-from conformance.strategies import layer_dict
+import twinsparse.accel.metrics as A
+import twinsparse.reference.metrics as R
+from twinsparse.conformance.registry import compare_exact, register
+from twinsparse.conformance.strategies import layer_dict
 
 _SEEDS = st.integers(0, 2**32 - 1)
 _N_BINS = st.one_of(st.just(15), st.integers(1, 24), st.sampled_from([2, 4, 6, 10, 12, 20, 30, 60]))

@@ -8,10 +8,10 @@ from 0 (so float32 rounding cannot flip a ReLU) and every BatchNorm batch varian
 import numpy as np
 from hypothesis import assume, strategies as st
 
-import accel.losses as AL
-import accel.models as AM
-import reference.nn as R
-from conformance.registry import register
+import twinsparse.accel.losses as AL
+import twinsparse.accel.models as AM
+import twinsparse.reference.nn as R
+from twinsparse.conformance.registry import register
 
 _RELU_MARGIN = 1e-3
 _VAR_MARGIN = 5e-2

@@ -7,10 +7,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.ops as A
-import reference.ops as R
-from conformance.registry import register
-from conformance.strategies import layer_dict, scores
+import twinsparse.accel.ops as A
+import twinsparse.reference.ops as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict, scores
 
 DTYPE_FREE = (np.float64,)
 

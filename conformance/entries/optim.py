@@ -3,10 +3,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.optim as A
-import reference.optim as R
-from conformance.registry import register
-from conformance.strategies import shapes
+import twinsparse.accel.optim as A
+import twinsparse.reference.optim as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import shapes
 
 _vals = dict(min_value=-3, max_value=3, allow_nan=False, allow_infinity=False)
 
@@ -30,7 +30,7 @@ def _sgd_args(draw, dtype):
 
 
 def _compare_with_off_mask_zero(ref_out, acc_out, dtype):
-    from conformance.registry import compare_default
+    from twinsparse.conformance.registry import compare_default
     compare_default(ref_out, acc_out, dtype)
     assert np.all(np.asarray(acc_out[0])[np.asarray(ref_out[0]) == 0] == 0)
 
@@ -74,7 +74,7 @@ def _adam_args(draw, dtype):
 
 
 def _compare_adam(ref_out, acc_out, dtype):
-    from conformance.registry import compare_default
+    from twinsparse.conformance.registry import compare_default
     compare_default(ref_out, acc_out, dtype)
     for r, a in zip(ref_out[:4], acc_out[:4]):         # off the mask: exactly 0 in weights and every moment
         if r is not None:

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import accel.scores as A
-import reference.scores as R
-from conformance.registry import register
-from conformance.strategies import layer_dict, scores, shapes, tied_scores
+import twinsparse.accel.scores as A
+import twinsparse.reference.scores as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict, scores, shapes, tied_scores
 
 
 def _floats(shape, dtype):

@@ -1,10 +1,10 @@
 """Top-k selection with the tie rule (docs/methods.md §1.2)."""
 from hypothesis import strategies as st
 
-import accel.topk as A
-import reference.topk as R
-from conformance.registry import register
-from conformance.strategies import layer_dict, scores, shapes
+import twinsparse.accel.topk as A
+import twinsparse.reference.topk as R
+from twinsparse.conformance.registry import register
+from twinsparse.conformance.strategies import layer_dict, scores, shapes
 
 
 @st.composite

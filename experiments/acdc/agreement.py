@@ -21,11 +21,11 @@ import sys
 
 import torch
 
-from accel import metrics as MET
-from accel.runner import load_split, mean_std
-from accel.train import predict, train_accel
-from reference.config import load_experiment
-from reference.safeio import write_atomic
+from twinsparse.accel import metrics as MET
+from twinsparse.accel.runner import load_split, mean_std
+from twinsparse.accel.train import predict, train_accel
+from twinsparse.reference.config import load_experiment
+from twinsparse.reference.safeio import write_atomic
 
 CONFIG = os.path.join("experiments", "acdc", "acdc_vs_gmp_rigl_mlp30.toml")
 RESULTS = os.path.join("experiments", "results", "acdc", "acdc_vs_gmp_rigl_mlp30")

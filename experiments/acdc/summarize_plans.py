@@ -15,7 +15,7 @@ import json
 import os
 import re
 
-from accel.runner import mean_std
+from twinsparse.accel.runner import mean_std
 
 ROOT = os.path.join("experiments", "results", "acdc")
 

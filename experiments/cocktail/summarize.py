@@ -17,7 +17,7 @@ import re
 import sys
 from collections import defaultdict
 
-from accel.runner import mean_std
+from twinsparse.accel.runner import mean_std
 
 PATTERNS = ("dense", "unstructured", "channel", "nm")
 

@@ -16,7 +16,7 @@ import re
 import sys
 from collections import OrderedDict
 
-from accel.runner import mean_std
+from twinsparse.accel.runner import mean_std
 
 DEFAULT = os.path.join("experiments", "results", "cram", "cram_vs_sgd")
 

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 
-from accel.runner import mean_std
+from twinsparse.accel.runner import mean_std
 
 ROOT = os.path.join("experiments", "results", "d2sparse")
 PROCS = [("d2sparse", "D²-Sparse"), ("d2sparse_1shot", "D²-Sparse 1-shot"), ("baseline", "Baseline"),

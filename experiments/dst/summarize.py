@@ -15,7 +15,7 @@ import os
 import re
 import sys
 
-from accel.runner import mean_std  # noqa: E402
+from twinsparse.accel.runner import mean_std  # noqa: E402
 
 ROOT = os.path.join("experiments", "results", "dst")
 TABLES = {"MLP 784-300-100-10": "table1_mlp", "SmallCNN (BatchNorm)": "table1_cnn"}

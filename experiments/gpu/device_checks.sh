@@ -47,5 +47,5 @@ step thorough 80 env HYPOTHESIS_PROFILE=thorough $PYTEST -n 8 conformance/test_r
 step sanitizer 100 bash -c "compute-sanitizer --tool memcheck --error-exitcode 1 $PYTEST -m 'gpu and not slow' \
     -k 'topk or nm_ or masked or dst_ee or guard' tests/test_kernels_gpu.py; \
     compute-sanitizer --tool racecheck --error-exitcode 1 $PYTEST -m 'gpu and not slow' -k 'topk' tests/test_kernels_gpu.py"
-step bench 170 python3 -m accel bench --device cuda --out "$OUT/bench"
+step bench 170 python3 -m twinsparse bench --device cuda --out "$OUT/bench"
 ls -la "$OUT" "$OUT/bench" >> "$OUT/env.txt" 2>&1

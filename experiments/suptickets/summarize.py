@@ -24,7 +24,7 @@ import os
 import re
 import sys
 
-from accel.runner import mean_std  # noqa: E402
+from twinsparse.accel.runner import mean_std  # noqa: E402
 
 ROOT = os.path.join("experiments", "results", "suptickets")
 METHODS = [("set", "SET"), ("rigl", "RigL"), ("granet", "GraNet")]

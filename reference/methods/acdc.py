@@ -1,7 +1,7 @@
 """AC/DC -- Alternating Compressed / DeCompressed training as a method ([TH] Ch. 3, Alg. 1,
 §3.3.2, §3.4.1; docs/methods.md §6.1, §6.2).
 
-The phase plan (``reference.acdc.acdc_phases``, epochs) is turned into iterations with
+The phase plan (``reference.acdc_ops.acdc_phases``, epochs) is turned into iterations with
 ``steps_per_epoch``: epoch e covers iterations e*S+1 .. (e+1)*S (1-based t). A mask update is due
 at the first iteration of every phase except the initial dense warm-up (masks start all-ones):
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..acdc import IMAGENET_LENGTHS, acdc_phases, phase_at, phase_entered, scaled_acdc_lengths
+from ..acdc_ops import IMAGENET_LENGTHS, acdc_phases, phase_at, phase_entered, scaled_acdc_lengths
 from .base import InitContext, Method, Update
 
 DISTRIBUTIONS = ("global", "uniform", "first_last_dense", "nm24")

@@ -1,5 +1,5 @@
 // runtime.cpp -- the scheduler of the SIMT emulator (see simt.h for the execution model) and its
-// C interface, called from Python with ctypes (conformance/simt/__init__.py):
+// C interface, called from Python with ctypes (accel/kernels/simt/__init__.py):
 //
 //   int simt_launch(name, grid, block, params, seed)  params[i] points at the i-th argument's value,
 //                                                     as in cuLaunchKernel; 0 = ok, else an error

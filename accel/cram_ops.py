@@ -1,4 +1,4 @@
-"""CrAM operators on torch tensors ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5); twin of ``reference.cram``.
+"""CrAM operators on torch tensors ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5); twin of ``reference.cram_ops``.
 
 The compression specs, the seeded choice of C and the range helpers are scalar logic imported from
 the reference, and so are the operators' compositions (compress, perturb, the CrAM / SAM / C-SAM
@@ -16,11 +16,11 @@ from typing import Iterable, Mapping
 
 import torch
 
-from reference.cram import (COMPRESSION_KINDS, Compression, check_rho, multi_topk, nm_compression,  # noqa: F401
+from twinsparse.reference.cram_ops import (COMPRESSION_KINDS, Compression, check_rho, multi_topk, nm_compression,  # noqa: F401
                             percent_range, quant_compression, sample_compression, topk_compression)
-from reference import cram as RC
+from twinsparse.reference import cram_ops as RC
 from ._checks import as_real_tensor, scalar_as
-from .acdc import topk_compress
+from .acdc_ops import topk_compress
 from .masks import nm_masks
 from .quantize import quantize_dequantize
 
@@ -42,7 +42,7 @@ def _axpy(params: Mapping, grads: Mapping, scale: float) -> dict:
     return out
 
 
-# The torch primitives of the operators, which are written once in ``reference.cram``.
+# The torch primitives of the operators, which are written once in ``reference.cram_ops``.
 _TORCH = SimpleNamespace(
     as_real=as_real_tensor, copy=lambda t: t.clone(),
     zero_outside=lambda m, w: torch.where(m, w, torch.zeros((), dtype=w.dtype, device=w.device)),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from .cram import Compression, nm_compression, percent_range, quant_compression, topk_compression
+from .cram_ops import Compression, nm_compression, percent_range, quant_compression, topk_compression
 
 MODES = ("cram", "sam", "csam", "sgd")
 EVAL_PATTERNS = ("global", "uniform")        # + any compression string of kind nm / quant

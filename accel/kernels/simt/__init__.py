@@ -8,8 +8,8 @@ so the kernels are driven by the loader's own host code (chunk tables, pointer t
 passes, scalar rounding, argument order) and reached through the accel operators' own dispatch,
 with CPU tensors standing in for device memory::
 
-    from accel import kernels
-    from conformance.simt import SimtBackend
+    from twinsparse.accel import kernels
+    from twinsparse.accel.kernels.simt import SimtBackend
     with kernels.use_backend(SimtBackend(seed=1)):
         mask = accel.topk.topk_mask(scores, k)     # ran topk.cu's kernels, emulated
 
@@ -42,7 +42,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from accel import kernels
+from twinsparse.accel import kernels
 
 HERE = Path(__file__).resolve().parent
 CXXFLAGS = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-fast-math", "-Wall", "-Wno-unknown-pragmas",
@@ -209,7 +209,7 @@ def asan_environment() -> dict:
     kernel code is checked against torch's CPU allocations, the shared-memory arrays and the
     threads' stacks, and the process aborts with a report at the first out-of-bounds access::
 
-        env $(python -c "from conformance import simt; print(simt.asan_command())") \\
+        env $(python -c "from twinsparse.accel.kernels import simt; print(simt.asan_command())") \\
             python -m pytest tests/test_kernels_simt.py conformance/test_registry.py -k simt
 
     Raises RuntimeError when the compiler has no AddressSanitizer runtime."""

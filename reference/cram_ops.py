@@ -34,7 +34,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from ._checks import as_real_array, check_int, check_sparsity, check_same_shape
-from .acdc import check_distribution, topk_compress
+from .acdc_ops import check_distribution, topk_compress
 from .masks import check_layer_dict, check_nm, nm_masks
 from .quantize import check_bits, quantize_dequantize
 from .schedules import step_seed
@@ -186,13 +186,13 @@ def _axpy(params: Mapping, grads: Mapping, scale: float) -> dict:
 
 # ----------------------------------------------------------------------------- operators
 # Written once: each takes ``backend``, the array primitives of a backend (NumPy by default;
-# ``accel.cram`` passes torch's), so the compositions below are not repeated in accel.
+# ``accel.cram_ops`` passes torch's), so the compositions below are not repeated in accel.
 
 def compress(params: Mapping[str, np.ndarray], compression: Compression,
              prunable: Iterable[str] | None = None, backend=None) -> tuple[dict, dict | None]:
     """C(params): (compressed dict, masks of the prunable tensors, or None for quantization).
 
-    Top-K (``reference.acdc.topk_compress`` on the prunable tensors, index-set masks), N:M
+    Top-K (``reference.acdc_ops.topk_compress`` on the prunable tensors, index-set masks), N:M
     (``reference.masks.nm_masks``; indivisible layers stay dense with a warning) or quantization
     (``reference.quantize``). Tensors outside ``prunable`` (default: all are prunable) are copied."""
     b = backend or _NUMPY
@@ -296,7 +296,7 @@ def cram_update_grads(grad_tilde: Mapping, grad: Mapping | None = None, masks: M
     return {n: gt[n] + b.cast_like(grad[n], gt[n]) for n in gt}
 
 
-# The NumPy primitives of the operators above (``accel.cram`` builds the torch ones).
+# The NumPy primitives of the operators above (``accel.cram_ops`` builds the torch ones).
 _NUMPY = SimpleNamespace(
     as_real=as_real_array, copy=lambda a: np.array(a, copy=True),
     zero_outside=lambda m, w: np.where(m, w, np.zeros((), np.asarray(w).dtype)),

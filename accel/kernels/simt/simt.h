@@ -1,5 +1,5 @@
 // simt.h -- the CUDA device-side vocabulary that accel/kernels/*.cu use, for running those exact
-// sources on a CPU (conformance/simt: the SIMT emulator; runtime.cpp holds the scheduler).
+// sources on a CPU (accel/kernels/simt: the SIMT emulator; runtime.cpp holds the scheduler).
 //
 // Execution model. A launch runs its blocks one after another (in a seeded random order when the
 // seed is non-zero). Within a block every CUDA thread is a coroutine with its own stack; a thread

@@ -1,4 +1,4 @@
-"""CrAM as an optimizer wrapper around any ``torch.optim`` optimizer ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5). The NumPy twin of one step is ``reference.cram_train.cram_step``.
+"""CrAM as an optimizer wrapper around any ``torch.optim`` optimizer ([TH] Ch. 5, Alg. 2; docs/methods.md §7.1, §7.2, §7.5). The NumPy twin of one step is ``reference.cram_procedure.cram_step``.
 
     model, base = build(), torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     opt = CrAM(model, base, ["topk:0.5", "topk:0.7", "topk:0.9"], rho=0.05)      # CrAM⁺-Multi, SG
@@ -37,9 +37,9 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn as nn
 
-from reference.cram import Compression, base_step_at, check_base_prob, check_rho, sample_compression
-from reference.cram_spec import check_mode, parse_compressions, resolve_plus
-from . import cram as CR
+from twinsparse.reference.cram_ops import Compression, base_step_at, check_base_prob, check_rho, sample_compression
+from twinsparse.reference.cram_options import check_mode, parse_compressions, resolve_plus
+from . import cram_ops as CR
 from .prunable import discover_prunable
 from ._checks import scalar_as
 from ._exact import true_div
@@ -79,8 +79,8 @@ class CrAM:
     the perturbed pass; default prunable set = its Linear/Conv weights, ``accel.prunable``) or an
     iterable of tensors or (name, tensor) pairs (names '0', '1', ...; default prunable set = tensors
     with >= 2 dims; no BN freezing is possible then). ``compressions``: Compression objects
-    (``accel.cram.topk_compression`` ...) or strings ('topk:0.7', 'nm:2:4', 'quant:4'; see
-    ``reference.cram_spec``). ``plus``: None = the mode's default (CrAM⁺ for 'cram'). ``sparse_grad``:
+    (``accel.cram_ops.topk_compression`` ...) or strings ('topk:0.7', 'nm:2:4', 'quant:4'; see
+    ``reference.cram_options``). ``plus``: None = the mode's default (CrAM⁺ for 'cram'). ``sparse_grad``:
     mask g~ by the Top-K / N:M mask (CrAM-SG; Alg. 2 l.9). ``tau``: Top-K mask refresh period. ``seed``
     with the step count chooses C (the same choice as the reference and on every DDP rank).
     ``check_finite``: raise before the base step if the update is not finite (theta is restored, only

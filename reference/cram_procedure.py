@@ -3,7 +3,7 @@
 
 [TH] Ch. 5, Alg. 2, Eq. 5.2-5.9, §5.3.3, §5.4.1, §5.6; docs/methods.md §7.1, §7.2, §1.13, §7.5.
 
-One step, ``cram_step`` (mode 'cram'; the operators are ``reference.cram``):
+One step, ``cram_step`` (mode 'cram'; the operators are ``reference.cram_ops``):
 
     g, buffers'  = grad L(theta; x), BN running stats updated by this forward     (l.4)
     C            = sample_compression(compressions, seed, t)                       (l.5)
@@ -33,11 +33,11 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import checkpoint as CK
-from . import cram as CR
+from . import cram_ops as CR
 from ._checks import check_int
 from .bn import bn_recalibrate, bnt_batches
 from .config import run_to_dict
-from .cram_spec import check_mode, parse_compressions, parse_eval_patterns, resolve_plus, training_compressions, \
+from .cram_options import check_mode, parse_compressions, parse_eval_patterns, resolve_plus, training_compressions, \
     uniform_topk
 from .nn import init_mlp, mlp_loss_and_grads
 from .optim import masked_sgd_step
@@ -94,7 +94,7 @@ def cram_step(params: Mapping, buffers: Mapping, bufs: Mapping, x, y, *, lr: flo
     ``refreshed`` and the new ``mask_cache`` (feed it to the next step for tau > 1). Pure: the
     inputs are not modified. ``on_point(point, track)``, if given, sees every parameter dict at which a
     gradient is evaluated (tests use it to keep away from ReLU / BatchNorm degeneracies).
-    ``base_prob``: the probability that step t is a plain base step instead (``reference.cram.
+    ``base_prob``: the probability that step t is a plain base step instead (``reference.cram_ops.
     base_step_at``, [TH] §5.5.1 p(Adam)); ``info["base_step"]`` says which was taken."""
     check_mode(mode)
     plus = resolve_plus(mode, plus)
@@ -215,7 +215,7 @@ def train_cram_reference(cfg, split, on_step=None, on_epoch=None, checkpoint: st
 
 
 class ReferenceCramBackend:
-    """What the 'cram' procedure needs from a backend, on the NumPy MLP (``accel.cram_train.
+    """What the 'cram' procedure needs from a backend, on the NumPy MLP (``accel.cram_procedure.
     AccelCramBackend`` is the torch twin). A network is one dict of parameters and BN buffers."""
 
     def __init__(self, cfg, split):

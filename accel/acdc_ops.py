@@ -1,4 +1,4 @@
-"""AC/DC operators on torch tensors ([TH] Ch. 3, Alg. 1; docs/methods.md §1.2, §6.1, §6.2); twin of ``reference.acdc``.
+"""AC/DC operators on torch tensors ([TH] Ch. 3, Alg. 1; docs/methods.md §1.2, §6.1, §6.2); twin of ``reference.acdc_ops``.
 
 The phase plan is pure scalar logic and is imported from the reference (docs/methods.md §1.15). The compression operators run on torch tensors with the same selection (``accel.masks``,
 tie rule of docs/methods.md §1.2), so masks are identical to the reference's, ties included (checked by
@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from reference.acdc import (DISTRIBUTIONS, IMAGENET_EPOCHS, IMAGENET_LENGTHS, PHASE_KINDS, Phase,  # noqa: F401
+from twinsparse.reference.acdc_ops import (DISTRIBUTIONS, IMAGENET_EPOCHS, IMAGENET_LENGTHS, PHASE_KINDS, Phase,  # noqa: F401
                             acdc_phases, check_distribution, phase_at, phase_entered, pruned_names,
                             scaled_acdc_lengths, selection)
 from ._checks import as_real_tensor

@@ -2,8 +2,8 @@
 weight set, a mask bank (``accel.export.save_mask_bank`` format) and one BN-statistics set per
 subnetwork; ``select`` switches a model to any subnetwork in place.
 
-    from accel.cocktail import train_cocktail, Cocktail
-    ck = train_cocktail(cfg)                      # cfg.procedure == "cocktail" (reference.cocktail)
+    from twinsparse.accel.cocktail_bank import train_cocktail, Cocktail
+    ck = train_cocktail(cfg)                      # cfg.procedure == "cocktail" (reference.cocktail_procedure)
     ck.names()                                    # ['dense', 'unstructured-1', ..., 'channel-10', 'nm-1:2', 'nm-2:4', 'nm-4:8']
     model = ck.select("nm", "2:4")                # shared weights ⊙ the 2:4 mask, its own BN statistics
     model = ck.select("unstructured", 3); model = ck.select("channel", 10); model = ck.select("dense")
@@ -17,7 +17,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from reference.cocktail import UnknownSubnetworkError, resolve_subnetwork, subnetwork_name  # noqa: F401
+from twinsparse.reference.cocktail_procedure import UnknownSubnetworkError, resolve_subnetwork, subnetwork_name  # noqa: F401
 from .export import MaskBank, load_mask_bank, save_mask_bank
 
 __all__ = ["Cocktail", "train_cocktail", "UnknownSubnetworkError"]
@@ -57,7 +57,7 @@ class Cocktail:
 
     @classmethod
     def from_result(cls, model: nn.Module, result: dict, meta: dict | None = None) -> "Cocktail":
-        """From ``reference.cocktail.run_cocktail`` on the accel engine."""
+        """From ``reference.cocktail_procedure.run_cocktail`` on the accel engine."""
         return cls(model, result["net"], result["masks"], result["bn"], meta)
 
     def names(self) -> list:
@@ -105,9 +105,9 @@ class Cocktail:
 
 
 def train_cocktail(cfg, split=None, on_record=None) -> Cocktail:
-    """Run Sparse Cocktail (``reference.cocktail.run_cocktail``) on the accel engine; a Cocktail on a
+    """Run Sparse Cocktail (``reference.cocktail_procedure.run_cocktail``) on the accel engine; a Cocktail on a
     fresh model of ``cfg``. ``split`` defaults to the run's MNIST-5k split."""
-    from reference.cocktail import run_cocktail
+    from twinsparse.reference.cocktail_procedure import run_cocktail
     from .engine import AccelEngine
     from .runner import load_split
     from .train import build_model_for

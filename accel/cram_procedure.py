@@ -1,6 +1,6 @@
-"""CrAM training on torch: the loop of the 'cram' procedure (``reference.cram_train.run_cram``, written
-once) with the ``accel.cram_optim.CrAM`` wrapper around the run's optimizer; twin of
-``reference.cram_train.train_cram_reference`` / ``ReferenceCramBackend``. Any model of
+"""CrAM training on torch: the loop of the 'cram' procedure (``reference.cram_procedure.run_cram``, written
+once) with the ``accel.cram_optimizer.CrAM`` wrapper around the run's optimizer; twin of
+``reference.cram_procedure.train_cram_reference`` / ``ReferenceCramBackend``. Any model of
 ``accel.models``; the MLP starts from ``reference.nn.init_mlp(seed)`` and reads the same batches, so
 both backends follow the same trajectory (conformance/test_cram_trajectory.py)."""
 from __future__ import annotations
@@ -12,15 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference.config import run_to_dict
-from reference.cram_spec import training_compressions
-from reference.schedules import lr_at
-from reference.train import default_batches
+from twinsparse.reference.config import run_to_dict
+from twinsparse.reference.cram_options import training_compressions
+from twinsparse.reference.schedules import lr_at
+from twinsparse.reference.train import default_batches
 from . import checkpoint as ckpt
 from . import distributed as ddp
-from . import cram as CR
+from . import cram_ops as CR
 from .bn import bn_recalibrate
-from .cram_optim import CrAM
+from .cram_optimizer import CrAM
 from .models import mlp_from_reference
 from .prunable import discover_prunable
 from .train import _inputs, _targets, build_model_for, build_optimizer, evaluate, load_net
@@ -39,7 +39,7 @@ def train_cram_accel(cfg, split, on_step=None, on_epoch=None, progress=None, che
                      resume: bool = False) -> dict:
     """Train ``cfg`` with CrAM on ``split``. ``on_step(t, model, cram)`` after each step, ``on_epoch(record)``
     after each epoch; ``progress`` a tqdm-like object. ``checkpoint`` / ``resume`` as in
-    ``reference.cram_train.train_cram_reference`` (model, CrAM + optimizer state with the mask
+    ``reference.cram_procedure.train_cram_reference`` (model, CrAM + optimizer state with the mask
     cache, history). Returns {model, cram, optimizer, history}."""
     cfg.validate()
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -97,7 +97,7 @@ def _clone(state: dict) -> dict:
 
 
 class AccelCramBackend:
-    """Torch twin of ``reference.cram_train.ReferenceCramBackend``; a network is a state dict."""
+    """Torch twin of ``reference.cram_procedure.ReferenceCramBackend``; a network is a state dict."""
 
     def __init__(self, cfg, split):
         self.cfg, self.split = cfg, split
@@ -145,7 +145,7 @@ def cram_step(params, buffers, bufs, x, y, *, lr: float, momentum: float = 0.0, 
               nesterov: bool = False, compressions=(), rho: float = 0.05, plus=None, sparse_grad: bool = True,
               t: int, seed: int = 0, mode: str = "cram", tau: int = 1, mask_cache=None, prunable=None,
               bn_eps: float = 1e-5, bn_momentum: float = 0.1):
-    """Functional twin of ``reference.cram_train.cram_step`` (same arguments and results) built on the
+    """Functional twin of ``reference.cram_procedure.cram_step`` (same arguments and results) built on the
     ``CrAM`` wrapper around ``torch.optim.SGD`` and ``accel.models.MLP``: the MLP is rebuilt from
     ``params`` / ``buffers``, the SGD momentum buffers are seeded from ``bufs``, the wrapper's step
     counter from ``t`` and its Top-K mask cache from ``mask_cache``; one ``step`` runs. Inputs are not

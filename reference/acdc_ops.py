@@ -2,7 +2,7 @@
 
 [TH] Ch. 3 (Alg. 1, §3.3.2, §3.4.1, App. A.2.1); docs/methods.md §1.2, §6.1, §6.2. Two parts:
 
-(a) The phase plan -- pure scalar logic, written once here; ``accel.acdc`` imports it (docs/methods.md §1.15
+(a) The phase plan -- pure scalar logic, written once here; ``accel.acdc_ops`` imports it (docs/methods.md §1.15
     "no twin, no drift"). A dense warm-up of Δw epochs, then compressed (Δc) and decompressed (Δd)
     phases alternate, starting and ending with a compressed one, then a longer final decompressed
     phase ΔD and a final compressed fine-tuning phase ΔF ([TH] §3.3.2, §3.4.1). Epochs are 0-based,
