@@ -3,10 +3,10 @@ procedures (``reference.procedures``) take the engine they are given, so the Num
 imports this one."""
 from __future__ import annotations
 
+from twinsparse.reference.config import BACKENDS
 from twinsparse.reference.engine import ReferenceEngine
 from twinsparse.reference.procedures import run_procedure as _run_procedure
 
-BACKENDS = ("reference", "accel")
 
 
 def backend_for(cfg, split):

@@ -19,16 +19,6 @@ from dataclasses import fields
 
 from twinsparse.reference import config as C
 
-_CHOICES = {"backend": C.BACKENDS, "device": C.DEVICES, "dtype": C.DTYPES, "model": C.MODELS,
-            "method": C.METHODS, "distribution": C.DISTRIBUTIONS, "mask_init": C.MASK_INITS,
-            "optimizer": C.OPTIMIZERS, "lr_schedule": C.LR_SCHEDULES, "nonfinite": ("raise", "skip"),
-            "fraction_schedule": C.FRACTION_SCHEDULES, "counter_init": C.COUNTER_INITS,
-            "exploration_form": C.EXPLORATION_FORMS, "st_averaging": ("cia", "caa", "cima"),
-            "st_prune_scope": ("layer", "global"), "st_bn_avg": ("std", "var"), "procedure": C.PROCEDURES,
-            "d2_schedule": C.D2_SCHEDULES, "d2_bn_merge": C.D2_BN_MERGES, "d2_lb_view": C.D2_VIEWS, "gmp_scope": ("global", "layer"),
-            "imp_scope": ("global", "layer"), "acdc_distribution": C.ACDC_DISTRIBUTIONS,
-            "cocktail_range": C.COCKTAIL_RANGES, "cram_mode": C.CRAM_MODES, "dataset": C.DATASETS,
-            "augment": C.AUGMENTS}
 _LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float, "synthetic_shape": int}
 
 
@@ -66,7 +56,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                            help=_flag_help(f.name, default))
         else:
             typ = float if f.name in C.FLOAT_KEYS else int if f.name in C.INT_KEYS else str
-            g.add_argument(flag, dest=f.name, type=typ, default=None, choices=_CHOICES.get(f.name),
+            g.add_argument(flag, dest=f.name, type=typ, default=None, choices=C.choices_of(f.name),
                            help=_flag_help(f.name, default))
 
 

@@ -37,6 +37,7 @@ import torch.nn as nn
 from twinsparse.reference._checks import check_density
 from twinsparse.reference.densities import check_keeps_weights
 from twinsparse.reference.methods import InitContext, Method
+from twinsparse.reference.sparsifier import NONFINITE_POLICIES
 from . import deferred
 from . import densities as D
 from . import ops
@@ -50,7 +51,6 @@ from .prunable import discover_prunable
 from .step import StepEngine, nonfinite_guard
 
 
-NONFINITE_POLICIES = ("raise", "skip")
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 

@@ -48,13 +48,14 @@ import numpy as np
 
 from .cocktail_ops import (CANDIDATE_POOL, NM_SCHEDULE, greedy_interpolation, imp_schedule, nm_generated_at,
                            nm_pattern_at, pivot_step)
+from .config import COCKTAIL_RANGES
 from .procedure_tools import dense_with_rewind, derive_seed, masked
 from .data import Split, iterate_batches
 from .schedules import lr_at
 from .stages import Stages
 
 PATTERNS = ("dense", "unstructured", "channel", "nm")
-RANGES = ("paper", "hidden")
+RANGES = COCKTAIL_RANGES
 _BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 

@@ -20,29 +20,35 @@ else:  # pragma: no cover
 
 METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee", "gmp", "acdc")
 DYNAMIC_METHODS = ("set", "rigl", "snfs", "granet", "dst_ee")
-FRACTION_SCHEDULES = ("constant", "cosine", "linear")
-COUNTER_INITS = ("mask", "zeros")
-EXPLORATION_FORMS = ("eq1", "text")
 DISTRIBUTIONS = ("erk", "er", "uniform", "global")
-MASK_INITS = ("random", "magnitude", "snip")
 MODELS = ("mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-from .schedules import LR_SCHEDULES, STAGE_LR_SCHEDULES  # noqa: E402  (the one schedule module)
 BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb", "imp", "acdc", "cocktail", "cram")
-CRAM_MODES = ("cram", "sam", "csam", "sgd")
+MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
 COCKTAIL_RANGES = ("paper", "hidden")
 COCKTAIL_MIN_HOLDOUT_PER_CLASS = 1
-ACDC_DISTRIBUTIONS = ("global", "uniform", "first_last_dense", "nm24")
-ACDC_PLANS = ("thesis", "scaled")
 D2_MASK_INITS = ("random", "prune_from_previous")
 D2_SCHEDULES = ("geometric", "linear")
 D2_BN_MERGES = ("interpolate", "recompute")
-D2_VIEWS = ("augmix_weak", "augmix_strong", "cutmix", "none")
-MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
-from .datasets import AUGMENTS, CIFAR, DATASETS  # noqa: E402  (the dataset names and their constants)
+# Choices and defaults that belong to a method, an operator or a schedule are imported from there
+# (written once); the names below are kept for the code and the CLI that read them from here.
+# isort: off
+from .augment import VIEWS as D2_VIEWS  # noqa: E402
+from .cram_options import MODES as CRAM_MODES  # noqa: E402
+from .datasets import AUGMENTS, CIFAR, DATASETS  # noqa: E402
+from .dst import COUNTER_INITS, EXPLORATION_FORMS  # noqa: E402
+from .masks import SCOPES  # noqa: E402
+from .methods import DSTEE, GMP, SNFS, SupTickets  # noqa: E402
+from .methods.acdc import DISTRIBUTIONS as ACDC_DISTRIBUTIONS, PLANS as ACDC_PLANS  # noqa: E402
+from .methods.base import INITS as MASK_INITS  # noqa: E402
+from .methods.suptickets import AVERAGING as ST_AVERAGING, BN_AVERAGES as ST_BN_AVERAGES, \
+    PRUNE_SCOPES as ST_PRUNE_SCOPES  # noqa: E402
+from .sparsifier import NONFINITE_POLICIES as NONFINITE  # noqa: E402
+from .schedules import DROP_FRACTION_SCHEDULES as FRACTION_SCHEDULES, LR_SCHEDULES, STAGE_LR_SCHEDULES  # noqa: E402
+# isort: on
 CIFAR_TRAIN = 50000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 
@@ -63,35 +69,45 @@ class ConfigError(ValueError):
     """A configuration key or value that is not allowed."""
 
 
-def _f(default=dataclasses.MISSING, help: str = "", factory=None):
-    """A RunConfig field with its help text as metadata: the one source of ``twinsparse train
-    --help`` and of docs/config.md (``field_help``, ``config_reference``)."""
+def _f(default=dataclasses.MISSING, help: str = "", factory=None, choices=None):
+    """A RunConfig field with its help text (and its allowed values, if a choice) as metadata: the
+    one source of ``twinsparse train --help``, of docs/config.md (``field_help``,
+    ``config_reference``) and of the choice checks in ``validate``."""
+    meta = {"help": help, **({"choices": tuple(choices)} if choices is not None else {})}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _option(cls, attr: str, help: str, choices=None):
+    """A RunConfig field that is the option ``attr`` of the method class ``cls``: its default is the
+    class's own (not repeated here), and ``method_options(cfg, cls)`` hands it to the class."""
+    default = {f.name: f.default for f in dataclasses.fields(cls)}[attr]
+    meta = {"help": help, "option_of": (cls, attr), **({"choices": tuple(choices)} if choices is not None else {})}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
     label: str = _f("run", "name of the run in logs, tables and file names (letters, digits, '._+=-')")
-    backend: str = _f("accel", "'accel' (PyTorch, any model) or 'reference' (the NumPy twin: MLP, SGD)")
-    device: str = _f("cpu", "'cpu' or 'cuda' (accel only)")
-    dtype: str = _f("float32", 'floating dtype of weights and data: float32 or float64')
+    backend: str = _f("accel", "'accel' (PyTorch, any model) or 'reference' (the NumPy twin: MLP, SGD)", choices=BACKENDS)
+    device: str = _f("cpu", "'cpu' or 'cuda' (accel only)", choices=DEVICES)
+    dtype: str = _f("float32", 'floating dtype of weights and data: float32 or float64', choices=DTYPES)
     seed: int = _f(0, 'seed of the initialisation, the data order, the augmentation and every random mask decision')
     # model
     model: str = _f("mlp",
         'network: mlp, cnn, resnet18, resnet50 (ImageNet form), vgg16 or vit; input channels and image '
-        'size come from the data')
+        'size come from the data', choices=MODELS)
     hidden: list = _f(factory=lambda: [300, 100], help='hidden layer widths of the MLP')
     batchnorm: bool = _f(False, 'BatchNorm1d after each hidden Linear of the MLP')
     # sparsity
-    method: str = _f("dense", 'sparse training method: dense, static, set, rigl, snfs, granet, dst_ee, gmp or acdc')
+    method: str = _f("dense", 'sparse training method: dense, static, set, rigl, snfs, granet, dst_ee, gmp or acdc', choices=METHODS)
     density: float = _f(1.0,
         'fraction of the prunable weights kept (the final density for GraNet and GMP, the compressed '
         "phases' for AC/DC); 1.0 with method dense")
     distribution: str = _f("erk",
-        'how the density is spread over layers: erk, er, uniform or global (one magnitude top-k)')
-    mask_init: str = _f("random", 'initial mask of the sparse methods: random, magnitude or snip')
+        'how the density is spread over layers: erk, er, uniform or global (one magnitude top-k)', choices=DISTRIBUTIONS)
+    mask_init: str = _f("random", 'initial mask of the sparse methods: random, magnitude or snip', choices=MASK_INITS)
     erk_power_scale: float = _f(1.0, 'power applied to the ER/ERK ratio (1 = ERK as published, 0 = uniform)')
     include: list = _f(factory=list, help=
         "weights to prune: names, module names, fnmatch patterns, 'first' or 'last' (default: every "
@@ -105,22 +121,21 @@ class RunConfig:
     delta_t: int = _f(50, 'iterations between two mask updates (SET, RigL, SNFS, GraNet, DST-EE, GMP)')
     drop_fraction: float = _f(0.3, 'fraction of the active weights dropped and regrown at each mask update')
     fraction_schedule: Optional[str] = _f(None,
-        "decay of the drop fraction: constant, cosine or linear (unset: the method's own)")
+        "decay of the drop fraction: constant, cosine or linear (unset: the method's own)", choices=FRACTION_SCHEDULES)
     t_start: int = _f(0, 'first iteration at which masks may change')
     t_end_fraction: Optional[float] = _f(None,
         "mask updates stop after this fraction of the iterations (unset: the method's own, 0.75 for RigL,"
         ' 1.0 for DST-EE)')
     step_on_update: bool = _f(False, 'also take the optimizer step at an iteration that updates the masks')
-    c: float = _f(1e-3, 'DST-EE: weight of the exploration term c ln t / (N + eps) in the growth score')
-    eps: float = _f(1.0, 'DST-EE: the constant added to the activation counter N in the exploration term')
-    counter_init: str = _f("mask", "DST-EE: initial activation counters: 'mask' (1 where active) or 'zeros'")
-    exploration_form: str = _f("eq1",
-        "DST-EE: exploration term as in Eq. 1 ('eq1') or as printed in the text ('text')")
-    snfs_momentum: float = _f(0.9, 'SNFS: smoothing factor of the dense gradient momentum it grows by')
-    redistribute: bool = _f(False, 'SNFS: spread the regrowth over layers by their mean momentum')
+    c: float = _option(DSTEE, "c", 'DST-EE: weight of the exploration term c ln t / (N + eps) in the growth score')
+    eps: float = _option(DSTEE, "eps", 'DST-EE: the constant added to the activation counter N in the exploration term')
+    counter_init: str = _option(DSTEE, "counter_init", "DST-EE: initial activation counters: 'mask' (1 where active) or 'zeros'", choices=COUNTER_INITS)
+    exploration_form: str = _option(DSTEE, "form", "DST-EE: exploration term as in Eq. 1 ('eq1') or as printed in the text ('text')", choices=EXPLORATION_FORMS)
+    snfs_momentum: float = _option(SNFS, "momentum", 'SNFS: smoothing factor of the dense gradient momentum it grows by')
+    redistribute: bool = _option(SNFS, "redistribute", 'SNFS: spread the regrowth over layers by their mean momentum')
     init_density: float = _f(0.5, 'GraNet: density at the start, pruned gradually down to density')
     prune_end_fraction: float = _f(0.5, 'GMP and GraNet: gradual pruning ends after this fraction of the iterations')
-    gmp_scope: str = _f("global", 'GMP: prune by global or per-layer magnitude')
+    gmp_scope: str = _option(GMP, "scope", 'GMP: prune by global or per-layer magnitude', choices=SCOPES)
     # AC/DC ([TH] Alg. 1, §3.4.1; docs/methods.md §6.1): phase lengths in epochs; a length left unset
     # (None) takes the thesis value 10/5/5/10/15 with acdc_plan = "thesis" (the default: lengths kept,
     # the alternating block fills the budget, [TH] §3.4.3 "preserving the duration of each compressed
@@ -128,7 +143,7 @@ class RunConfig:
     # (the lengths scaled to a small budget: a project choice for miniatures). density = density of
     # the compressed phases.
     acdc_plan: str = _f("thesis",
-        "AC/DC: phase lengths of the thesis ('thesis') or scaled to the epoch budget ('scaled')")
+        "AC/DC: phase lengths of the thesis ('thesis') or scaled to the epoch budget ('scaled')", choices=ACDC_PLANS)
     acdc_warmup: Optional[int] = _f(None, 'AC/DC: epochs of dense warm-up (unset: from acdc_plan)')
     acdc_compressed: Optional[int] = _f(None,
         'AC/DC: epochs of each compressed (sparse) phase (unset: from acdc_plan)')
@@ -139,37 +154,33 @@ class RunConfig:
     acdc_final_compressed: Optional[int] = _f(None,
         'AC/DC: epochs of the final compressed fine-tuning phase (unset: from acdc_plan)')
     acdc_distribution: str = _f("global",
-        'AC/DC: selection of the compressed phases: global, uniform, first_last_dense or nm24')
+        'AC/DC: selection of the compressed phases: global, uniform, first_last_dense or nm24', choices=ACDC_DISTRIBUTIONS)
     # Sup-tickets around the method ([ST] Alg. 1; docs/methods.md §4.2, §4.3, §4.1)
     suptickets: bool = _f(False, 'wrap the sparse method in Sup-tickets (superposed cheap tickets in the last stage)')
     st_cycle_epochs: float = _f(0.5, 'Sup-tickets: epochs per cycle of the superposing stage')
-    st_n_tickets: Optional[int] = _f(None, 'Sup-tickets: number of cheap tickets (unset: as many cycles as fit)')
-    st_explore_fraction: float = _f(0.3,
-        'Sup-tickets: fraction of weights explored (dropped and regrown) after each superposition')
-    st_averaging: str = _f("cia", 'Sup-tickets: how tickets are superposed: cia, caa or cima')
-    st_beta: float = _f(0.8, 'Sup-tickets: weight of the running average in cima')
-    st_prune_scope: str = _f("layer", 'Sup-tickets: re-prune the superposed weights per layer or globally')
-    st_prune_each_step: bool = _f(True,
-        'Sup-tickets: prune the running average itself (false: keep it dense, prune a copy)')
-    st_bn_avg: str = _f("std",
-        "Sup-tickets: average BatchNorm running statistics as standard deviations ('std') or variances "
-        "('var')")
-    st_lr_low: float = _f(0.001, 'Sup-tickets: lowest learning rate of a cycle (Eq. 3)')
-    st_lr_high: float = _f(0.005, 'Sup-tickets: highest learning rate of a cycle (Eq. 3)')
+    st_n_tickets: Optional[int] = _option(SupTickets, "n_tickets", 'Sup-tickets: number of cheap tickets (unset: as many cycles as fit)')
+    st_explore_fraction: float = _option(SupTickets, "explore_fraction", 'Sup-tickets: fraction of weights explored (dropped and regrown) after each superposition')
+    st_averaging: str = _option(SupTickets, "averaging", 'Sup-tickets: how tickets are superposed: cia, caa or cima', choices=ST_AVERAGING)
+    st_beta: float = _option(SupTickets, "beta", 'Sup-tickets: weight of the running average in cima')
+    st_prune_scope: str = _option(SupTickets, "prune_scope", 'Sup-tickets: re-prune the superposed weights per layer or globally', choices=ST_PRUNE_SCOPES)
+    st_prune_each_step: bool = _option(SupTickets, "prune_each_step", 'Sup-tickets: prune the running average itself (false: keep it dense, prune a copy)')
+    st_bn_avg: str = _option(SupTickets, "bn_avg", "Sup-tickets: average BatchNorm running statistics as standard deviations ('std') or variances "
+        "('var')", choices=ST_BN_AVERAGES)
+    st_lr_low: float = _option(SupTickets, "lr_low", 'Sup-tickets: lowest learning rate of a cycle (Eq. 3)')
+    st_lr_high: float = _option(SupTickets, "lr_high", 'Sup-tickets: highest learning rate of a cycle (Eq. 3)')
     # the superposing stage's LR: Eq. 3 (default), or FGE's / SWA's cyclical rate ([ST] Table 7)
-    st_lr_schedule: str = _f("eq3",
-        "Sup-tickets: the stage's learning rate: Eq. 3, or FGE's / SWA's cyclical schedule")
+    st_lr_schedule: str = _option(SupTickets, "lr_schedule", "Sup-tickets: the stage's learning rate: Eq. 3, or FGE's / SWA's cyclical schedule", choices=STAGE_LR_SCHEDULES)
     # True: also explore at the start of the stage, so every cycle starts with an exploration
     # ([ST] §3.2.1 text); False: Alg. 1 (explore after each superposition only)
-    st_explore_at_stage_start: bool = _f(False, 'Sup-tickets: also explore when the superposing stage starts')
+    st_explore_at_stage_start: bool = _option(SupTickets, "explore_at_stage_start", 'Sup-tickets: also explore when the superposing stage starts')
     # DST-EE exploitation degree ([EE] Eq. 2-3) of every mask update, logged beside R
     ee_exploitation_degree: bool = _f(True, 'DST-EE: log the exploitation degree (Eq. 2-3) of every mask update')
     # D²-Sparse and its baselines ([D2] §3, §4.1-4.2; docs/methods.md §5.1, §5.3); procedure 'train' = one run
     procedure: str = _f("train",
         'what is run: train (one run) or a multi-phase procedure: d2sparse, d2_baseline, d2_baseline_lb, '
-        'imp, acdc, cocktail, cram')
+        'imp, acdc, cocktail, cram', choices=PROCEDURES)
     d2_states: int = _f(10, 'D²-Sparse: number of sparse states')
-    d2_schedule: str = _f("geometric", 'D²-Sparse: density of the states decreasing geometrically or linearly')
+    d2_schedule: str = _f("geometric", 'D²-Sparse: density of the states decreasing geometrically or linearly', choices=D2_SCHEDULES)
     d2_warmup_epochs: int = _f(25, 'D²-Sparse: epochs of dense warm-up (state 0)')
     d2_state_epochs: int = _f(50, 'D²-Sparse: epochs of each branch of a state')
     d2_finetune_epochs: int = _f(5, 'D²-Sparse: epochs of fine-tuning after each merge')
@@ -179,21 +190,21 @@ class RunConfig:
         'D²-Sparse: candidate merge weights alpha, the best kept')
     d2_views: list = _f(factory=lambda: ["augmix_weak", "augmix_strong"], help=
         'D²-Sparse: the two data views of the branches: augmix_weak, augmix_strong, cutmix or none')
-    d2_lb_view: str = _f("none", 'D²-Sparse large-batch baseline: its data view')
+    d2_lb_view: str = _f("none", 'D²-Sparse large-batch baseline: its data view', choices=D2_VIEWS)
     d2_view_pool: int = _f(0, 'D²-Sparse: reuse a pool of this many augmented copies of the data (0: fresh views)')
     d2_bn_merge: str = _f("interpolate",
-        'D²-Sparse: BatchNorm statistics of a merge: interpolated or recomputed on the data')
+        'D²-Sparse: BatchNorm statistics of a merge: interpolated or recomputed on the data', choices=D2_BN_MERGES)
     # each state's initial masks: "random" ERK masks ([D2] §3, literal) or the previous state's network
     # magnitude-pruned to the state's density, then drop_fraction of it re-grown at random per branch
-    d2_mask_init: str = _f("random", "D²-Sparse: each state's masks: random ERK or pruned from the previous state")
+    d2_mask_init: str = _f("random", "D²-Sparse: each state's masks: random ERK or pruned from the previous state", choices=D2_MASK_INITS)
     # IMP with weight rewinding (docs/methods.md §2.5): N iterations pruning imp_rate of the remaining weights
     imp_iterations: int = _f(10, 'IMP: number of prune-and-retrain iterations')
     imp_rate: float = _f(0.2, 'IMP: fraction of the remaining weights pruned per iteration')
     imp_rewind_epoch: int = _f(1, 'IMP: epoch whose weights the survivors are rewound to')
-    imp_scope: str = _f("global", 'IMP: prune by global or per-layer magnitude')
+    imp_scope: str = _f("global", 'IMP: prune by global or per-layer magnitude', choices=SCOPES)
     # CrAM ([TH] Ch. 5 Alg. 2; docs/methods.md §7.1, §7.2, §7.5; reference.cram_options): procedure 'cram' trains a dense
     # model with cram_mode, then prunes it one-shot at cram_eval_sparsities (+ BNT on cram_bnt_samples)
-    cram_mode: str = _f("cram", 'CrAM: training mode: cram, sam, csam or plain sgd')
+    cram_mode: str = _f("cram", 'CrAM: training mode: cram, sam, csam or plain sgd', choices=CRAM_MODES)
     cram_rho: float = _f(0.05, 'CrAM: step size rho of the perturbation')
     cram_plus: Optional[bool] = _f(None,
         "CrAM: add the gradient at the dense point (CrAM+; unset: the mode's default)")
@@ -223,13 +234,13 @@ class RunConfig:
     cocktail_holdout_fraction: float = _f(0.05,
         'Sparse Cocktail: fraction of the training data held out to score the interpolation')
     cocktail_temperature: float = _f(1.0, "Sparse Cocktail: temperature of the dense pivot's soft targets")
-    cocktail_range: str = _f("paper", "Sparse Cocktail: layers pruned: 'paper' (all but first and last) or 'hidden'")
+    cocktail_range: str = _f("paper", "Sparse Cocktail: layers pruned: 'paper' (all but first and last) or 'hidden'", choices=COCKTAIL_RANGES)
     cocktail_rewind: bool = _f(True, 'Sparse Cocktail: rewind weights at each iteration (ablation switch)')
     cocktail_interpolate: bool = _f(True, 'Sparse Cocktail: greedy weight interpolation (ablation switch)')
     cocktail_pivot: bool = _f(True, 'Sparse Cocktail: dense pivot co-training (ablation switch)')
     cocktail_umg: bool = _f(True, 'Sparse Cocktail: unified mask generation (ablation switch)')
     # optimisation
-    optimizer: str = _f("sgd", 'optimizer: sgd, adam or adamw')
+    optimizer: str = _f("sgd", 'optimizer: sgd, adam or adamw', choices=OPTIMIZERS)
     epochs: int = _f(10, 'passes over the training set')
     batch_size: int = _f(64, 'samples per iteration')
     lr: float = _f(0.05, 'peak learning rate')
@@ -238,7 +249,7 @@ class RunConfig:
     nesterov: bool = _f(False, 'Nesterov momentum (SGD)')
     # None: the paper's schedule of the method (``lr_schedule_name``): warmup_cosine for AC/DC and CrAM,
     # cyclic_cosine for Sparse Cocktail, step for Sup-tickets, cosine otherwise (docs/methods.md §1.8)
-    lr_schedule: Optional[str] = _f(None, "learning-rate schedule (unset: the method's paper schedule)")
+    lr_schedule: Optional[str] = _f(None, "learning-rate schedule (unset: the method's paper schedule)", choices=LR_SCHEDULES)
     # warmup_cosine: linear warm-up epochs ([TH] §5.4, App. A.2: 5)
     lr_warmup_epochs: int = _f(5, 'warmup_cosine: epochs of linear warm-up')
     # cyclic_cosine ([SC] Table 5: init_epoch 100, interval 10,
@@ -250,12 +261,12 @@ class RunConfig:
     # data (reference.datasets; imagefolder through accel.data)
     dataset: str = _f("mnist5k",
         'data: mnist5k (ships with the install), cifar10, cifar100, imagefolder, tensors (.npz) or '
-        'synthetic')
+        'synthetic', choices=DATASETS)
     data_root: Optional[str] = _f(None,
         'cifar10/100: folder holding cifar-10-batches-py or cifar-100-python; imagefolder: folder with '
         'train/ and val/; tensors: the .npz file')
     augment: Optional[str] = _f(None,
-        'training augmentation: none or crop_flip (unset: crop_flip for CIFAR, none otherwise)')
+        'training augmentation: none or crop_flip (unset: crop_flip for CIFAR, none otherwise)', choices=AUGMENTS)
     image_size: int = _f(32, 'imagefolder: images resized and center-cropped to this side')
     synthetic_shape: list = _f(factory=lambda: [3, 32, 32], help='synthetic: shape of one sample, e.g. 3 32 32 or 20')
     synthetic_classes: int = _f(10, 'synthetic: number of classes')
@@ -267,7 +278,7 @@ class RunConfig:
     holdout_per_class: int = _f(50, 'held-out samples per class taken from the training data')
     split_seed: int = _f(0, 'seed of the train / hold-out / test split and of synthetic data')
     check_finite: bool = _f(True, 'stop on NaN/inf in gradients (see nonfinite)')
-    nonfinite: str = _f("raise", 'on a non-finite gradient: raise, or skip the iteration')
+    nonfinite: str = _f("raise", 'on a non-finite gradient: raise, or skip the iteration', choices=NONFINITE)
     # data-parallel (torchrun): debug check that every rank holds the same masks after each update
     ddp_verify_masks: bool = _f(False,
         'under torchrun: check after every mask update that all ranks hold the same masks')
@@ -278,16 +289,10 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         check_name("label", self.label)
-        _check_choice("backend", self.backend, BACKENDS)
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("model", self.model, MODELS)
-        _check_choice("method", self.method, METHODS)
-        _check_choice("distribution", self.distribution, DISTRIBUTIONS)
-        _check_choice("mask_init", self.mask_init, MASK_INITS)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.lr_schedule is not None:
-            _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for f in fields(self):          # every choice field against the values on its metadata
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and not (value is None and f.default is None):
+                _check_choice(f.name, value, f.metadata["choices"])
         _check_int("lr_warmup_epochs", self.lr_warmup_epochs, 0)
         _check_int("lr_cycle_init_epochs", self.lr_cycle_init_epochs, 1)
         _check_int("lr_cycle_interval", self.lr_cycle_interval, 1)
@@ -296,7 +301,6 @@ class RunConfig:
         if self.lr_schedule_name() == "warmup_cosine" and self.lr_warmup_epochs >= self.epochs:
             raise ConfigError(f"lr_warmup_epochs={self.lr_warmup_epochs} leaves no cosine phase in a run of "
                               f"epochs={self.epochs} (lr_schedule='warmup_cosine'); use lr_warmup_epochs < epochs")
-        _check_choice("nonfinite", self.nonfinite, ("raise", "skip"))
         _check_range("density", self.density, 0.0, 1.0, lo_open=True)
         if self.method == "dense" and self.density != 1.0:
             raise ConfigError(f"density={self.density} with method='dense': a dense run has density 1.0 "
@@ -304,10 +308,6 @@ class RunConfig:
         if self.method != "dense" and self.density == 1.0:
             raise ConfigError(f"method={self.method!r} needs density < 1 (got density=1.0); use method='dense'")
         _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
-        if self.fraction_schedule is not None:
-            _check_choice("fraction_schedule", self.fraction_schedule, FRACTION_SCHEDULES)
-        _check_choice("counter_init", self.counter_init, COUNTER_INITS)
-        _check_choice("exploration_form", self.exploration_form, EXPLORATION_FORMS)
         _check_int("delta_t", self.delta_t, 1)
         _check_int("t_start", self.t_start, 0)
         _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
@@ -318,19 +318,14 @@ class RunConfig:
         _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
         _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
         _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
-        _check_choice("gmp_scope", self.gmp_scope, ("global", "layer"))
         self._validate_acdc()
         _check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
         if self.st_n_tickets is not None:
             _check_int("st_n_tickets", self.st_n_tickets, 1)
         _check_range("st_explore_fraction", self.st_explore_fraction, 0.0, 1.0)
-        _check_choice("st_averaging", self.st_averaging, ("cia", "caa", "cima"))
         _check_range("st_beta", self.st_beta, 0.0, 1.0)
-        _check_choice("st_prune_scope", self.st_prune_scope, ("layer", "global"))
-        _check_choice("st_bn_avg", self.st_bn_avg, ("std", "var"))
         _check_range("st_lr_low", self.st_lr_low, 0.0, math.inf, lo_open=True)
         _check_range("st_lr_high", self.st_lr_high, self.st_lr_low, math.inf)
-        _check_choice("st_lr_schedule", self.st_lr_schedule, STAGE_LR_SCHEDULES)
         if self.suptickets and self.method == "dense":
             raise ConfigError("suptickets=true needs a sparse base method (static, set, rigl, snfs, granet, dst_ee)")
         if self.method == "granet" and self.init_density < self.density:
@@ -371,8 +366,6 @@ class RunConfig:
         return self
 
     def _validate_acdc(self) -> None:
-        _check_choice("acdc_distribution", self.acdc_distribution, ACDC_DISTRIBUTIONS)
-        _check_choice("acdc_plan", self.acdc_plan, ACDC_PLANS)
         for key in ("acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed",
                     "acdc_final_compressed"):
             if getattr(self, key) is not None:
@@ -384,9 +377,8 @@ class RunConfig:
         if self.acdc_distribution == "nm24" and self.density != 0.5:
             raise ConfigError(f"acdc_distribution='nm24' keeps 2 of every 4 weights (density 0.5); "
                               f"set density=0.5 (got density={self.density})")
-        from .methods.acdc import acdc_lengths
-        given = {k: getattr(self, f"acdc_{k}") for k in ("warmup", "compressed", "decompressed",
-                                                          "final_decompressed", "final_compressed")}
+        from .methods.acdc import LENGTH_KEYS, acdc_lengths
+        given = {k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}
         try:
             acdc_lengths(self.epochs, plan=self.acdc_plan, **given)
         except ValueError as e:
@@ -443,7 +435,6 @@ class RunConfig:
         _check_range("cocktail_beta", self.cocktail_beta, 0.0, 1.0)
         _check_range("cocktail_holdout_fraction", self.cocktail_holdout_fraction, 0.0, 0.5, lo_open=True)
         _check_range("cocktail_temperature", self.cocktail_temperature, 0.0, math.inf, lo_open=True)
-        _check_choice("cocktail_range", self.cocktail_range, COCKTAIL_RANGES)
         if self.procedure != "cocktail":
             return
         if self.method != "dense" or self.suptickets:
@@ -466,14 +457,9 @@ class RunConfig:
                               f"or leaving nothing to train on; raise the fraction or train_budget")
 
     def _validate_d2(self) -> None:
-        _check_choice("procedure", self.procedure, PROCEDURES)
         for key, lo in (("d2_states", 1), ("d2_warmup_epochs", 0), ("d2_state_epochs", 1), ("d2_finetune_epochs", 1),
                         ("d2_baseline_epochs", 1), ("d2_view_pool", 0)):
             _check_int(key, getattr(self, key), lo)
-        _check_choice("d2_schedule", self.d2_schedule, D2_SCHEDULES)
-        _check_choice("d2_bn_merge", self.d2_bn_merge, D2_BN_MERGES)
-        _check_choice("d2_mask_init", self.d2_mask_init, D2_MASK_INITS)
-        _check_choice("d2_lb_view", self.d2_lb_view, D2_VIEWS)
         _check_range("d2_finetune_lr_scale", self.d2_finetune_lr_scale, 0.0, math.inf, lo_open=True)
         alphas = self.d2_alphas
         if not (isinstance(alphas, list) and alphas):
@@ -488,7 +474,6 @@ class RunConfig:
         _check_int("imp_iterations", self.imp_iterations, 1)
         _check_range("imp_rate", self.imp_rate, 0.0, 0.999, lo_open=True)
         _check_int("imp_rewind_epoch", self.imp_rewind_epoch, 0)
-        _check_choice("imp_scope", self.imp_scope, ("global", "layer"))
         from .cram_options import validate_cram_fields
         validate_cram_fields(self, ConfigError)
         if self.procedure == "cram":
@@ -521,9 +506,6 @@ class RunConfig:
                               f"subsets uniformly across classes ([D2] §4.1): use a multiple of {k}")
 
     def _validate_data(self) -> None:
-        _check_choice("dataset", self.dataset, DATASETS)
-        if self.augment is not None:
-            _check_choice("augment", self.augment, AUGMENTS)
         if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
             raise ConfigError(f"data_root={self.data_root!r} must be a non-empty path")
         if self.dataset in ("cifar10", "cifar100", "imagefolder", "tensors") and self.data_root is None:
@@ -611,18 +593,25 @@ def check_mask_updates(cfg: RunConfig) -> int:
 
 
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
-BOOL_KEYS = {"st_explore_at_stage_start", "ee_exploitation_degree", "cram_uniform_first_last_dense", "cram_plus", "cram_sparse_grad", "batchnorm", "nesterov", "check_finite", "step_on_update", "redistribute", "suptickets",
-              "st_prune_each_step", "ddp_verify_masks",
-              "cocktail_rewind", "cocktail_interpolate", "cocktail_pivot", "cocktail_umg"}
-FLOAT_KEYS = {"lr_min", "lr_restart", "cram_base_prob", "cram_rho", "cocktail_unstructured_rate", "cocktail_channel_rate", "cocktail_beta",
-               "cocktail_holdout_fraction", "cocktail_temperature", "imp_rate", "d2_finetune_lr_scale", "density", "erk_power_scale", "lr", "momentum", "weight_decay", "drop_fraction", "t_end_fraction",
-               "c", "eps", "snfs_momentum", "init_density", "prune_end_fraction", "st_cycle_epochs",
-               "st_explore_fraction", "st_beta", "st_lr_low", "st_lr_high"}
-INT_KEYS = {"log_every", "image_size", "synthetic_classes", "synthetic_train", "synthetic_test", "lr_warmup_epochs", "lr_cycle_init_epochs", "lr_cycle_interval", "cram_tau", "cram_bnt_samples", "cram_bnt_batches", "cram_bnt_batch_size", "cocktail_iterations", "cocktail_rewind_epoch", "seed", "epochs", "batch_size", "test_per_class", "holdout_per_class", "split_seed", "train_budget",
-             "delta_t", "t_start", "st_n_tickets", "d2_states", "d2_warmup_epochs", "d2_state_epochs",
-             "d2_finetune_epochs", "d2_baseline_epochs", "d2_view_pool", "imp_iterations", "imp_rewind_epoch",
-             "acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed", "acdc_final_compressed"}
-LIST_KEYS = {"synthetic_shape", "cram_compressions", "cram_eval_sparsities", "cram_eval_patterns", "hidden", "include", "exclude", "d2_alphas", "d2_views"}
+def _keys_of_type(kind: str) -> set:
+    """The RunConfig fields annotated ``kind`` or ``Optional[kind]`` (the annotation is the one source
+    of a key's type for the TOML and CLI checks)."""
+    return {f.name for f in fields(RunConfig) if f.type in (kind, f"Optional[{kind}]")}
+
+
+BOOL_KEYS, FLOAT_KEYS, INT_KEYS, LIST_KEYS = (_keys_of_type(k) for k in ("bool", "float", "int", "list"))
+
+
+def method_options(cfg: RunConfig, cls) -> dict:
+    """The options of method class ``cls`` set by ``cfg``: every field declared with
+    ``_option(cls, attr, ...)``, as ``{attr: value}`` (e.g. SupTickets' averaging from st_averaging)."""
+    return {f.metadata["option_of"][1]: getattr(cfg, f.name) for f in fields(RunConfig)
+            if f.metadata.get("option_of", (None,))[0] is cls}
+
+
+def choices_of(name: str):
+    """The allowed values of a choice field (None for a field that is not a choice)."""
+    return RUN_KEYS[name].metadata.get("choices")
 
 
 # ----------------------------------------------------------------------------- keys of a selection

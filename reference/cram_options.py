@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 
+from .acdc_ops import DISTRIBUTIONS as TOPK_DISTRIBUTIONS
 from .cram_ops import Compression, nm_compression, percent_range, quant_compression, topk_compression
 
 MODES = ("cram", "sam", "csam", "sgd")
-EVAL_PATTERNS = ("global", "uniform")        # + any compression string of kind nm / quant
+EVAL_PATTERNS = TOPK_DISTRIBUTIONS   # Top-K over all layers or per layer; + any compression string nm / quant
 
 
 def _number(text: str, spec: str) -> float:

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ._checks import imp_keep_count
+from .masks import SCOPES
 from .procedure_tools import dense_with_rewind, derive_seed, masked, test_metrics
 from .stages import Stages
 
-SCOPES = ("global", "layer")
 
 
 def prune_fraction_of_remaining(ops, masks: dict, weights: dict, rate: float, scope: str = "global") -> dict:

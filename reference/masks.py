@@ -15,6 +15,8 @@ import numpy as np
 from ._checks import check_density, check_nonempty, count_for_density, as_real_array
 from .topk import topk_mask, topk_masks_global, topk_masks_per_layer
 
+SCOPES = ("global", "layer")   # magnitude selection over all layers at once, or within each layer
+
 NM_AXES = ("reduction", "rows")
 
 

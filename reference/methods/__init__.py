@@ -37,17 +37,15 @@ def from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
     (t_end = floor(t_end_fraction * T) with the method's default window, ``RunConfig.dst_window``;
     GraNet's prune_end = floor(prune_end_fraction * T)); with ``suptickets`` the method is wrapped in
     Sup-tickets (C = st_cycle_epochs epochs, at least 1 step)."""
-    method = _base_from_run_config(cfg, total_steps, steps_per_epoch)
+    from ..config import method_options   # the run fields declared as options of each class
+    method = _base_from_run_config(cfg, total_steps, steps_per_epoch, method_options)
     if not getattr(cfg, "suptickets", False):
         return method
     return SupTickets(base=method, total_steps=total_steps, cycle=max(1, round(cfg.st_cycle_epochs * steps_per_epoch)),
-                      n_tickets=cfg.st_n_tickets, explore_fraction=cfg.st_explore_fraction, averaging=cfg.st_averaging,
-                      beta=cfg.st_beta, prune_scope=cfg.st_prune_scope, prune_each_step=cfg.st_prune_each_step,
-                      bn_avg=cfg.st_bn_avg, lr_low=cfg.st_lr_low, lr_high=cfg.st_lr_high,
-                      lr_schedule=cfg.st_lr_schedule, explore_at_stage_start=cfg.st_explore_at_stage_start)
+                      **method_options(cfg, SupTickets))
 
 
-def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Method:
+def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int, method_options) -> Method:
     if cfg.method == "dense":
         return Dense()
     if cfg.method == "static":
@@ -56,16 +54,16 @@ def _base_from_run_config(cfg, total_steps: int, steps_per_epoch: int = 1) -> Me
         return acdc_from_run_config(cfg, steps_per_epoch)
     if cfg.method == "gmp":
         return GMP(final_density=cfg.density, delta_t=cfg.delta_t, prune_start=cfg.t_start,
-                   prune_end=max(cfg.t_start + 1, int(cfg.prune_end_fraction * total_steps)), scope=cfg.gmp_scope)
+                   prune_end=max(cfg.t_start + 1, int(cfg.prune_end_fraction * total_steps)), **method_options(cfg, GMP))
     t_end_fraction, fraction_schedule = cfg.dst_window()   # DST-EE: Alg. 1's window by default
     common = dict(delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction, fraction_schedule=fraction_schedule,
                   t_start=cfg.t_start, t_end=int(t_end_fraction * total_steps), init=cfg.mask_init,
                   step_on_update=cfg.step_on_update)
     extra = {
         "set": {}, "rigl": {},
-        "snfs": dict(momentum=cfg.snfs_momentum, redistribute=cfg.redistribute),
+        "snfs": method_options(cfg, SNFS),
         "granet": dict(final_density=cfg.density, prune_start=cfg.t_start,
                        prune_end=int(cfg.prune_end_fraction * total_steps)),
-        "dst_ee": dict(c=cfg.c, eps=cfg.eps, counter_init=cfg.counter_init, form=cfg.exploration_form),
+        "dst_ee": method_options(cfg, DSTEE),
     }[cfg.method]
     return build(cfg.method, **common, **extra)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .._checks import count_for_density
+from ..masks import SCOPES
 from ..schedules import gmp_density_at
 from .base import InitContext, Method, Update
 
-SCOPES = ("global", "layer")
 
 
 @dataclass

@@ -23,12 +23,15 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from ..masks import SCOPES
+from ..merge import BN_AVG_MODES
 from ..schedules import STAGE_LR_SCHEDULES, stage_collects, stage_lr, step_seed
 from .base import InitContext, Method, Update
 from .dynamic import DropGrow
 
 AVERAGING = ("cia", "caa", "cima")
-PRUNE_SCOPES = ("layer", "global")
+PRUNE_SCOPES = SCOPES                # re-pruning the superposed weights per layer or globally
+BN_AVERAGES = BN_AVG_MODES          # BN running statistics averaged as standard deviations or variances
 
 
 def bn_stat_pairs(names) -> list:
@@ -81,8 +84,8 @@ class SupTickets(Method):
             raise ValueError(f"beta={self.beta!r} is outside the allowed range [0, 1]")
         if self.prune_scope not in PRUNE_SCOPES:
             raise ValueError(f"prune_scope={self.prune_scope!r} is not allowed; choose one of {list(PRUNE_SCOPES)}")
-        if self.bn_avg not in ("std", "var"):
-            raise ValueError(f"bn_avg={self.bn_avg!r} is not allowed; choose one of ['std', 'var']")
+        if self.bn_avg not in BN_AVERAGES:
+            raise ValueError(f"bn_avg={self.bn_avg!r} is not allowed; choose one of {list(BN_AVERAGES)}")
         if self.lr_schedule not in STAGE_LR_SCHEDULES:
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is not allowed; choose one of {list(STAGE_LR_SCHEDULES)}")
         if not isinstance(self.explore_at_stage_start, bool):
