@@ -18,6 +18,8 @@ import sys
 from dataclasses import fields
 
 from twinsparse.reference import config as C
+from twinsparse.reference import config_keys as K
+from twinsparse.reference import experiment_file as E
 
 _LIST_TYPES = {"hidden": int, "d2_alphas": float, "cram_eval_sparsities": float, "synthetic_shape": int}
 
@@ -32,19 +34,19 @@ OVERWRITE_HELP = "replace the files of an earlier run in the output folder (with
 def _flag_help(name: str, default) -> str:
     """The field's help text (its metadata in reference.config) and its default."""
     shown = "unset" if default is None else ("true" if default is True else "false" if default is False else default)
-    return f"{C.field_help(name)} (default: {shown})".replace("%", "%%")
+    return f"{K.field_help(name)} (default: {shown})".replace("%", "%%")
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     defaults = C.RunConfig()
     groups: dict = {}
     for f in fields(C.RunConfig):      # one group per method / procedure / dataset that owns the key
-        owner = C.key_owner(f.name)
+        owner = K.key_owner(f.name)
         title = f"only with {owner[0]}" if owner else "run"
         if title not in groups:
             groups[title] = p.add_argument_group(title)
     for f in fields(C.RunConfig):
-        owner = C.key_owner(f.name)
+        owner = K.key_owner(f.name)
         g = groups[f"only with {owner[0]}" if owner else "run"]
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
         # under torchrun (WORLD_SIZE > 1) every process joins the group; a dead peer fails collectives
         ddp.init_from_env(timeout_s=float(os.environ.get("TWINSPARSE_DDP_TIMEOUT", "60")))
         if args.command == "run":
-            exp = C.load_experiment(args.config)
+            exp = E.load_experiment(args.config)
             overrides = {k: getattr(args, k) for k in ("backend", "device") if getattr(args, k) is not None}
             if args.seed is not None:
                 exp.seeds = [args.seed]
@@ -134,12 +136,12 @@ def main(argv=None) -> int:
         else:
             given = {f.name: getattr(args, f.name) for f in fields(C.RunConfig) if getattr(args, f.name) is not None}
             seed = given.pop("seed", 0)
-            run = C.RunConfig(**C.coerce_run_fields(given, "the command line")).validate()
-            C.check_selected_keys(given, run, "the command line", shown=lambda k, v: f"--{k.replace('_', '-')} {v}")
+            run = C.RunConfig(**K.coerce_run_fields(given, "the command line")).validate()
+            K.check_selected_keys(given, run, "the command line", shown=lambda k, v: f"--{k.replace('_', '-')} {v}")
             if args.dry_run:
                 print(describe_run(run.replace(seed=seed)))
                 return 0
-            exp = C.ExperimentConfig(name=run.label, output=DEFAULT_TRAIN_OUTPUT, seeds=[seed], runs=[run])
+            exp = E.ExperimentConfig(name=run.label, output=DEFAULT_TRAIN_OUTPUT, seeds=[seed], runs=[run])
             run_experiment(exp, output=args.output, progress=not args.no_progress, checkpoint=args.checkpoint,
                            resume=args.resume, overwrite=args.overwrite)
     except (C.ConfigError, ValueError, FileNotFoundError, RuntimeError, OSError) as e:

@@ -587,7 +587,8 @@ EXPORT_KIND = "twinsparse-export"
 
 
 def _model_from_checkpoint(path: str):
-    from twinsparse.reference.config import RunConfig, coerce_run_fields, run_to_dict
+    from twinsparse.reference.config import RunConfig, run_to_dict
+    from twinsparse.reference.config_keys import coerce_run_fields
     from . import checkpoint as ckpt
     from .train import build_model_for
     payload = ckpt.load(path)

@@ -153,7 +153,8 @@ def _resized(mod: nn.Module, shape: list) -> nn.Module:
 def load_export(out: str, device=None) -> nn.Module:
     """The module of a ``write_export`` pair, in eval mode; a 2:4 export becomes semi-structured again
     on a supported CUDA ``device``."""
-    from twinsparse.reference.config import RunConfig, coerce_run_fields
+    from twinsparse.reference.config import RunConfig
+    from twinsparse.reference.config_keys import coerce_run_fields
     from .export import export_semi_structured
     from .train import build_model_for
     meta = _read_meta(out)

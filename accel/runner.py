@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from twinsparse.reference import safeio
 from twinsparse.reference.checkpoint import CheckpointError, check_config
-from twinsparse.reference.config import ExperimentConfig, RunConfig, check_mask_updates, run_to_dict
+from twinsparse.reference.config import RunConfig, check_mask_updates, run_to_dict
+from twinsparse.reference.experiment_file import ExperimentConfig
 from twinsparse.reference.train import Diverged
 from .events import RunEvents, existing_outputs, remove_output
 from .rundir import RunDirectoryError, RunLock, RunLog, default_output, read_log, stage_files

@@ -9,14 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 METHODS = ("dense", "static", "set", "rigl", "snfs", "granet", "dst_ee", "gmp", "acdc")
 DYNAMIC_METHODS = ("set", "rigl", "snfs", "granet", "dst_ee")
@@ -288,58 +283,59 @@ class RunConfig:
         'only)')
 
     def validate(self) -> "RunConfig":
+        from . import config_checks as CHECKS   # the checks of one method / procedure / dataset
         check_name("label", self.label)
         for f in fields(self):          # every choice field against the values on its metadata
             value = getattr(self, f.name)
             if "choices" in f.metadata and not (value is None and f.default is None):
-                _check_choice(f.name, value, f.metadata["choices"])
-        _check_int("lr_warmup_epochs", self.lr_warmup_epochs, 0)
-        _check_int("lr_cycle_init_epochs", self.lr_cycle_init_epochs, 1)
-        _check_int("lr_cycle_interval", self.lr_cycle_interval, 1)
-        _check_range("lr_min", self.lr_min, 0.0, math.inf)
-        _check_range("lr_restart", self.lr_restart, 0.0, math.inf)
+                check_choice(f.name, value, f.metadata["choices"])
+        check_int("lr_warmup_epochs", self.lr_warmup_epochs, 0)
+        check_int("lr_cycle_init_epochs", self.lr_cycle_init_epochs, 1)
+        check_int("lr_cycle_interval", self.lr_cycle_interval, 1)
+        check_range("lr_min", self.lr_min, 0.0, math.inf)
+        check_range("lr_restart", self.lr_restart, 0.0, math.inf)
         if self.lr_schedule_name() == "warmup_cosine" and self.lr_warmup_epochs >= self.epochs:
             raise ConfigError(f"lr_warmup_epochs={self.lr_warmup_epochs} leaves no cosine phase in a run of "
                               f"epochs={self.epochs} (lr_schedule='warmup_cosine'); use lr_warmup_epochs < epochs")
-        _check_range("density", self.density, 0.0, 1.0, lo_open=True)
+        check_range("density", self.density, 0.0, 1.0, lo_open=True)
         if self.method == "dense" and self.density != 1.0:
             raise ConfigError(f"density={self.density} with method='dense': a dense run has density 1.0 "
                               f"(use method='static' for a fixed sparse mask)")
         if self.method != "dense" and self.density == 1.0:
             raise ConfigError(f"method={self.method!r} needs density < 1 (got density=1.0); use method='dense'")
-        _check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
-        _check_int("delta_t", self.delta_t, 1)
-        _check_int("t_start", self.t_start, 0)
-        _check_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
+        check_range("erk_power_scale", self.erk_power_scale, 0.0, math.inf)
+        check_int("delta_t", self.delta_t, 1)
+        check_int("t_start", self.t_start, 0)
+        check_range("drop_fraction", self.drop_fraction, 0.0, 1.0)
         if self.t_end_fraction is not None:
-            _check_range("t_end_fraction", self.t_end_fraction, 0.0, 1.0, lo_open=True)
-        _check_range("c", self.c, 0.0, math.inf)
-        _check_range("eps", self.eps, 0.0, math.inf, lo_open=True)
-        _check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
-        _check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
-        _check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
-        self._validate_acdc()
-        _check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
+            check_range("t_end_fraction", self.t_end_fraction, 0.0, 1.0, lo_open=True)
+        check_range("c", self.c, 0.0, math.inf)
+        check_range("eps", self.eps, 0.0, math.inf, lo_open=True)
+        check_range("snfs_momentum", self.snfs_momentum, 0.0, 0.999999)
+        check_range("init_density", self.init_density, 0.0, 1.0, lo_open=True)
+        check_range("prune_end_fraction", self.prune_end_fraction, 0.0, 1.0, lo_open=True)
+        CHECKS.check_acdc(self)
+        check_range("st_cycle_epochs", self.st_cycle_epochs, 0.0, math.inf, lo_open=True)
         if self.st_n_tickets is not None:
-            _check_int("st_n_tickets", self.st_n_tickets, 1)
-        _check_range("st_explore_fraction", self.st_explore_fraction, 0.0, 1.0)
-        _check_range("st_beta", self.st_beta, 0.0, 1.0)
-        _check_range("st_lr_low", self.st_lr_low, 0.0, math.inf, lo_open=True)
-        _check_range("st_lr_high", self.st_lr_high, self.st_lr_low, math.inf)
+            check_int("st_n_tickets", self.st_n_tickets, 1)
+        check_range("st_explore_fraction", self.st_explore_fraction, 0.0, 1.0)
+        check_range("st_beta", self.st_beta, 0.0, 1.0)
+        check_range("st_lr_low", self.st_lr_low, 0.0, math.inf, lo_open=True)
+        check_range("st_lr_high", self.st_lr_high, self.st_lr_low, math.inf)
         if self.suptickets and self.method == "dense":
             raise ConfigError("suptickets=true needs a sparse base method (static, set, rigl, snfs, granet, dst_ee)")
         if self.method == "granet" and self.init_density < self.density:
             raise ConfigError(f"init_density={self.init_density} is below density={self.density}: GraNet prunes "
                               f"gradually from init_density down to density")
-        _check_range("lr", self.lr, 0.0, math.inf)
-        _check_range("momentum", self.momentum, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        check_range("lr", self.lr, 0.0, math.inf)
+        check_range("momentum", self.momentum, 0.0, 1.0)
+        check_range("weight_decay", self.weight_decay, 0.0, math.inf)
         for key, lo in (("epochs", 1), ("batch_size", 1), ("test_per_class", 1), ("holdout_per_class", 0)):
-            _check_int(key, getattr(self, key), lo)
-        _check_int("seed", self.seed, 0)
-        _check_int("split_seed", self.split_seed, 0)
+            check_int(key, getattr(self, key), lo)
+        check_int("seed", self.seed, 0)
+        check_int("split_seed", self.split_seed, 0)
         if self.train_budget is not None:
-            _check_int("train_budget", self.train_budget, 1)
+            check_int("train_budget", self.train_budget, 1)
         if not (isinstance(self.hidden, list) and self.hidden and all(isinstance(h, int) and h > 0 for h in self.hidden)):
             raise ConfigError(f"hidden={self.hidden!r} must be a non-empty list of positive integers")
         if self.backend == "reference" and self.model != "mlp":
@@ -348,10 +344,10 @@ class RunConfig:
             raise ConfigError(f"backend='reference' implements optimizer='sgd' only (got optimizer={self.optimizer!r})")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov=true needs momentum > 0")
-        self._validate_data()
+        CHECKS.check_data(self)
         n_train = MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
         if self.dataset != "mnist5k":
-            n_train = self._full_train_size()
+            n_train = self.full_train_size()
         elif n_train < MNIST5K_CLASSES:
             raise ConfigError(f"test_per_class={self.test_per_class} + holdout_per_class={self.holdout_per_class} "
                               f"leave {n_train} training samples of MNIST-5k ({MNIST5K_PER_CLASS} per class)")
@@ -362,31 +358,8 @@ class RunConfig:
             raise ConfigError(f"batch_size={self.batch_size} is larger than the training set ({self.n_train()} samples"
                               f"{' = train_budget' if self.train_budget is not None else ''}): every epoch would be one "
                               f"partial batch; use batch_size <= {self.n_train()}")
-        self._validate_d2()
+        CHECKS.check_procedure(self)
         return self
-
-    def _validate_acdc(self) -> None:
-        for key in ("acdc_warmup", "acdc_compressed", "acdc_decompressed", "acdc_final_decompressed",
-                    "acdc_final_compressed"):
-            if getattr(self, key) is not None:
-                _check_int(key, getattr(self, key), 0 if key == "acdc_warmup" else 1)
-        if self.method != "acdc":
-            return
-        if self.suptickets:
-            raise ConfigError("suptickets=true cannot wrap method='acdc' (AC/DC drives the masks by phases)")
-        if self.acdc_distribution == "nm24" and self.density != 0.5:
-            raise ConfigError(f"acdc_distribution='nm24' keeps 2 of every 4 weights (density 0.5); "
-                              f"set density=0.5 (got density={self.density})")
-        from .methods.acdc import LENGTH_KEYS, acdc_lengths
-        given = {k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}
-        try:
-            acdc_lengths(self.epochs, plan=self.acdc_plan, **given)
-        except ValueError as e:
-            shown = ", ".join(f"acdc_{k}={'auto' if v is None else v}" for k, v in given.items())
-            hint = (" (acdc_plan='scaled' scales the thesis lengths to a small budget)"
-                    if self.acdc_plan == "thesis" else "")
-            raise ConfigError(f"AC/DC phase lengths ({shown}, acdc_plan={self.acdc_plan!r}) do not fit "
-                              f"epochs={self.epochs}: {e}{hint}") from None
 
     def acdc_phase_plan(self) -> list:
         """The AC/DC phases of this run (reference.acdc_ops.Phase list; method 'acdc' only)."""
@@ -427,114 +400,13 @@ class RunConfig:
         return (t_end if self.t_end_fraction is None else self.t_end_fraction,
                 sched if self.fraction_schedule is None else self.fraction_schedule)
 
-    def _validate_cocktail(self) -> None:
-        _check_int("cocktail_iterations", self.cocktail_iterations, 1)
-        _check_int("cocktail_rewind_epoch", self.cocktail_rewind_epoch, 0)
-        _check_range("cocktail_unstructured_rate", self.cocktail_unstructured_rate, 0.0, 0.999, lo_open=True)
-        _check_range("cocktail_channel_rate", self.cocktail_channel_rate, 0.0, 0.999, lo_open=True)
-        _check_range("cocktail_beta", self.cocktail_beta, 0.0, 1.0)
-        _check_range("cocktail_holdout_fraction", self.cocktail_holdout_fraction, 0.0, 0.5, lo_open=True)
-        _check_range("cocktail_temperature", self.cocktail_temperature, 0.0, math.inf, lo_open=True)
-        if self.procedure != "cocktail":
-            return
-        if self.method != "dense" or self.suptickets:
-            raise ConfigError(f"procedure='cocktail' makes its own masks (UMG at every IMP iteration): leave "
-                              f"method='dense' and density=1.0 (got method={self.method!r})")
-        if self.cocktail_rewind_epoch >= self.epochs:
-            raise ConfigError(f"cocktail_rewind_epoch={self.cocktail_rewind_epoch} must be below epochs={self.epochs}: "
-                              f"each IMP iteration co-trains from the rewind epoch to the end")
-        if self.model == "mlp" and len(self.hidden) + 1 < {"paper": 3, "hidden": 2}[self.cocktail_range]:
-            raise ConfigError(f"cocktail_range='paper' prunes every layer but the first and the last ([SC] Table 5); "
-                              f"hidden={self.hidden} leaves none: add a hidden layer or use cocktail_range='hidden'")
-        if self.known_n_train() is None or self.n_classes() is None:
-            return                       # imagefolder / tensors: checked when the data is read
-        per_class = self.known_n_train() // self.n_classes()
-        n_hold = math.floor(self.cocktail_holdout_fraction * per_class + 0.5)
-        if n_hold < COCKTAIL_MIN_HOLDOUT_PER_CLASS or n_hold >= per_class:
-            raise ConfigError(f"cocktail_holdout_fraction={self.cocktail_holdout_fraction} of {per_class} training "
-                              f"samples per class gives {n_hold} hold-out sample(s) per class: too small to score the "
-                              f"interpolation candidates on every class (need >= {COCKTAIL_MIN_HOLDOUT_PER_CLASS}) "
-                              f"or leaving nothing to train on; raise the fraction or train_budget")
-
-    def _validate_d2(self) -> None:
-        for key, lo in (("d2_states", 1), ("d2_warmup_epochs", 0), ("d2_state_epochs", 1), ("d2_finetune_epochs", 1),
-                        ("d2_baseline_epochs", 1), ("d2_view_pool", 0)):
-            _check_int(key, getattr(self, key), lo)
-        _check_range("d2_finetune_lr_scale", self.d2_finetune_lr_scale, 0.0, math.inf, lo_open=True)
-        alphas = self.d2_alphas
-        if not (isinstance(alphas, list) and alphas):
-            raise ConfigError(f"d2_alphas={alphas!r} must be a non-empty list of numbers in [0, 1]")
-        for a in alphas:
-            _check_range("d2_alphas entry", a, 0.0, 1.0)
-        views = self.d2_views
-        if not (isinstance(views, list) and len(views) == 2):
-            raise ConfigError(f"d2_views={views!r} must name exactly two views (T1, T2), each one of {list(D2_VIEWS)}")
-        for v in views:
-            _check_choice("d2_views entry", v, D2_VIEWS)
-        _check_int("imp_iterations", self.imp_iterations, 1)
-        _check_range("imp_rate", self.imp_rate, 0.0, 0.999, lo_open=True)
-        _check_int("imp_rewind_epoch", self.imp_rewind_epoch, 0)
-        from .cram_options import validate_cram_fields
-        validate_cram_fields(self, ConfigError)
-        if self.procedure == "cram":
-            return
-        self._validate_cocktail()
-        if self.procedure in ("train", "cocktail"):
-            return
-        if self.procedure == "acdc":
-            if self.method != "acdc":
-                raise ConfigError(f"procedure='acdc' runs AC/DC training and returns its sparse and dense models: "
-                                  f"set method='acdc' (got method={self.method!r})")
-            return
-        if self.procedure == "imp":
-            if self.method != "dense" or self.suptickets:
-                raise ConfigError(f"procedure='imp' finds its own masks (dense training, then pruning and retraining "
-                                  f"with fixed masks): leave method='dense' and density=1.0 (got method={self.method!r})")
-            if self.imp_rewind_epoch >= self.epochs:
-                raise ConfigError(f"imp_rewind_epoch={self.imp_rewind_epoch} must be below epochs={self.epochs}: "
-                                  f"each iteration retrains from the rewind epoch to the end")
-            return
-        if self.method in ("dense", "granet", "acdc") or self.density >= 1.0:
-            raise ConfigError(f"procedure={self.procedure!r} trains sparse states with a mask-evolving method "
-                              f"(rigl, set, snfs, dst_ee or static) to a final density < 1; got method={self.method!r}, "
-                              f"density={self.density}")
-        if self.suptickets:
-            raise ConfigError(f"procedure={self.procedure!r} cannot be combined with suptickets=true")
-        n, k = self.known_n_train(), self.n_classes()
-        if n is not None and k is not None and n % k:
-            raise ConfigError(f"train_budget={n} is not divisible across the {k} classes; D²-Sparse "
-                              f"subsets uniformly across classes ([D2] §4.1): use a multiple of {k}")
-
-    def _validate_data(self) -> None:
-        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root):
-            raise ConfigError(f"data_root={self.data_root!r} must be a non-empty path")
-        if self.dataset in ("cifar10", "cifar100", "imagefolder", "tensors") and self.data_root is None:
-            what = {"cifar10": "the folder holding cifar-10-batches-py/", "cifar100": "the folder holding "
-                    "cifar-100-python/", "imagefolder": "the folder holding train/<class>/ and val/<class>/",
-                    "tensors": "a .npz (or .pt) file with x_train, y_train, x_test, y_test"}[self.dataset]
-            raise ConfigError(f"dataset={self.dataset!r} needs data_root: {what}")
-        if self.dataset in ("mnist5k", "synthetic") and self.data_root is not None:
-            raise ConfigError(f"data_root={self.data_root!r} is not read by dataset={self.dataset!r}; remove it")
-        _check_int("image_size", self.image_size, 1)
-        _check_int("log_every", self.log_every, 0)
-        for key, lo in (("synthetic_classes", 2), ("synthetic_train", 1), ("synthetic_test", 1)):
-            _check_int(key, getattr(self, key), lo)
-        shape = self.synthetic_shape
-        if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and
-                all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-            raise ConfigError(f"synthetic_shape={shape!r} must be a list of 1 to 4 positive integers "
-                              f"(e.g. [3, 32, 32] for images, [20] for feature vectors)")
-        if self.dataset == "synthetic" and self.synthetic_train < self.synthetic_classes:
-            raise ConfigError(f"synthetic_train={self.synthetic_train} gives some of the synthetic_classes="
-                              f"{self.synthetic_classes} classes no training sample")
-
     def known_n_train(self) -> Optional[int]:
         """``n_train()`` when it is known without reading files, else None (imagefolder, tensors)."""
         if self.train_budget is not None:
             return self.train_budget
-        return self._full_train_size()
+        return self.full_train_size()
 
-    def _full_train_size(self) -> Optional[int]:
+    def full_train_size(self) -> Optional[int]:
         """The whole training split of the dataset when known without reading files."""
         if self.dataset == "mnist5k":
             return MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
@@ -614,201 +486,23 @@ def choices_of(name: str):
     return RUN_KEYS[name].metadata.get("choices")
 
 
-# ----------------------------------------------------------------------------- keys of a selection
-# Keys that only a selected method / procedure / dataset reads, and what selects them. A key given
-# for a run that does not select its owner is an error (it would be silently ignored).
-OWNERS = (  # (key prefix or exact key, owner as the user selects it, test on the RunConfig)
-    ("acdc_", "method = 'acdc'", lambda c: c.method == "acdc"),
-    ("st_", "suptickets = true", lambda c: c.suptickets),
-    ("d2_", "procedure = 'd2sparse', 'd2_baseline' or 'd2_baseline_lb'", lambda c: c.procedure.startswith("d2")),
-    ("imp_", "procedure = 'imp'", lambda c: c.procedure == "imp"),
-    ("cram_", "procedure = 'cram'", lambda c: c.procedure == "cram"),
-    ("cocktail_", "procedure = 'cocktail'", lambda c: c.procedure == "cocktail"),
-    ("synthetic_", "dataset = 'synthetic'", lambda c: c.dataset == "synthetic"),
-    ("image_size", "dataset = 'imagefolder'", lambda c: c.dataset == "imagefolder"),
-    ("snfs_momentum", "method = 'snfs'", lambda c: c.method == "snfs"),
-    ("redistribute", "method = 'snfs'", lambda c: c.method == "snfs"),
-    ("gmp_scope", "method = 'gmp'", lambda c: c.method == "gmp"),
-    ("init_density", "method = 'granet'", lambda c: c.method == "granet"),
-    ("counter_init", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
-    ("exploration_form", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
-    ("ee_exploitation_degree", "method = 'dst_ee'", lambda c: c.method == "dst_ee"),
-)
-
-
-def key_owner(key: str):
-    """(owner text, test) of a key that belongs to one method / procedure / dataset, else None."""
-    for prefix, owner, test in OWNERS:
-        if key == prefix or (prefix.endswith("_") and key.startswith(prefix)):
-            return owner, test
-    return None
-
-
-def check_selected_keys(given, runs, where: str, any_run: bool = False, shown=None) -> None:
-    """Every key in ``given`` that belongs to a method / procedure / dataset must be read by the run
-    (``runs``: one RunConfig, or with ``any_run`` by at least one of several, for [defaults]).
-    ``shown(key, value)`` writes the key as the user gave it (default ``key=value``)."""
-    shown = shown or (lambda k, v: f"{k}={v!r}")
-    runs = runs if isinstance(runs, (list, tuple)) else [runs]
-    for key in given:
-        found = key_owner(key)
-        if found is None:
-            continue
-        owner, test = found
-        if not any(test(r) for r in runs):
-            whose = "no run of the experiment selects" if any_run else "this run does not select"
-            raise ConfigError(f"{shown(key, given[key])} in {where} belongs to {owner}, which {whose}; remove it or "
-                              f"select {owner}")
-
-
-def field_help(name: str) -> str:
-    """The help text of a RunConfig field (its metadata: the one source of the CLI and the docs)."""
-    return RUN_KEYS[name].metadata["help"]
-
-
-def config_reference() -> str:
-    """docs/config.md: every run field with its type, default and help, grouped as RunConfig is."""
-    lines = ["# Run configuration", "",
-             "Every key of a `[[run]]` / `[defaults]` table and every `twinsparse train --flag` (underscores become "
-             "dashes). Generated from the field metadata of `reference.config.RunConfig` by "
-             "`reference.config.config_reference()`; a test keeps this file equal to it.", "",
-             "Keys of a method, procedure or dataset that a run does not select are an error.", "",
-             "| key | default | belongs to | meaning |", "|---|---|---|---|"]
-    defaults = RunConfig()
-    for f in fields(RunConfig):
-        owner = key_owner(f.name)
-        default = getattr(defaults, f.name)
-        shown = "unset" if default is None else json_default(default)
-        lines.append(f"| `{f.name}` | {shown} | {owner[0].replace('|', '/') if owner else ''} | "
-                     f"{f.metadata['help'].replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
-
-
-def json_default(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'`"{v}"`'
-    return f"`{v}`"
-
-
-def _check_choice(key, value, allowed):
+def check_choice(key, value, allowed):
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
-def _check_range(key, value, lo, hi, lo_open=False):
+def check_range(key, value, lo, hi, lo_open=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ConfigError(f"{key}={value!r} must be a finite number")
     if (value <= lo if lo_open else value < lo) or value > hi:
         raise ConfigError(f"{key}={value!r} is outside the allowed range {'(' if lo_open else '['}{lo}, {hi}]")
 
 
-def _check_int(key, value, lo):
+def check_int(key, value, lo):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"{key}={value!r} must be an integer >= {lo}")
 
 
-def coerce_run_fields(d: dict, where: str) -> dict:
-    """Type-check a dict of run fields from TOML or the CLI; unknown keys are errors."""
-    out = {}
-    for key, value in d.items():
-        if key not in RUN_KEYS:
-            raise ConfigError(f"unknown key {key!r} in {where}; allowed keys: {sorted(RUN_KEYS)}")
-        if value is None and RUN_KEYS[key].default is None:   # an optional key left unset (its default)
-            out[key] = value
-            continue
-        if key in FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if key in BOOL_KEYS and not isinstance(value, bool) and not (value is None and RUN_KEYS[key].default is None):
-            raise ConfigError(f"{key}={value!r} in {where} must be true or false")
-        if key in FLOAT_KEYS and not isinstance(value, float):
-            raise ConfigError(f"{key}={value!r} in {where} must be a number")
-        if key in INT_KEYS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{key}={value!r} in {where} must be an integer")
-        if key in LIST_KEYS and not isinstance(value, list):
-            raise ConfigError(f"{key}={value!r} in {where} must be a list")
-        if key not in FLOAT_KEYS | BOOL_KEYS | INT_KEYS | LIST_KEYS and not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} in {where} must be a string")
-        out[key] = value
-    return out
-
-
-@dataclass
-class ExperimentConfig:
-    name: str
-    output: str
-    seeds: list
-    runs: list  # list[RunConfig] (without seed applied)
-
-    def expand(self) -> list:
-        """Every (run, seed) pair as a validated RunConfig."""
-        return [r.replace(seed=s) for r in self.runs for s in self.seeds]
-
-
-EXPERIMENT_KEYS = {"name", "output", "seeds"}
-TOP_KEYS = {"experiment", "defaults", "run"}
-
-
-def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
-    """Parse and validate an experiment TOML: [experiment], [defaults] and one or more [[run]] tables."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source} is not valid TOML: {e}") from None
-    unknown = set(data) - TOP_KEYS
-    if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)} in {source}; allowed: {sorted(TOP_KEYS)}")
-    exp = data.get("experiment", {})
-    if not isinstance(exp, dict):
-        raise ConfigError(f"[experiment] in {source} must be a table")
-    bad = set(exp) - EXPERIMENT_KEYS
-    if bad:
-        raise ConfigError(f"unknown key(s) {sorted(bad)} in [experiment] of {source}; allowed: {sorted(EXPERIMENT_KEYS)}")
-    name = check_name("name", exp.get("name", "experiment"), f" in [experiment] of {source}")
-    seeds = exp.get("seeds", [0])
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"seeds={seeds!r} in [experiment] of {source} must be a non-empty list of integers >= 0")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={seeds!r} in {source} repeats a seed")
-    defaults = coerce_run_fields(data.get("defaults", {}), f"[defaults] of {source}")
-    runs_raw = data.get("run", [])
-    if not isinstance(runs_raw, list) or not runs_raw:
-        raise ConfigError(f"{source} needs at least one [[run]] table")
-    runs, labels = [], set()
-    for i, r in enumerate(runs_raw):
-        own = coerce_run_fields(r, f"[[run]] #{i + 1} of {source}")
-        fields_ = {**defaults, **own}
-        if "seed" in fields_:
-            raise ConfigError(f"'seed' in {source}: set seeds in [experiment] seeds = [...]")
-        try:
-            rc = RunConfig(**fields_).validate()
-        except ConfigError as e:
-            raise ConfigError(f"[[run]] #{i + 1} ({fields_.get('label', 'run')}) of {source}: {e}") from None
-        check_selected_keys(own, rc, f"[[run]] #{i + 1} ({rc.label}) of {source}")
-        if rc.label in labels:
-            raise ConfigError(f"label {rc.label!r} is used by two [[run]] tables in {source}")
-        labels.add(rc.label)
-        runs.append(rc)
-    check_selected_keys(defaults, runs, f"[defaults] of {source}", any_run=True)
-    output = exp.get("output", f"runs/{name}")
-    if not isinstance(output, str):
-        raise ConfigError(f"output={output!r} in [experiment] of {source} must be a string path")
-    return ExperimentConfig(name=name, output=output, seeds=seeds, runs=runs)
-
-
-def load_experiment(path: str) -> ExperimentConfig:
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not a TOML text file: byte {e.start} ({data[e.start:e.start + 1]!r}) is not "
-                          f"UTF-8") from None
-    if "\x00" in text:
-        raise ConfigError(f"{path} is not a TOML text file: it contains NUL bytes (a binary file?)")
-    return parse_experiment(text, source=str(path))
-
-
 def run_to_dict(rc: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(rc)
+

@@ -30,7 +30,8 @@ from twinsparse.accel.rundir import RunDirectoryError, RunLock
 from twinsparse.accel.runner import run_experiment, train_one
 from twinsparse.reference import checkpoint as rck
 from twinsparse.reference import safeio
-from twinsparse.reference.config import ConfigError, ExperimentConfig, RunConfig, load_experiment, parse_experiment, run_to_dict
+from twinsparse.reference.config import ConfigError, RunConfig, run_to_dict
+from twinsparse.reference.experiment_file import ExperimentConfig, load_experiment, parse_experiment
 from twinsparse.reference.schedules import lr_at
 from twinsparse.reference.train import Diverged
 

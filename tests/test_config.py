@@ -1,7 +1,8 @@
 """TOML experiment configs and run validation: every bad key or value names itself."""
 import pytest
 
-from twinsparse.reference.config import ConfigError, RunConfig, load_experiment, parse_experiment
+from twinsparse.reference.config import ConfigError, RunConfig
+from twinsparse.reference.experiment_file import load_experiment, parse_experiment
 
 GOOD = """
 [experiment]

@@ -30,7 +30,8 @@ from twinsparse.accel.runner import run_experiment
 from twinsparse.accel.rundir import LOCK_NAME, RunDirectoryError, RunLock
 from twinsparse.reference import checkpoint as rck
 from twinsparse.reference import safeio
-from twinsparse.reference.config import ExperimentConfig, RunConfig
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.experiment_file import ExperimentConfig
 
 TINY = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)
 TIME_KEYS = ("epoch_time", "time_s")

@@ -10,7 +10,8 @@ import pytest
 import twinsparse.accel.events as EV
 import twinsparse.accel.runner as R
 from twinsparse.accel.rundir import canonical
-from twinsparse.reference.config import ExperimentConfig, RunConfig
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.experiment_file import ExperimentConfig
 
 BASE = dict(hidden=[16], epochs=3, batch_size=50, train_budget=200, method="rigl", density=0.2, delta_t=3,
             log_every=2, t_end_fraction=1.0)

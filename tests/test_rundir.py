@@ -15,7 +15,8 @@ from twinsparse.accel.models import MLP
 from twinsparse.accel.rundir import RunLog, default_output
 from twinsparse.accel.runner import run_experiment
 from twinsparse.accel.sparsifier import Sparsifier
-from twinsparse.reference.config import ExperimentConfig, RunConfig, load_experiment
+from twinsparse.reference.config import RunConfig
+from twinsparse.reference.experiment_file import ExperimentConfig, load_experiment
 from twinsparse.reference.train import Diverged
 
 TINY = dict(hidden=[8], epochs=2, batch_size=50, train_budget=100, test_per_class=20, method="static", density=0.5)

@@ -24,7 +24,7 @@ import torch
 from twinsparse.accel import metrics as MET
 from twinsparse.accel.runner import load_split, mean_std
 from twinsparse.accel.train import predict, train_accel
-from twinsparse.reference.config import load_experiment
+from twinsparse.reference.experiment_file import load_experiment
 from twinsparse.reference.safeio import write_atomic
 
 CONFIG = os.path.join("experiments", "acdc", "acdc_vs_gmp_rigl_mlp30.toml")
