@@ -54,9 +54,10 @@ _TORCH = SimpleNamespace(
 
 
 def compress(params: Mapping[str, torch.Tensor], compression: Compression,
-             prunable: Iterable[str] | None = None) -> tuple[dict, dict | None]:
-    """C(params): (compressed dict, masks of the prunable tensors or None for quantization)."""
-    return RC.compress(params, compression, prunable, backend=_TORCH)
+             prunable: Iterable[str] | None = None, nm_axis="reduction") -> tuple[dict, dict | None]:
+    """C(params): (compressed dict, masks of the prunable tensors or None for quantization); N:M
+    groups run along ``nm_axis`` (``accel.prunable.reduction_dims(model)`` for any layer type)."""
+    return RC.compress(params, compression, prunable, backend=_TORCH, nm_axis=nm_axis)
 
 
 def perturb(params: Mapping, grads: Mapping, rho: float, normalize: bool = False) -> dict:

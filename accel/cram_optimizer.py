@@ -40,7 +40,7 @@ import torch.nn as nn
 from twinsparse.reference.cram_ops import Compression, base_step_at, check_base_prob, check_rho, sample_compression
 from twinsparse.reference.cram_options import check_mode, parse_compressions, resolve_plus
 from . import cram_ops as CR
-from .prunable import discover_prunable
+from .prunable import candidates, discover_prunable, reduction_dims
 from ._checks import scalar_as
 from ._exact import true_div
 
@@ -138,6 +138,9 @@ class CrAM:
         if mode in ("cram", "csam") and not want:
             raise ValueError("the prunable set is empty: there is nothing for the compression to act on")
         self.prunable = [n for n in self.names if n in set(want)]
+        # N:M groups run along each layer's reduction dimension (dim 0 of a ConvTranspose weight)
+        pool = candidates(params_or_model) if isinstance(params_or_model, nn.Module) else {}
+        self._nm_axis = {n: reduction_dims(params_or_model, [n])[n] if n in pool else "reduction" for n in self.prunable}
         self._pidx = [self.names.index(n) for n in self.prunable]
         self.t = 0
         self._cache: dict = {}          # Compression -> (t computed, {name: bool mask}, [float masks])
@@ -227,7 +230,7 @@ class CrAM:
             if hit is not None and self.t - hit[0] < self.tau:
                 torch._foreach_mul_(list(sub.values()), hit[2])
                 return hit[1], False
-        out, masks = CR.compress(sub, comp)
+        out, masks = CR.compress(sub, comp, nm_axis=self._nm_axis)
         torch._foreach_copy_(list(sub.values()), [out[n] for n in sub])
         if comp.kind == "topk" and use_cache:
             self._cache[comp] = (self.t, masks, self._float_masks(masks))

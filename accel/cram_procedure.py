@@ -22,7 +22,7 @@ from . import cram_ops as CR
 from .bn import bn_recalibrate
 from .cram_optimizer import CrAM
 from .models import mlp_from_reference
-from .prunable import discover_prunable
+from .prunable import discover_prunable, reduction_dims
 from .train import _inputs, _targets, build_model_for, build_optimizer, evaluate, load_net
 
 
@@ -124,7 +124,7 @@ class AccelCramBackend:
         return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     def compress(self, net, compression):
-        out, _ = CR.compress({n: net[n] for n in self.names}, compression)
+        out, _ = CR.compress({n: net[n] for n in self.names}, compression, nm_axis=reduction_dims(self.model, self.names))
         return {**net, **out}
 
     def density(self, net) -> float:

@@ -1,13 +1,16 @@
 """How the Sparsifier meets the models and loops people bring: wrapped models (torch.compile,
 DDP, DataParallel), a stray ``optimizer.step()``, methods given by name, methods that start dense,
-and the error a non-finite gradient raises."""
+methods that group weights along a layer's reduction dimension, and the error a non-finite
+gradient raises."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch.nn as nn
 
 from twinsparse.reference.methods import build as build_method
 
-__all__ = ["unwrap", "StrayStepGuard", "method_from_name", "starts_dense", "NonFiniteGradientError"]
+__all__ = ["unwrap", "StrayStepGuard", "method_from_name", "starts_dense", "with_layer_axes", "NonFiniteGradientError"]
 
 
 def starts_dense(method) -> bool:
@@ -15,6 +18,17 @@ def starts_dense(method) -> bool:
     from twinsparse.reference.methods import ACDC, GMP
     base = getattr(method, "base", method)
     return isinstance(method, (GMP, ACDC)) or isinstance(base, (GMP, ACDC))
+
+
+def with_layer_axes(method, module: nn.Module, names):
+    """A method whose N:M groups follow each layer's reduction dimension (``nm_axis``, AC/DC's 2:4
+    phases) gets the dimensions of ``module``'s prunable weights ``names`` (dim 0 of a ConvTranspose,
+    dim 1 of Linear and Conv weights). A method without the field, or one given its axes, is kept."""
+    if "nm_axis" not in getattr(method, "__dataclass_fields__", {}) or method.nm_axis != "reduction":
+        return method
+    from .prunable import reduction_dims
+    dims = reduction_dims(module, list(names))
+    return method if all(d == 1 for d in dims.values()) else dataclasses.replace(method, nm_axis=dims)
 
 
 def method_from_name(name: str, density, total_steps, steps_per_epoch):

@@ -43,7 +43,8 @@ from . import densities as D
 from . import ops
 from ._exact import true_div
 from .flat import FlatDict, layout_of
-from .loop_support import NonFiniteGradientError, StrayStepGuard, method_from_name, starts_dense, unwrap  # noqa: F401
+from .loop_support import (NonFiniteGradientError, StrayStepGuard, method_from_name, starts_dense, unwrap,  # noqa: F401
+                           with_layer_axes)
 from .nested import replace_tensors, select_where, tensors_in, to_device
 from .kernels.loader import upload
 from .mask_buffers import MaskBuffers
@@ -94,6 +95,7 @@ class Sparsifier(torch.optim.Optimizer):
         # 'auto' skips the re-mask for them; any other optimizer gets the weights re-masked each step.
         self.remask_weights = (type(optimizer) not in _ZERO_PRESERVING) if remask_weights == "auto" else remask_weights
         self.params = discover_prunable(self.module, include, exclude)
+        self.method = with_layer_axes(self.method, self.module, self.params)
         self.shared = self._dedupe_shared()       # prunable name -> the other names of the same tensor
         self._check_optimizer_holds_params()
         self._layout = layout_of(self.params)

@@ -189,12 +189,14 @@ def _axpy(params: Mapping, grads: Mapping, scale: float) -> dict:
 # ``accel.cram_ops`` passes torch's), so the compositions below are not repeated in accel.
 
 def compress(params: Mapping[str, np.ndarray], compression: Compression,
-             prunable: Iterable[str] | None = None, backend=None) -> tuple[dict, dict | None]:
+             prunable: Iterable[str] | None = None, backend=None, nm_axis="reduction") -> tuple[dict, dict | None]:
     """C(params): (compressed dict, masks of the prunable tensors, or None for quantization).
 
     Top-K (``reference.acdc_ops.topk_compress`` on the prunable tensors, index-set masks), N:M
-    (``reference.masks.nm_masks``; indivisible layers stay dense with a warning) or quantization
-    (``reference.quantize``). Tensors outside ``prunable`` (default: all are prunable) are copied."""
+    (``reference.masks.nm_masks`` along ``nm_axis``: the GEMM reduction dimension, dim 1, or a dict
+    layer -> dimension such as ``accel.prunable.reduction_dims``, which is 0 for a ConvTranspose;
+    indivisible layers stay dense with a warning) or quantization (``reference.quantize``). Tensors
+    outside ``prunable`` (default: all are prunable) are copied."""
     b = backend or _NUMPY
     if not isinstance(compression, Compression):
         raise TypeError(f"compression must be a Compression (topk_compression / nm_compression / "
@@ -212,7 +214,8 @@ def compress(params: Mapping[str, np.ndarray], compression: Compression,
         comp, masks = b.topk_compress(sub, compression.sparsity, compression.distribution,
                                       compression.keep_dense, compression.first_last_dense)
     else:
-        masks, _ = b.nm_masks(sub, compression.n, compression.m)
+        axis = {n: nm_axis[n] for n in sub} if isinstance(nm_axis, Mapping) else nm_axis
+        masks, _ = b.nm_masks(sub, compression.n, compression.m, axis=axis)
         comp = {n: b.zero_outside(masks[n], w) for n, w in sub.items()}
     out.update(comp)
     return out, masks

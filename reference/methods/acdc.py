@@ -25,6 +25,7 @@ over |P|); the method state keeps the last compression mask for that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..acdc_ops import IMAGENET_LENGTHS, acdc_phases, phase_at, phase_entered, scaled_acdc_lengths
 from .base import InitContext, Method, Update
@@ -69,6 +70,9 @@ class ACDC(Method):
     final_decompressed: int = 10
     final_compressed: int = 15
     distribution: str = "global"
+    # the dimension 2:4 groups run along: the GEMM reduction dimension (dim 1), or a dict layer ->
+    # dimension; accel's Sparsifier fills it from the model (0 for a ConvTranspose weight)
+    nm_axis: Any = "reduction"
     phases: list = field(init=False, repr=False)
     name = "acdc"
     step_on_update = True
@@ -103,7 +107,7 @@ class ACDC(Method):
 
     def _compress(self, ops, weights):
         if self.distribution == "nm24":
-            return ops.acdc_compress(weights, nm=(2, 4))[1]
+            return ops.acdc_compress(weights, nm=(2, 4), nm_axis=self.nm_axis)[1]
         return ops.acdc_compress(weights, sparsity=1.0 - self.density,
                                  distribution="uniform" if self.distribution == "uniform" else "global",
                                  first_last_dense=self.distribution == "first_last_dense")[1]
