@@ -158,3 +158,16 @@ def test_committed_configs_use_the_sub_tables():
         warnings.simplefilter("error")
         for p in paths:
             load_experiment(str(p))
+
+
+def test_the_readmes_toml_examples_parse_without_warnings():
+    import re
+    import warnings
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    assert blocks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for block in blocks:
+            assert parse_experiment(block, "README.md").runs
