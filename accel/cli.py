@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from . import distributed as ddp
-    from .runner import describe_run, run_experiment
+    from .describe import describe_run
+    from .runner import run_experiment
     try:
         if args.command == "bench":
             from .bench import run as run_bench

@@ -439,31 +439,6 @@ class RunConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
-def check_mask_updates(cfg: RunConfig) -> int:
-    """A training run (procedure 'train') of a method that updates its masks every ``delta_t``
-    iterations must get at least one update; returns the number of updates. A ``delta_t`` larger
-    than the update window (or the run) is an error rather than a silent static run."""
-    if cfg.procedure != "train" or cfg.method not in (*DYNAMIC_METHODS, "gmp"):
-        return 0
-    from .methods import from_run_config
-    spe = -(-cfg.n_train() // cfg.batch_size)
-    total = spe * cfg.epochs
-    base = dataclasses.replace(cfg, suptickets=False)
-    try:
-        method = from_run_config(base, total, spe)
-    except ValueError as e:
-        raise ConfigError(f"method={cfg.method!r} cannot run {total} iterations ({cfg.epochs} epochs x {spe}): {e}") \
-            from None
-    n = sum(1 for t in range(1, total + 1) if method.due(t))
-    if n == 0:
-        window = (f"t_end = t_end_fraction x {total} = {int(cfg.dst_window()[0] * total)}" if cfg.method != "gmp"
-                  else f"prune_end = {int(cfg.prune_end_fraction * total)}")
-        raise ConfigError(f"delta_t={cfg.delta_t} leaves no mask update in this run: method {cfg.method!r} updates every "
-                          f"delta_t iterations from t_start={cfg.t_start} until {window}, and the run has {total} "
-                          f"iterations ({cfg.epochs} epochs x {spe}); lower delta_t or t_start, or train longer")
-    return n
-
-
 RUN_KEYS = {f.name: f for f in fields(RunConfig)}
 def _keys_of_type(kind: str) -> set:
     """The RunConfig fields annotated ``kind`` or ``Optional[kind]`` (the annotation is the one source

@@ -10,7 +10,8 @@ import torch
 import twinsparse.reference.cocktail_procedure as RC
 from twinsparse.accel.cocktail_bank import Cocktail, UnknownSubnetworkError
 from twinsparse.accel.cocktail_step import cotrain_sgd_step as acc_step
-from twinsparse.accel.runner import describe_run, load_split
+from twinsparse.accel.describe import describe_run
+from twinsparse.accel.runner import load_split
 from twinsparse.accel.train import build_model_for
 from twinsparse.reference.cocktail_step import cotrain_sgd_step as ref_step
 from twinsparse.reference.config import ConfigError, RunConfig
