@@ -119,7 +119,7 @@ def main(argv=None) -> int:
             print(f"wrote {replot(args.folder)}")
             return 0
         if args.command == "export":
-            from .export import export_checkpoint, format_export_report
+            from .export.command import export_checkpoint, format_export_report
             print(format_export_report(export_checkpoint(args.checkpoint, args.export_format, args.out, args.dtype)))
             return 0
         # under torchrun (WORLD_SIZE > 1) every process joins the group; a dead peer fails collectives

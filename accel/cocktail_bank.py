@@ -1,5 +1,5 @@
 """A trained Sparse Cocktail as a PyTorch object ([SC] §3.2 ③, §4: "24 networks at once"): ONE shared
-weight set, a mask bank (``accel.export.save_mask_bank`` format) and one BN-statistics set per
+weight set, a mask bank (``accel.export.mask_bank.save_mask_bank`` format) and one BN-statistics set per
 subnetwork; ``select`` switches a model to any subnetwork in place.
 
     from twinsparse.accel.cocktail_bank import train_cocktail, Cocktail
@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from twinsparse.reference.cocktail_procedure import UnknownSubnetworkError, resolve_subnetwork, subnetwork_name  # noqa: F401
-from .export import MaskBank, load_mask_bank, save_mask_bank
+from .export.mask_bank import MaskBank, load_mask_bank, save_mask_bank
 
 __all__ = ["Cocktail", "train_cocktail", "UnknownSubnetworkError"]
 WEIGHTS_FILE, MASKS_FILE = "cocktail_weights.pt", "cocktail_masks.npz"

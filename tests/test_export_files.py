@@ -8,7 +8,7 @@ import torch
 from twinsparse.accel import checkpoint as ack
 from twinsparse.accel.cli import main
 from twinsparse.accel.export import load_exported
-from twinsparse.accel.export_files import unpack_mask
+from twinsparse.accel.export.files import unpack_mask
 from twinsparse.accel.runner import load_split
 from twinsparse.accel.train import train_accel
 from twinsparse.reference.config import RunConfig

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from twinsparse.reference import safeio
 from twinsparse.reference.checkpoint import CheckpointError
+from .semi_structured import export_semi_structured
 
 EXPORT_FORMAT = "twinsparse-export"
 EXPORT_VERSION = 1
@@ -155,8 +156,7 @@ def load_export(out: str, device=None) -> nn.Module:
     on a supported CUDA ``device``."""
     from twinsparse.reference.config import RunConfig
     from twinsparse.reference.config_keys import coerce_run_fields
-    from .export import export_semi_structured
-    from .train import build_model_for
+    from ..train import build_model_for
     meta = _read_meta(out)
     cfg = RunConfig(**coerce_run_fields(meta["config"], f"{json_path(out)}")).validate().replace(device="cpu")
     model = build_model_for(cfg, tuple(meta["input_shape"]), meta["num_classes"])
