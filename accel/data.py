@@ -1,6 +1,7 @@
 """Data for the accel engine: every ``dataset`` of ``reference.datasets`` (ImageFolder through
 torchvision), the input pipelines (host batches, or the training set resident on the GPU with the
-CIFAR crop + flip done there), and ``train_on_loader`` for a user's own DataLoader.
+CIFAR crop + flip done there), and ``LoaderData``, what a user's own DataLoader gives the training
+loop (``accel.train.train_on_loader``).
 
 Pipelines. Both yield the batches of ``reference.data.batch_order(n, seed, epoch)`` and augment them
 with ``reference.datasets.augment_params(seed, epoch, n)``, so an epoch's batches are a function of
@@ -48,13 +49,13 @@ def image_folder_split(cfg: RunConfig) -> Split:
     """``data_root/train/<class>/*`` and ``data_root/val/<class>/*`` (or ``test``) read with torchvision,
     resized (shorter side) and center-cropped to ``image_size``, normalized with the ImageNet
     statistics, held in memory: meant for folders that fit in memory (larger ones: a DataLoader of
-    your own through ``train_on_loader``)."""
+    your own through ``accel.train.train_on_loader``)."""
     try:
         from torchvision import datasets as tvd, transforms as T
     except ImportError:
         raise RD.DatasetError("dataset='imagefolder' reads images with torchvision, which is not installed; "
                               "`pip install torchvision`, or pass your own DataLoader to "
-                              "accel.data.train_on_loader") from None
+                              "accel.train.train_on_loader") from None
     root = cfg.data_root
     RD.image_folder_classes(root, "train")              # clear errors for a missing / empty folder
     test_part = RD.image_folder_test_part(root)
@@ -221,51 +222,6 @@ def make_batches(cfg: RunConfig, x: np.ndarray, y: np.ndarray, resident: bool):
 
 
 # ----------------------------------------------------------------------------- your own DataLoader
-
-def _collect(loader, cfg: RunConfig):
-    xs, ys = [], []
-    for xb, yb in loader:
-        xs.append(torch.as_tensor(xb).to(device=cfg.device, dtype=DTYPES[cfg.dtype]))
-        ys.append(torch.as_tensor(yb).cpu().numpy())
-    if not xs:
-        raise ValueError("the test loader yielded no batch")
-    return torch.cat(xs), np.concatenate(ys).astype(np.int64)
-
-
-def train_on_loader(cfg: RunConfig, train_loader, test_loader=None, model: Optional[torch.nn.Module] = None,
-                    num_classes: Optional[int] = None, on_epoch=None, progress=None) -> dict:
-    """Train ``cfg`` (its method, densities, optimizer and LR schedule) on your own DataLoaders.
-
-    ``train_loader`` yields (x, y) batches (one pass = one epoch; its own shuffling and transforms
-    apply, so a resumed run repeats the data only if the loader does). ``test_loader`` (optional)
-    is evaluated after every epoch (its inputs are gathered on the device once). ``model``: your
-    module (moved to the run's device and dtype), else ``cfg.model`` built for the shape of the
-    first batch and ``num_classes``. Returns what ``accel.train.train_accel`` returns."""
-    from .train import build_model_for, train_accel
-    first = next(iter(train_loader), None)
-    if first is None:
-        raise ValueError("the training loader yielded no batch")
-    if model is None:
-        if num_classes is None:
-            classes = getattr(getattr(train_loader, "dataset", None), "classes", None)
-            if classes is None:
-                raise ValueError("give num_classes (the loader's dataset has no .classes) or your own model")
-            num_classes = len(classes)
-        model = build_model_for(cfg, tuple(first[0].shape[1:]), num_classes)
-    model = model.to(device=cfg.device, dtype=DTYPES[cfg.dtype])
-    if test_loader is not None:
-        x_test, y_test = _collect(test_loader, cfg)
-    else:
-        x_test, y_test = None, None
-
-    def batches(epoch):
-        for xb, yb in train_loader:
-            yield [(torch.as_tensor(xb).to(device=cfg.device, dtype=DTYPES[cfg.dtype], non_blocking=True),
-                    torch.as_tensor(yb).to(device=cfg.device, non_blocking=True))]
-    data = LoaderData(x_test=x_test, y_test=y_test, n_train=len(train_loader.dataset) if hasattr(train_loader, "dataset")
-                      else None, steps_per_epoch=len(train_loader))
-    return train_accel(cfg, data, batches=batches, model=model, on_epoch=on_epoch, progress=progress)
-
 
 @dataclass
 class LoaderData:

@@ -15,32 +15,13 @@ Conv layers followed by BatchNorm carry no bias (BN's shift makes it redundant).
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from twinsparse.reference.nn import check_sizes, buffer_names, param_names
-
-
-def _to_images(x: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """[B, C*H*W] with H = W -> [B, C, H, W]; 4-D input is passed through after a channel check."""
-    if x.dim() == 2:
-        side = math.isqrt(x.shape[1] // in_channels) if x.shape[1] % in_channels == 0 else 0
-        if side * side * in_channels != x.shape[1]:
-            raise ValueError(f"flat input of width {x.shape[1]} is not {in_channels} x H x H square images")
-        x = x.reshape(x.shape[0], in_channels, side, side)
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"input must be [B, {in_channels}, H, W] (or flat [B, {in_channels}*H*W]), got {tuple(x.shape)}")
-    return x
-
-
-def _positive_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return int(v)
+from .model_inputs import positive_int, to_images
+from .models_vit import ViT
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -142,15 +123,15 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        w = _positive_int(width, "width")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        w = positive_int(width, "width")
         self.features = nn.Sequential(*_conv_bn_relu(self.in_channels, w), nn.MaxPool2d(2),
                                       *_conv_bn_relu(w, 2 * w), nn.MaxPool2d(2),
                                       *_conv_bn_relu(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(4 * w, _positive_int(num_classes, "num_classes"))
+        self.classifier = nn.Linear(4 * w, positive_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(_to_images(x, self.in_channels)))
+        return self.classifier(self.features(to_images(x, self.in_channels)))
 
 
 # ----------------------------------------------------------------------------- ResNet-18
@@ -179,8 +160,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        w = _positive_int(width, "width")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        w = positive_int(width, "width")
         self.stem = nn.Sequential(*_conv_bn_relu(self.in_channels, w))
         blocks, cin = [], w
         for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
@@ -188,10 +169,10 @@ class ResNet18(nn.Module):
             cin = mult * w
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, _positive_int(num_classes, "num_classes"))
+        self.fc = nn.Linear(cin, positive_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.layers(self.stem(_to_images(x, self.in_channels)))
+        h = self.layers(self.stem(to_images(x, self.in_channels)))
         return self.fc(torch.flatten(self.pool(h), 1))
 
 
@@ -228,8 +209,8 @@ class ResNet50(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1000, width: int = 64):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        w = _positive_int(width, "width")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        w = positive_int(width, "width")
         self.conv1 = nn.Conv2d(self.in_channels, w, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(w)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
@@ -242,10 +223,10 @@ class ResNet50(nn.Module):
             stages.append(nn.Sequential(*layer))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, _positive_int(num_classes, "num_classes"))
+        self.fc = nn.Linear(cin, positive_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.maxpool(F.relu(self.bn1(self.conv1(_to_images(x, self.in_channels)))))
+        h = self.maxpool(F.relu(self.bn1(self.conv1(to_images(x, self.in_channels)))))
         h = self.layer4(self.layer3(self.layer2(self.layer1(h))))
         return self.fc(torch.flatten(self.pool(h), 1))
 
@@ -261,8 +242,8 @@ class VGG16(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 64):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        w = _positive_int(width, "width")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        w = positive_int(width, "width")
         layers, cin = [], self.in_channels
         for v in VGG16_CONFIG:
             if v == "M":
@@ -273,16 +254,14 @@ class VGG16(nn.Module):
                 cin = cout
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, _positive_int(num_classes, "num_classes"))
+        self.classifier = nn.Linear(cin, positive_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(_to_images(x, self.in_channels))
+        h = self.features(to_images(x, self.in_channels))
         return self.classifier(torch.flatten(self.pool(h), 1))
 
 
 # ----------------------------------------------------------------------------- factory
-from .models_vit import ViT  # noqa: E402  (a small Vision Transformer, accel/models_vit.py)
-
 _BUILDERS = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50, "vgg16": VGG16, "vit": ViT}
 MODEL_NAMES = tuple(_BUILDERS)
 

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .models import _positive_int, _to_images
+from .model_inputs import positive_int, to_images
 
 
 def default_patch(h: int, w: int, target: int = 64) -> int:
@@ -47,13 +47,13 @@ class ViT(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size=32, patch_size=None,
                  dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: int = 2):
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
+        self.in_channels = positive_int(in_channels, "in_channels")
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        h, w = _positive_int(h, "image height"), _positive_int(w, "image width")
-        p = default_patch(h, w) if patch_size is None else _positive_int(patch_size, "patch_size")
+        h, w = positive_int(h, "image height"), positive_int(w, "image width")
+        p = default_patch(h, w) if patch_size is None else positive_int(patch_size, "patch_size")
         if h % p or w % p:
             raise ValueError(f"patch_size={p} does not divide the image size {h} x {w}")
-        dim, heads = _positive_int(dim, "dim"), _positive_int(heads, "heads")
+        dim, heads = positive_int(dim, "dim"), positive_int(heads, "heads")
         if dim % heads:
             raise ValueError(f"dim={dim} must be a multiple of heads={heads}")
         self.image_size, self.patch_size = (h, w), p
@@ -61,13 +61,13 @@ class ViT(nn.Module):
         self.patch = nn.Conv2d(self.in_channels, dim, p, p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*[Block(dim, heads, _positive_int(mlp_ratio, "mlp_ratio"))
-                                      for _ in range(_positive_int(depth, "depth"))])
+        self.blocks = nn.Sequential(*[Block(dim, heads, positive_int(mlp_ratio, "mlp_ratio"))
+                                      for _ in range(positive_int(depth, "depth"))])
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, _positive_int(num_classes, "num_classes"))
+        self.head = nn.Linear(dim, positive_int(num_classes, "num_classes"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _to_images(x, self.in_channels)
+        x = to_images(x, self.in_channels)
         if tuple(x.shape[2:]) != self.image_size:
             raise ValueError(f"input images are {tuple(x.shape[2:])} but the ViT was built for {self.image_size}")
         t = self.patch(x).flatten(2).transpose(1, 2)                       # [B, N, dim]

@@ -1,5 +1,6 @@
 """The accel training loop: any model of ``accel.models``, any method, the Sparsifier in place of
-``optimizer.step()``. Same procedure as ``reference.train`` (read that one for the maths)."""
+``optimizer.step()``. Same procedure as ``reference.train`` (read that one for the maths).
+``train_on_loader`` runs it on a DataLoader of your own."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from twinsparse.reference.config import RunConfig, run_to_dict
 from twinsparse.reference.nn import init_mlp
-from twinsparse.reference.train import check_diverged
+from twinsparse.reference.train import check_diverged, ticket_report as reference_ticket_report
 from twinsparse.reference.schedules import lr_at
 from . import checkpoint as ckpt
 from . import distributed as ddp
@@ -108,17 +109,14 @@ def epoch_test_scores(cfg: RunConfig, model, split, epoch: int, step: int, skipp
 
 
 def ticket_report(cfg: RunConfig, model, state: dict, x: np.ndarray, y: np.ndarray) -> dict:
-    """Sup-tickets: metrics of the ultimate ticket and of every cheap ticket, and their diversity."""
+    """Sup-tickets: metrics of the ultimate ticket and of every cheap ticket, and their diversity;
+    ``reference.train.ticket_report`` with this engine's predictions (each ticket loaded into a copy
+    of ``model``) and metrics."""
     def predict_net(net):
         m = copy.deepcopy(model)
         m.load_state_dict(net)
         return predict(cfg, m, x)
-    ult = predict_net(state["ultimate"])
-    logits = [predict_net(tk) for tk in state["tickets"]]
-    pairs = [(a, b) for i, a in enumerate(logits) for b in logits[i + 1:]]
-    return {"ultimate": scores_of(ult, y), "tickets": [scores_of(z, y) for z in logits], "n_tickets": state["t"],
-            "disagreement": float(np.mean([MET.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
-            "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
+    return reference_ticket_report(predict_net, state, y, scores=scores_of, metrics=MET)
 
 
 def load_net(model, net: dict) -> None:
@@ -172,7 +170,7 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
     parts (x, y) whose losses are summed; ``lr_offset`` and ``snapshot_epoch`` as in
     ``reference.train.train_reference``. ``model``: a module to train instead of ``cfg.model``
     (on the run's device and dtype). ``split`` may be an ``accel.data.LoaderData`` (with
-    ``batches``: ``accel.data.train_on_loader``). ``on_event(record)`` receives, as they happen,
+    ``batches``: ``train_on_loader``). ``on_event(record)`` receives, as they happen,
     ``{"mask_update": ...}`` for every mask update and ``{"train_step": {t, epoch, loss, lr,
     density}}`` every ``cfg.log_every`` iterations; each epoch's record then lists its events under
     ``"events"`` (so a resumed run's log can repeat them in order).
@@ -270,3 +268,50 @@ def train_accel(cfg: RunConfig, split, on_epoch=None, on_step=None, progress=Non
                 on_epoch(record)
     return {"model": model, "sparsifier": sp, "optimizer": opt, "history": history, "updates": sp.updates,
             "snapshot": snapshot}
+
+
+# ----------------------------------------------------------------------------- your own DataLoader
+
+def _collect_test(loader, cfg: RunConfig):
+    xs, ys = [], []
+    for xb, yb in loader:
+        xs.append(torch.as_tensor(xb).to(device=cfg.device, dtype=DTYPES[cfg.dtype]))
+        ys.append(torch.as_tensor(yb).cpu().numpy())
+    if not xs:
+        raise ValueError("the test loader yielded no batch")
+    return torch.cat(xs), np.concatenate(ys).astype(np.int64)
+
+
+def train_on_loader(cfg: RunConfig, train_loader, test_loader=None, model: torch.nn.Module | None = None,
+                    num_classes: int | None = None, on_epoch=None, progress=None) -> dict:
+    """Train ``cfg`` (its method, densities, optimizer and LR schedule) on your own DataLoaders.
+
+    ``train_loader`` yields (x, y) batches (one pass = one epoch; its own shuffling and transforms
+    apply, so a resumed run repeats the data only if the loader does). ``test_loader`` (optional)
+    is evaluated after every epoch (its inputs are gathered on the device once). ``model``: your
+    module (moved to the run's device and dtype), else ``cfg.model`` built for the shape of the
+    first batch and ``num_classes``. Returns what ``train_accel`` returns."""
+    first = next(iter(train_loader), None)
+    if first is None:
+        raise ValueError("the training loader yielded no batch")
+    if model is None:
+        if num_classes is None:
+            classes = getattr(getattr(train_loader, "dataset", None), "classes", None)
+            if classes is None:
+                raise ValueError("give num_classes (the loader's dataset has no .classes) or your own model")
+            num_classes = len(classes)
+        model = build_model_for(cfg, tuple(first[0].shape[1:]), num_classes)
+    model = model.to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+    if test_loader is not None:
+        x_test, y_test = _collect_test(test_loader, cfg)
+    else:
+        x_test, y_test = None, None
+
+    def batches(epoch):
+        for xb, yb in train_loader:
+            yield [(torch.as_tensor(xb).to(device=cfg.device, dtype=DTYPES[cfg.dtype], non_blocking=True),
+                    torch.as_tensor(yb).to(device=cfg.device, non_blocking=True))]
+    data = DATA.LoaderData(x_test=x_test, y_test=y_test,
+                           n_train=len(train_loader.dataset) if hasattr(train_loader, "dataset") else None,
+                           steps_per_epoch=len(train_loader))
+    return train_accel(cfg, data, batches=batches, model=model, on_epoch=on_epoch, progress=progress)

@@ -14,7 +14,7 @@
 * ``tensors``: an ``.npz`` file (``x_train``, ``y_train``, ``x_test``, ``y_test``, optionally
   ``x_holdout``, ``y_holdout``; read with ``allow_pickle=False``). uint8 inputs are scaled to
   [0, 1]; float inputs are used as they are. (Torch tensors: ``numpy.savez`` them, or give them
-  to ``accel.data.train_on_loader`` in a DataLoader.)
+  to ``accel.train.train_on_loader`` in a DataLoader.)
 * ``imagefolder``: ``data_root/train/<class>/*`` and ``data_root/val/<class>/*`` (or ``test``)
   through torchvision when it is installed (``accel.data``).
 * ``synthetic``: class templates plus Gaussian noise, any ``synthetic_shape``, for tests and

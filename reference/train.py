@@ -87,15 +87,21 @@ def evaluate(params, buffers, x, y, batch: int = 1000) -> dict:
     return scores_of(predict(params, buffers, x, batch), y)
 
 
-def ticket_report(predict_net, state: dict, y) -> dict:
+def ticket_report(predict_net, state: dict, y, scores=None, metrics=MET) -> dict:
     """Sup-tickets: the ultimate ticket's and every cheap ticket's test metrics, and the tickets'
-    diversity (mean pairwise disagreement, symmetric KL; docs/methods.md §1.14)."""
+    diversity (mean pairwise disagreement, symmetric KL; docs/methods.md §1.14).
+
+    ``predict_net(net)`` gives the test logits of a network state (``state["ultimate"]`` and each of
+    ``state["tickets"]``). Both engines use this one function: the logits are read by ``scores(logits,
+    y)`` (default ``scores_of``) and by ``metrics.disagreement`` / ``metrics.kl_divergence`` (default
+    ``reference.metrics``); ``accel.train.ticket_report`` passes torch's."""
+    scores = scores_of if scores is None else scores
     ult = predict_net(state["ultimate"])
     logits = [predict_net(tk) for tk in state["tickets"]]
     pairs = [(a, b) for i, a in enumerate(logits) for b in logits[i + 1:]]
-    return {"ultimate": scores_of(ult, y), "tickets": [scores_of(z, y) for z in logits], "n_tickets": state["t"],
-            "disagreement": float(np.mean([MET.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
-            "kl": float(np.mean([MET.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
+    return {"ultimate": scores(ult, y), "tickets": [scores(z, y) for z in logits], "n_tickets": state["t"],
+            "disagreement": float(np.mean([metrics.disagreement(a, b) for a, b in pairs])) if pairs else 0.0,
+            "kl": float(np.mean([metrics.kl_divergence(a, b, symmetric=True) for a, b in pairs])) if pairs else 0.0}
 
 
 def epoch_test_scores(cfg: RunConfig, params, buffers, split, epoch: int, step: int, skipped: int) -> dict:

@@ -12,7 +12,7 @@ import torch
 from twinsparse.accel import data as AD
 from twinsparse.accel.cli import main
 from twinsparse.accel.runner import load_split
-from twinsparse.accel.train import build_model_for, train_accel
+from twinsparse.accel.train import build_model_for, train_accel, train_on_loader
 from twinsparse.reference import datasets as RD
 from twinsparse.reference.config import ConfigError, RunConfig
 
@@ -261,11 +261,11 @@ def test_train_on_your_own_dataloader():
     train = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, generator=g)
     test = torch.utils.data.DataLoader(ds, batch_size=32)
     cfg = RunConfig(model="cnn", method="rigl", density=0.3, epochs=2, delta_t=2, lr=0.05)
-    out = AD.train_on_loader(cfg, train, test, num_classes=2)
+    out = train_on_loader(cfg, train, test, num_classes=2)
     assert [r["epoch"] for r in out["history"]] == [1, 2] and out["history"][-1]["step"] == 8
     assert 0.0 <= out["history"][-1]["test_acc"] <= 1.0
     sp = out["sparsifier"]
     assert abs(sp.total_density() - 0.3) < 0.01 and len(sp.updates) >= 1
     mine = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
-    out = AD.train_on_loader(cfg, train, None, model=mine)
+    out = train_on_loader(cfg, train, None, model=mine)
     assert out["model"] is mine and "test_acc" not in out["history"][0]
