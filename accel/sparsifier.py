@@ -24,6 +24,10 @@ What the host does, and when it waits for the device:
   reading ``skipped_steps``, or ``check_nonfinite()``), naming the first bad iteration; with
   ``"skip"`` the steps are only counted. A skipped iteration still counts as an iteration (as an
   LR scheduler counts a step GradScaler skipped).
+
+The class is written in three files: this one (setup, the masks, ``step()``, reporting, ``squash``),
+``accel.mask_update`` (``MaskUpdates``: the non-finite guard and the mask-update transaction) and
+``accel.sparsifier_state`` (``SparsifierState``: ``state_dict`` / ``load_state_dict`` for resume).
 """
 from __future__ import annotations
 
@@ -38,25 +42,25 @@ from twinsparse.reference._checks import check_density
 from twinsparse.reference.densities import check_keeps_weights
 from twinsparse.reference.methods import InitContext, Method
 from twinsparse.reference.sparsifier import NONFINITE_POLICIES
-from . import deferred
 from . import densities as D
 from . import ops
-from ._exact import true_div
 from .flat import FlatDict, layout_of
 from .loop_support import (NonFiniteGradientError, StrayStepGuard, method_from_name, starts_dense, unwrap,  # noqa: F401
                            with_layer_axes)
-from .nested import replace_tensors, select_where, tensors_in, to_device
-from .kernels.loader import upload
+from .mask_update import MaskUpdates
 from .mask_buffers import MaskBuffers
 from .prunable import discover_prunable
-from .step import StepEngine, nonfinite_guard
+from .sparsifier_state import SparsifierState
+from .step import StepEngine
+
+__all__ = ["Sparsifier", "NonFiniteGradientError"]   # (the error: accel.loop_support's, offered here too)
 
 
 _ZERO_PRESERVING = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 DensityArg = Union[float, "D.DensitySpec", Mapping[str, float]]
 
 
-class Sparsifier(torch.optim.Optimizer):
+class Sparsifier(MaskUpdates, SparsifierState, torch.optim.Optimizer):
     """See the module docstring. It is a ``torch.optim.Optimizer`` for the code that checks for one
     (LR schedulers, GradScaler): ``param_groups``, ``state`` and ``defaults`` are the wrapped
     optimizer's own, so a scheduler built on either object changes the same learning rates."""
@@ -179,15 +183,6 @@ class Sparsifier(torch.optim.Optimizer):
 
     def _device(self) -> torch.device:
         return next(iter(self.params.values())).device
-
-    def _guard_tensors(self):
-        dev = self._device()
-        if self._found is None or self._found.device != dev:
-            self._found = torch.zeros((), dtype=torch.float32, device=dev)
-            self._record = upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64), dev)
-            self._scratch = torch.zeros(1, dtype=torch.int32, device=dev)
-            self._one = torch.ones((), dtype=torch.float32, device=dev)
-        return self._found, self._record
 
     # ------------------------------------------------------------ mask state
     def _validate_masks(self, masks: Mapping) -> FlatDict:
@@ -360,151 +355,6 @@ class Sparsifier(torch.optim.Optimizer):
             self.optimizer._opt_called = True        # a scheduler built on the wrapped optimizer sees its step
         return loss
 
-    def _guard(self, grads: list, scaler_found: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if scaler_found is not None:                 # GradScaler checked every gradient already
-            return scaler_found
-        if not self.check_finite:
-            return None
-        found, record = self._guard_tensors()
-        nonfinite_guard(grads, found, record, self._scratch, self._one)
-        return found
-
-    def _dense_grads(self, t: int, clone: bool) -> dict:
-        missing = [n for n, p in self.params.items() if p.grad is None]
-        if missing:
-            raise RuntimeError(f"method {self.method.name!r} needs the dense gradients at iteration {t}, "
-                               f"but {missing} have no .grad; call loss.backward() before step()")
-        grads = {n: p.grad.detach() for n, p in self.params.items()}
-        scale = getattr(self, "_grad_scale", None)
-        if scale is not None:     # GradScaler's scaled gradients: the method sees the true ones
-            lay = self._layout
-            if len({g.dtype for g in grads.values()}) == 1:
-                return lay.split(true_div(lay.flatten(grads), scale.to(lay.flatten(grads).dtype).reshape(1)))
-            return {n: true_div(g, scale.to(g.dtype).reshape(1)) for n, g in grads.items()}
-        if clone:            # a copy taken before the step masks them: one concatenation for every layer
-            if len({g.dtype for g in grads.values()}) == 1:
-                return self._layout.split(self._layout.flatten(grads))
-            return {n: g.clone() for n, g in grads.items()}
-        return grads
-
-    def _first_masks(self, t: int) -> None:
-        grads = self._dense_grads(t, clone=False)
-        bad = [n for n, g in grads.items() if g.is_floating_point() and not bool(torch.isfinite(g).all())]
-        if bad:
-            raise NonFiniteGradientError(f"gradients at iteration {t} contain non-finite values (NaN or inf) in "
-                                         f"{bad}; method {self.method.name!r} builds its masks from them")
-        self._init_masks(self._weights(), grads)
-
-    def _observe(self, t: int, found: Optional[torch.Tensor]) -> None:
-        """The method's per-step observation (SNFS momentum) without a sync: its checks are the
-        guard's (finite gradients), and an observation with a non-finite gradient is discarded."""
-        grads = self._dense_grads(t, clone=False)
-        with deferred.transaction():                 # checks dropped: the guard covers them
-            new = self.method.observe(ops, self.method_state, t, grads)
-        self.method_state = new if found is None else select_where(found > 0, self.method_state, new)
-
-    def _event(self, t, found, grad_scale, due, after, collects, scaler) -> None:
-        """An iteration with a mask update and/or a collection: one transaction, one host sync."""
-        m = self.method
-        needs_grads = due or m.observes_grads
-        gdict = self._dense_grads(t, clone=after or collects) if needs_grads else None
-        with deferred.transaction() as txn:
-            state = m.observe(ops, self.method_state, t, gdict) if m.observes_grads else self.method_state
-            staged = None
-            if due and not after:
-                staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
-            else:
-                self._engine.step(found, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
-                if collects:
-                    net = {k: v.detach() for k, v in self.module.state_dict().items()}
-                    state = m.collect(ops, t, net, self.masks, state)
-                if after:
-                    staged = self._stage(m.update(ops, t, self._weights(), gdict, self.masks, state, self.seed), txn)
-            guard = self._fetch_guard(txn, found)
-            txn.read()
-        if not self._accept_guard(txn, guard, t, scaler):
-            return                                   # this iteration's gradients were not finite: nothing changes
-        txn.raise_failed()
-        if staged is not None:
-            self._apply(staged, txn, t)
-        else:
-            self.method_state = state
-        if due and not after and m.step_on_update:
-            self._engine.step(None, grad_scale, masked=not m.is_dense, remask=self.remask_weights)
-
-    def _stage(self, up, txn) -> dict:
-        """An update's masks and statistics, scheduled for the transaction's one read."""
-        new = self._as_flat(up.masks)
-        keep = None if up.survivors is up.masks else self._as_flat(up.survivors, "survivors")
-        explored = self.explored.flat | new.flat
-        info_tensors = [x for x in tensors_in(up.info, []) if x.dim() == 0]
-        return {"up": up, "new": new, "keep": keep, "explored": explored,
-                "h_counts": txn.fetch(new.device_counts()),
-                "h_xor": txn.fetch((self.masks.flat ^ new.flat).sum()),
-                "h_explored": txn.fetch(explored.sum()),
-                "h_info": [(x, txn.fetch(x)) for x in info_tensors]}
-
-    def _fetch_guard(self, txn, found) -> dict:
-        h = {}
-        if found is not None:
-            h["found"] = txn.fetch(found)
-        if self._record is not None:
-            h["record"] = txn.fetch(self._record[0:2])
-        return h
-
-    def _accept_guard(self, txn, h, t: int, scaler: bool) -> bool:
-        """Apply the non-finite policy with the values read at the commit; False: skip iteration t
-        (its gradients were not finite, or GradScaler found an overflow: nothing changes)."""
-        if "record" in h:
-            self._report(*txn.value(h["record"]))
-        return not ("found" in h and txn.value(h["found"]) != 0)
-
-    def _apply(self, staged: dict, txn, t: int) -> None:
-        up, new = staged["up"], staged["new"]
-        counts = txn.value(staged["h_counts"])
-        kept_old = sum(self.masks.counts)
-        if kept_old == 0:
-            raise ValueError("mask_prev keeps no weight, so the change relative to the kept weights is undefined")
-        xor, n = txn.value(staged["h_xor"]), self._layout.numel
-        info = replace_tensors(up.info, {id(x): txn.value(h) for x, h in staged["h_info"]})
-        self._install(new, staged["keep"], counts)
-        if up.reset_optimizer_state:
-            self.reset_optimizer_state()
-        self.method_state = up.state
-        self.explored = self._layout.split(staged["explored"])
-        self._explored_count = txn.value(staged["h_explored"])
-        self.updates.append({"t": t, **info, "density": sum(counts) / n, "exploration_degree": self._explored_count / n,
-                             "xor_over_kept": xor / kept_old, "xor_over_total": xor / n})
-        if self.on_update is not None:
-            self.on_update(t, self.masks)
-
-    # ------------------------------------------------------------ non-finite reporting
-    def _report(self, bad: int, first: int) -> None:
-        """Take over the device record's new non-finite steps (then zero it) and, under
-        ``nonfinite='raise'``, raise for them."""
-        if bad <= 0:
-            return
-        self._bad_steps += int(bad)
-        self._record[0:2].zero_()
-        if self.nonfinite == "raise":
-            raise NonFiniteGradientError(
-                f"gradients at iteration {int(first)} contain non-finite values (NaN or inf); {int(bad)} step(s) with "
-                f"non-finite gradients were skipped (nothing changed at them). Use nonfinite='skip' to keep "
-                f"training and count them, or check_finite=False to turn the guard off")
-
-    def check_nonfinite(self) -> int:
-        """Read the guard's record (one host sync): raise for unreported non-finite steps under
-        ``nonfinite='raise'``; returns the number of skipped steps."""
-        if self._record is not None:
-            bad, first = self._record[0:2].tolist()
-            self._report(bad, first)
-        return self._restored_skips + self._bad_steps
-
-    @property
-    def skipped_steps(self) -> int:
-        """Steps skipped for non-finite gradients (reads the device record: a host sync)."""
-        return self.check_nonfinite()
-
     # ------------------------------------------------------------ reporting
     def exploration_degree(self) -> float:
         """R of [EE] (docs/methods.md §3.4): the fraction of prunable weights that were ever active."""
@@ -523,58 +373,6 @@ class Sparsifier(torch.optim.Optimizer):
     @property
     def n_prunable(self) -> int:
         return self._layout.numel
-
-    # ----------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        """Masks, method state (counters, momentum, ...), ITOP bookkeeping and counters; plain
-        CPU tensors and Python values, so ``torch.save`` / ``torch.load(weights_only=True)`` work."""
-        skipped = self.check_nonfinite()
-        return {
-            "masks": None if self.masks is None else to_device(dict(self.masks), "cpu"),
-            "densities": dict(self.densities),
-            "step_count": self.step_count,
-            "seed": self.seed,
-            "method": {"name": self.method.name, "config": self.method.config(), "state": to_device(self.method_state, "cpu")},
-            "explored": None if self.explored is None else to_device(dict(self.explored), "cpu"),
-            "updates": [dict(u) for u in self.updates],
-            "skipped_steps": skipped,
-        }
-
-    def load_state_dict(self, state: Mapping) -> None:
-        """Restore masks, method state and bookkeeping; validated whole before anything changes."""
-        expected = {"masks", "densities", "step_count", "seed", "method", "explored", "updates", "skipped_steps"}
-        if not isinstance(state, Mapping) or set(state) != expected:
-            got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"not a Sparsifier state dict: expected keys {sorted(expected)}, got {got}")
-        meth = state["method"]
-        if not isinstance(meth, Mapping) or meth.get("name") != self.method.name:
-            name = meth.get("name") if isinstance(meth, Mapping) else meth
-            raise ValueError(f"state is for method {name!r}, this Sparsifier runs {self.method.name!r}")
-        masks = None if state["masks"] is None else self._validate_masks(state["masks"])
-        explored = None if state["explored"] is None else self._validate_masks(state["explored"])
-        if list(state["densities"]) != list(self.params):
-            raise ValueError(f"state densities name {list(state['densities'])}, prunable weights are {list(self.params)}")
-        if masks is not None and set(meth["state"]) != set(self.method.init_state(ops, masks)):
-            raise ValueError(f"method state keys {sorted(meth['state'])} do not match method {self.method.name!r} "
-                             f"(expected {sorted(self.method.init_state(ops, masks))})")
-        device = self._device()
-        self.densities = dict(state["densities"])
-        self.step_count = int(state["step_count"])
-        self.seed = int(state["seed"])
-        self.updates = [dict(u) for u in state["updates"]]
-        self._restored_skips = int(state["skipped_steps"])
-        self._bad_steps = 0
-        if self._record is not None:
-            self._record.copy_(upload(torch.tensor([0.0, 0.0, float(self.step_count)], dtype=torch.float64),
-                                      self._record.device))
-        self.method_state = to_device(meth["state"], device)
-        self.explored = explored
-        self._explored_count = 0 if explored is None else int(explored.flat.sum())
-        self._engine.invalidate()
-        if masks is not None:
-            self._install(masks, None, counts=None)
-        else:
-            self.masks = None
 
     def squash(self) -> nn.Module:
         """Make the sparsity permanent: plain dense weights with exact zeros; the Sparsifier detaches."""
