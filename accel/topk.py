@@ -10,10 +10,11 @@ Two forms:
   found with ``torch.kthvalue``, everything strictly above it is kept, and the remaining slots go
   to the entries equal to it in increasing flat index (a cumulative count);
 * many segments of one flat buffer (``select_segments``: every layer of a model at once, per-layer
-  k): on CUDA with CuPy the radix-select kernels of ``accel/kernels/topk.cu``; elsewhere stable
-  sorts of an integer key (segment, -score), ranks within the segment compared with the segment's
-  k. Neither asks the host for anything (the counts may be device tensors), so a whole-model mask
-  update needs no host synchronisation for its selections.
+  k): on CUDA with CuPy the radix-select kernels of ``accel/kernels/topk.cu``; on CUDA without
+  them stable sorts of an integer key (segment, -score), ranks within the segment compared with the
+  segment's k. Neither asks the host for anything (the counts may be device tensors), so a
+  whole-model mask update needs no host synchronisation for its selections. On a CPU, where a host
+  read is free, one O(n) selection per layer (``strategy="loop"``) is faster than the sorts.
 
 Validation of counts and finiteness goes through ``accel.deferred``: immediate for a direct call,
 read once at the end of a Sparsifier update.
@@ -36,6 +37,10 @@ __all__ = ["topk_mask", "topk_masks_global", "topk_masks_per_layer", "topk_withi
            "select_segments", "segmented_topk_within", "SELECT_STRATEGIES", "descending_key"]
 
 SELECT_STRATEGIES = ("auto", "sort", "loop", "kernel")   # kernel: CUDA + CuPy radix select (kernels/topk.cu)
+# What "auto" runs on a CPU: "loop" (a host read is free there, and one O(n) selection per layer beats
+# two stable sorts of the whole model); "sort" runs the CUDA torch path instead (the engine contract
+# test counts that path's launches and syncs on a CPU).
+CPU_STRATEGY = "loop"
 Counts = Union[Sequence[int], torch.Tensor]
 
 
@@ -196,7 +201,7 @@ def select_segments(flat_scores: torch.Tensor, candidates: Optional[torch.Tensor
                                         or_with=or_with)
     if invert and candidates is not None:
         candidates = ~candidates
-    if strategy == "loop":
+    if strategy == "loop" or (strategy == "auto" and dev.type == "cpu" and CPU_STRATEGY == "loop"):
         keep = _select_loop(flat_scores, candidates, layout, ks)
     else:
         keep = _select_sort(flat_scores, candidates, layout, _ks_tensor(ks, dev), n_cand)

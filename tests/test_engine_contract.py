@@ -3,17 +3,26 @@ nothing, a mask update waits at most once, and the number of kernel launches doe
 the number of layers (ResNet-18 vs ResNet-50 layer structures, narrowed so the test is fast).
 
 Every method that updates masks is covered, with SGD and AdamW, on the torch path and on the
-CUDA kernels (run by the SIMT emulator). On a GPU, tests/test_kernels_gpu.py repeats this under
-torch.cuda.set_sync_debug_mode("error").
+CUDA kernels (run by the SIMT emulator). The torch path is the one CUDA runs without CuPy: on a
+CPU the segmented selections would otherwise take the per-layer loop (free host reads there), so
+the fixture below switches them to CUDA's sorts. On a GPU, tests/test_kernels_gpu.py repeats this
+under torch.cuda.set_sync_debug_mode("error").
 """
 import pytest
 import torch
+
+from twinsparse.accel import topk as accel_topk
 
 from twinsparse.accel import Sparsifier, contract, densities, kernels, methods
 from twinsparse.accel.bench import ShapeNet, resnet18_shapes, resnet50_shapes
 from twinsparse.reference.methods import ACDC, SupTickets
 
 T = 12
+
+
+@pytest.fixture(autouse=True)
+def _cuda_torch_path(monkeypatch):
+    monkeypatch.setattr(accel_topk, "CPU_STRATEGY", "sort")
 
 
 MODELS = {"resnet18": resnet18_shapes(width=4), "resnet50": resnet50_shapes(width=4, num_classes=10)}

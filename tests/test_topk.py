@@ -70,3 +70,24 @@ def test_k_out_of_range_and_bad_types(impl):
         impl.topk_masks_global({}, 0)
     with pytest.raises(ValueError, match="no density given"):
         impl.topk_masks_per_layer({"a": arg}, {})
+
+
+def test_auto_selection_on_a_cpu_takes_the_per_layer_loop_and_agrees_with_the_sorts(monkeypatch):
+    """On a CPU "auto" selects layer by layer (host reads are free there); the sort path CUDA runs
+    without CuPy gives the same masks, ties included."""
+    import twinsparse.accel.topk as AT
+    from twinsparse.accel.flat import layout_of
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.randint(0, 4, (6, 5), generator=g).float(), "b": torch.randint(0, 3, (40,), generator=g).float()}
+    lay = layout_of(scores)
+    flat = lay.flatten(scores)
+    cand = torch.rand(flat.numel(), generator=g) < 0.7
+    ks = [5, 11]
+    calls = []
+    real = AT._select_loop
+    monkeypatch.setattr(AT, "_select_loop", lambda *a: calls.append(1) or real(*a))
+    auto = AT.select_segments(flat, cand, lay, ks)
+    assert calls, "auto on a CPU did not take the per-layer loop"
+    sort = AT.select_segments(flat, cand, lay, ks, strategy="sort")
+    assert torch.equal(auto, sort)
+    assert [int(auto[o:o + n].sum()) for o, n in zip(lay.offsets, lay.sizes)] == ks
