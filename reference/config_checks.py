@@ -44,12 +44,8 @@ def check_cocktail(cfg) -> None:
     check_range("cocktail_temperature", cfg.cocktail_temperature, 0.0, math.inf, lo_open=True)
     if cfg.procedure != "cocktail":
         return
-    if cfg.method != "dense" or cfg.suptickets:
-        raise ConfigError(f"procedure='cocktail' makes its own masks (UMG at every IMP iteration): leave "
-                          f"method='dense' and density=1.0 (got method={cfg.method!r})")
-    if cfg.cocktail_rewind_epoch >= cfg.epochs:
-        raise ConfigError(f"cocktail_rewind_epoch={cfg.cocktail_rewind_epoch} must be below epochs={cfg.epochs}: "
-                          f"each IMP iteration co-trains from the rewind epoch to the end")
+    _check_own_masks_and_rewind(cfg, "cocktail", "makes its own masks (UMG at every IMP iteration)",
+                                "each IMP iteration co-trains from the rewind epoch to the end")
     if cfg.model == "mlp" and len(cfg.hidden) + 1 < {"paper": 3, "hidden": 2}[cfg.cocktail_range]:
         raise ConfigError(f"cocktail_range='paper' prunes every layer but the first and the last ([SC] Table 5); "
                           f"hidden={cfg.hidden} leaves none: add a hidden layer or use cocktail_range='hidden'")
@@ -95,12 +91,8 @@ def check_procedure(cfg) -> None:
                               f"set method='acdc' (got method={cfg.method!r})")
         return
     if cfg.procedure == "imp":
-        if cfg.method != "dense" or cfg.suptickets:
-            raise ConfigError(f"procedure='imp' finds its own masks (dense training, then pruning and retraining "
-                              f"with fixed masks): leave method='dense' and density=1.0 (got method={cfg.method!r})")
-        if cfg.imp_rewind_epoch >= cfg.epochs:
-            raise ConfigError(f"imp_rewind_epoch={cfg.imp_rewind_epoch} must be below epochs={cfg.epochs}: "
-                              f"each iteration retrains from the rewind epoch to the end")
+        _check_own_masks_and_rewind(cfg, "imp", "finds its own masks (dense training, then pruning and retraining "
+                                    "with fixed masks)", "each iteration retrains from the rewind epoch to the end")
         return
     if cfg.method in ("dense", "granet", "acdc") or cfg.density >= 1.0:
         raise ConfigError(f"procedure={cfg.procedure!r} trains sparse states with a mask-evolving method "
@@ -161,3 +153,14 @@ def check_mask_updates(cfg: RunConfig) -> int:
                           f"delta_t iterations from t_start={cfg.t_start} until {window}, and the run has {total} "
                           f"iterations ({cfg.epochs} epochs x {spe}); lower delta_t or t_start, or train longer")
     return n
+
+
+def _check_own_masks_and_rewind(cfg, procedure: str, masks: str, rewind: str) -> None:
+    """IMP and Sparse Cocktail make their own masks (the run stays method='dense') and rewind to
+    ``<procedure>_rewind_epoch``, which must come before the last epoch."""
+    if cfg.method != "dense" or cfg.suptickets:
+        raise ConfigError(f"procedure={procedure!r} {masks}: leave method='dense' and density=1.0 "
+                          f"(got method={cfg.method!r})")
+    epoch = getattr(cfg, f"{procedure}_rewind_epoch")
+    if epoch >= cfg.epochs:
+        raise ConfigError(f"{procedure}_rewind_epoch={epoch} must be below epochs={cfg.epochs}: {rewind}")
