@@ -52,13 +52,15 @@ class Transaction:
         """All finiteness checks of the transaction as one multi-tensor reduction per dtype: x * 0
         is 0 for a finite x and NaN otherwise, and a sum of those is 0 exactly when all are finite."""
         by: dict = {}
+        first = []       # reported before the other checks: a NaN input explains whatever follows from it
         for t, message in self.finite:
             by.setdefault((t.device, t.dtype), []).append((t, message))
         for group in by.values():
             sums = torch._foreach_norm(torch._foreach_mul([t for t, _ in group], 0.0), 1)
             ok = torch.stack(sums).eq(0)
             for i, (_, message) in enumerate(group):
-                self.checks.append((ok[i], message, ValueError))
+                first.append((ok[i], message, ValueError))
+        self.checks[:0] = first
         self.finite = []
 
     def read(self) -> None:

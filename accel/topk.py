@@ -31,16 +31,12 @@ from twinsparse.reference._checks import check_count, check_nonempty, count_for_
 from . import deferred
 from . import kernels as _kernels
 from ._checks import check_finite
-from .flat import Layout, int_vector, layout_of, segment_sums
+from .flat import Layout, cpu_path, int_vector, layout_of, segment_sums
 
 __all__ = ["topk_mask", "topk_masks_global", "topk_masks_per_layer", "topk_within", "select_within",
            "select_segments", "segmented_topk_within", "SELECT_STRATEGIES", "descending_key"]
 
 SELECT_STRATEGIES = ("auto", "sort", "loop", "kernel")   # kernel: CUDA + CuPy radix select (kernels/topk.cu)
-# What "auto" runs on a CPU: "loop" (a host read is free there, and one O(n) selection per layer beats
-# two stable sorts of the whole model); "sort" runs the CUDA torch path instead (the engine contract
-# test counts that path's launches and syncs on a CPU).
-CPU_STRATEGY = "loop"
 Counts = Union[Sequence[int], torch.Tensor]
 
 
@@ -118,17 +114,24 @@ def select_within(scores: torch.Tensor, candidates: torch.Tensor, k, n_cand: Opt
         return _kernels.topk_select(flat, [flat.numel()], [k], candidates=cand).reshape(scores.shape)
     if flat.numel() == 0:
         return torch.zeros_like(candidates)
-    bottom = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
-    pushed = flat.masked_fill(~cand, bottom)
     n = flat.numel()
     if isinstance(k, torch.Tensor):     # a device k: kthvalue needs a host rank, so sort instead
         return select_segments(flat, cand, Layout(["all"], [(n,)]), k.reshape(1)).reshape(scores.shape)
-    # the k-th largest of ``pushed`` is the k-th largest candidate score (k <= n_cand and every
-    # non-candidate sits at or below every candidate)
-    thr = torch.kthvalue(pushed, n - k + 1).values
+    if cpu_path(flat) and n_cand is not None and 2 * int(n_cand) < n:
+        # few candidates (a drop among the active weights): select among them only
+        thr = torch.kthvalue(flat[cand], int(n_cand) - k + 1).values
+    else:
+        # the k-th largest of ``pushed`` is the k-th largest candidate score (k <= n_cand and every
+        # non-candidate sits at or below every candidate)
+        bottom = float("-inf") if scores.is_floating_point() else torch.iinfo(scores.dtype).min
+        thr = torch.kthvalue(flat.masked_fill(~cand, bottom), n - k + 1).values
     above = cand & (flat > thr)
     ties = cand & (flat == thr)
-    keep = above | (ties & (torch.cumsum(ties, 0) <= k - above.sum()))
+    need = k - torch.count_nonzero(above)
+    if cpu_path(flat) and int(torch.count_nonzero(ties)) <= int(need):   # (a host read is free on a CPU)
+        keep = above | ties            # every tie fits: no running count of the ties needed
+    else:
+        keep = above | (ties & (torch.cumsum(ties, 0) <= need))
     return keep.reshape(scores.shape)
 
 
@@ -201,7 +204,7 @@ def select_segments(flat_scores: torch.Tensor, candidates: Optional[torch.Tensor
                                         or_with=or_with)
     if invert and candidates is not None:
         candidates = ~candidates
-    if strategy == "loop" or (strategy == "auto" and dev.type == "cpu" and CPU_STRATEGY == "loop"):
+    if strategy == "loop" or (strategy == "auto" and cpu_path(flat_scores)):
         keep = _select_loop(flat_scores, candidates, layout, ks)
     else:
         keep = _select_sort(flat_scores, candidates, layout, _ks_tensor(ks, dev), n_cand)

@@ -4,14 +4,14 @@ the number of layers (ResNet-18 vs ResNet-50 layer structures, narrowed so the t
 
 Every method that updates masks is covered, with SGD and AdamW, on the torch path and on the
 CUDA kernels (run by the SIMT emulator). The torch path is the one CUDA runs without CuPy: on a
-CPU the segmented selections would otherwise take the per-layer loop (free host reads there), so
-the fixture below switches them to CUDA's sorts. On a GPU, tests/test_kernels_gpu.py repeats this
+CPU a few operators would otherwise take CPU-specific paths (free host reads there), so the fixture
+below switches those off. On a GPU, tests/test_kernels_gpu.py repeats this
 under torch.cuda.set_sync_debug_mode("error").
 """
 import pytest
 import torch
 
-from twinsparse.accel import topk as accel_topk
+from twinsparse.accel import flat as accel_flat
 
 from twinsparse.accel import Sparsifier, contract, densities, kernels, methods
 from twinsparse.accel.bench import ShapeNet, resnet18_shapes, resnet50_shapes
@@ -22,7 +22,7 @@ T = 12
 
 @pytest.fixture(autouse=True)
 def _cuda_torch_path(monkeypatch):
-    monkeypatch.setattr(accel_topk, "CPU_STRATEGY", "sort")
+    monkeypatch.setattr(accel_flat, "CPU_PATHS", False)
 
 
 MODELS = {"resnet18": resnet18_shapes(width=4), "resnet50": resnet50_shapes(width=4, num_classes=10)}

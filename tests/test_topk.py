@@ -91,3 +91,21 @@ def test_auto_selection_on_a_cpu_takes_the_per_layer_loop_and_agrees_with_the_so
     sort = AT.select_segments(flat, cand, lay, ks, strategy="sort")
     assert torch.equal(auto, sort)
     assert [int(auto[o:o + n].sum()) for o, n in zip(lay.offsets, lay.sizes)] == ks
+
+
+@pytest.mark.parametrize("cpu_paths", [True, False])
+@pytest.mark.parametrize("frac", [0.05, 0.5, 0.95])
+def test_select_within_cpu_paths_keep_the_tie_rule(monkeypatch, cpu_paths, frac):
+    """The CPU shortcuts (select among few candidates only; skip the running count when every tie
+    fits) pick the same positions as the reference, heavy ties included."""
+    import twinsparse.accel.flat as AF
+    monkeypatch.setattr(AF, "CPU_PATHS", cpu_paths)
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        s = rng.integers(0, 5, size=400).astype(np.float64)
+        cand = rng.random(400) < frac
+        c = int(cand.sum())
+        for k in {0, 1, c // 3, c // 2, c}:
+            want = R.topk_within(s, cand, k)
+            got = A.select_within(torch.from_numpy(s), torch.from_numpy(cand), k, n_cand=c)
+            assert np.array_equal(got.numpy(), want), (trial, k)
