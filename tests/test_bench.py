@@ -18,7 +18,9 @@ def test_resnet_shape_lists():
     assert len(s18) == 21 and s18[0] == (64, 3, 3, 3) and s18[-1] == (10, 512)
 
 
-def test_bench_quick_runs_on_cpu_and_writes_the_log_and_the_json(tmp_path, capsys):
+def test_bench_quick_runs_on_cpu_and_writes_the_log_and_the_json(tmp_path, capsys, monkeypatch):
+    from twinsparse.accel import flat
+    monkeypatch.setattr(flat, "CPU_PATHS", False)      # count CUDA's torch path (one sync per update)
     rc = main(["bench", "--quick", "--device", "cpu", "--repeats", "1", "--out", str(tmp_path),
                "--sections", "step", "update", "e2e", "hotpaths"])
     assert rc == 0

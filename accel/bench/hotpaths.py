@@ -33,8 +33,8 @@ class _Case:
                 "flat_w": torch.cat([x.reshape(-1) for x in w]).abs().to(dev),
                 "flat_g": torch.cat([x.reshape(-1) for x in grads]).abs().to(dev),
                 "flat_m": torch.cat([m.reshape(-1) for m in masks]).to(dev),
+                "n_active": [int(m.sum()) for m in masks],      # each copy has its own random masks
             })
-        self.n_active = [int(m.sum()) for m in self.sets[0]["masks"]]
         self.i = 0
 
     def rotate(self, i):
@@ -68,13 +68,14 @@ def hot_path_rows(clock: Clock, width: int, repeats: int, bw: float, density: fl
                                        repeats, before=rot)
     out["topk_segmented_floor"] = floor(5 * n)
     # RigL drop and grow (two segmented selections)
-    kd = [a - int(0.3 * a) for a in case.n_active]
-    kg = [int(0.3 * a) for a in case.n_active]
+    for c in case.sets:
+        c["kd"] = [a - int(0.3 * a) for a in c["n_active"]]
+        c["kg"] = [int(0.3 * a) for a in c["n_active"]]
 
     def drop_grow():
         c = case.cur
-        kept = topk.select_segments(c["flat_w"], c["flat_m"], case.layout, kd, n_cand=sum(case.n_active))
-        return topk.select_segments(c["flat_g"], ~kept, case.layout, kg, n_cand=n - sum(kd), or_with=kept)
+        kept = topk.select_segments(c["flat_w"], c["flat_m"], case.layout, c["kd"], n_cand=sum(c["n_active"]))
+        return topk.select_segments(c["flat_g"], ~kept, case.layout, c["kg"], n_cand=n - sum(c["kd"]), or_with=kept)
     out["drop_grow"] = clock.time(drop_grow, repeats, before=rot)
     out["drop_grow_floor"] = floor(10 * n)
     # N:M 2:4 on every weight whose reduction dimension divides by 4, and on one 8192 x 8192
