@@ -52,15 +52,13 @@ class Transaction:
         """All finiteness checks of the transaction as one multi-tensor reduction per dtype: x * 0
         is 0 for a finite x and NaN otherwise, and a sum of those is 0 exactly when all are finite."""
         by: dict = {}
-        first = []       # reported before the other checks: a NaN input explains whatever follows from it
         for t, message in self.finite:
             by.setdefault((t.device, t.dtype), []).append((t, message))
         for group in by.values():
             sums = torch._foreach_norm(torch._foreach_mul([t for t, _ in group], 0.0), 1)
             ok = torch.stack(sums).eq(0)
             for i, (_, message) in enumerate(group):
-                first.append((ok[i], message, ValueError))
-        self.checks[:0] = first
+                self.checks.append((ok[i], message, ValueError))
         self.finite = []
 
     def read(self) -> None:
@@ -89,10 +87,11 @@ class Transaction:
         return self.values[handle]
 
     def raise_failed(self) -> None:
-        """Raise the first failed check (after ``read``)."""
-        for (_, message, exc), v in zip(self.checks, self.ok):
-            if not v:
-                raise exc(message())
+        """Raise the first failed check (after ``read``): a bad input (ValueError: a NaN, a count out
+        of range) before a broken invariant (RuntimeError), which the bad input may have caused."""
+        failed = [(message, exc) for (_, message, exc), v in zip(self.checks, self.ok) if not v]
+        for message, exc in sorted(failed, key=lambda f: not issubclass(f[1], ValueError)):
+            raise exc(message())
 
     def commit(self) -> list:
         """``read`` then ``raise_failed``; returns the fetched values."""
