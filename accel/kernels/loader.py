@@ -7,7 +7,6 @@ package docstring for what runs where.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import threading
@@ -44,7 +43,8 @@ KEY_BITS = {torch.float32: 32, torch.float64: 64}
 __all__ = ["available", "usable", "on_device", "use_backend", "CupyBackend", "require", "unavailable_reason",
            "chunk_plan", "chunk_plan_host", "pointer_table", "launch", "arg", "scalar", "multi_tensor_launch",
            "launches", "source", "KERNELS", "KERNEL_DIR", "DISABLE_ENV", "DTYPES", "SUFFIX", "THREADS", "CHUNK",
-           "MAX_BLOCKS", "graph_tables", "sm_count", "upload", "flat_out_plan", "EW_CHUNK"]
+           "MAX_BLOCKS", "graph_tables", "sm_count", "upload", "upload_array", "flat_out_plan", "flat_out_launch",
+           "as_flat_dict", "cached_plan", "cached_table", "check_usable", "EW_CHUNK"]
 
 _local = threading.local()
 _cupy = None                  # the cupy module once imported; False when the import failed
@@ -193,6 +193,12 @@ def usable(*tensors: torch.Tensor, dtypes=DTYPES) -> bool:
     return False
 
 
+def check_usable(what: str, *tensors: Optional[torch.Tensor]) -> None:
+    """For a wrapper that has no torch fallback of its own (top-k, N:M): raise unless ``usable``."""
+    if not usable(*tensors):
+        raise RuntimeError(f"the CUDA {what} kernel cannot run: {unavailable_reason() or 'unsupported tensors'}")
+
+
 # ----------------------------------------------------------------------------- loading and launching
 
 _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"/\\]+\.cuh)"[ \t]*$', re.M)
@@ -275,13 +281,20 @@ def pointer_table(tensors: Sequence[Optional[torch.Tensor]], device: torch.devic
     ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
     # keyed by the stream too: a table uploaded on one stream is not yet visible to another
     key = (device.index, _backend.stream_key(device), ptrs)
+    return cached_table(key, lambda: upload(torch.tensor(ptrs, dtype=torch.int64), device))
+
+
+def cached_table(key, build):
+    """The small device tensor cached under ``key`` (which names the device and the stream), made
+    by ``build()`` on a miss; past 512 entries the oldest half is dropped. The pointer tables and
+    the top-k ks vectors live here (``use_backend`` clears it)."""
     hit = _tables.get(key)
     if hit is not None:
         return hit[0]
     if len(_tables) > 512:
         for k in list(_tables)[:256]:          # the oldest half
             del _tables[k]
-    tab = upload(torch.tensor(ptrs, dtype=torch.int64), device)
+    tab = build()
     _tables[key] = (tab,)
     return tab
 
@@ -326,19 +339,32 @@ def chunk_plan_host(sizes: Sequence[int], chunk: Optional[int] = None) -> dict:
 def chunk_plan(sizes: Sequence[int], device: torch.device, flat: bool) -> dict:
     """Device chunk table for ``sizes``. ``flat=True``: start/end are offsets into one flat buffer
     (segmented kernels); ``flat=False``: offsets within each tensor (multi-tensor kernels)."""
-    key = (tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), flat, CHUNK)
-    plan = _plans.get(key)
-    if plan is None:
+    def build():
         h = chunk_plan_host(sizes)
         off = h["offsets"][h["seg"]] if flat and h["seg"].size else 0
-        dev = lambda a: upload(torch.from_numpy(np.ascontiguousarray(a)), device)  # noqa: E731
-        plan = {"seg": dev(h["seg"]), "start": dev(h["start"] + off), "end": dev(h["end"] + off),
+        dev = lambda a: upload_array(a, device)  # noqa: E731
+        return {"seg": dev(h["seg"]), "start": dev(h["start"] + off), "end": dev(h["end"] + off),
                 "first": dev(h["first"]), "sizes": dev(h["sizes"]), "n_chunks": int(h["seg"].size)}
+    return cached_plan((tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), flat, CHUNK), build)
+
+
+def cached_plan(key, build) -> dict:
+    """The launch plan cached under ``key`` (which names the device and the stream), made by
+    ``build()`` on a miss; past 64 plans the oldest half is dropped. Every wrapper's chunk table
+    lives here (``use_backend`` clears it)."""
+    plan = _plans.get(key)
+    if plan is None:
+        plan = build()
         if len(_plans) > 64:
             for k in list(_plans)[:32]:
                 del _plans[k]
         _plans[key] = plan
     return plan
+
+
+def upload_array(a, device: torch.device) -> torch.Tensor:
+    """A host NumPy array on ``device`` (through ``upload``: pinned memory, no blocking)."""
+    return upload(torch.from_numpy(np.ascontiguousarray(a)), device)
 
 
 EW_CHUNK = 4096               # elements per chunk of the vectorised elementwise kernels (dst.cu, merge.cu's CIA)
@@ -350,19 +376,51 @@ def flat_out_plan(sizes: Sequence[int], device: torch.device, chunk: Optional[in
     min(chunk_start[c] + chunk, sizes[t])) of that tensor; ``out_off[t]`` is the offset of tensor t
     in the flat output. ``chunk`` defaults to min(CHUNK, EW_CHUNK)."""
     chunk = min(CHUNK, EW_CHUNK) if chunk is None else int(chunk)
-    key = ("flat_out", tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), chunk)
-    plan = _plans.get(key)
-    if plan is None:
+
+    def build():
         h = chunk_plan_host(sizes, chunk)
-        dev = lambda a: upload(torch.from_numpy(np.ascontiguousarray(a)), device)  # noqa: E731
-        plan = {"chunk_tensor": dev(h["seg"]), "chunk_start": dev(h["start"]), "sizes": dev(h["sizes"]),
+        dev = lambda a: upload_array(a, device)  # noqa: E731
+        return {"chunk_tensor": dev(h["seg"]), "chunk_start": dev(h["start"]), "sizes": dev(h["sizes"]),
                 "out_off": dev(h["offsets"]), "n_chunks": int(h["seg"].size), "chunk": chunk,
                 "split": [int(x) for x in sizes]}
-        if len(_plans) > 64:
-            for k in list(_plans)[:32]:
-                del _plans[k]
-        _plans[key] = plan
-    return plan
+    return cached_plan(("flat_out", tuple(int(s) for s in sizes), device.index, _backend.stream_key(device), chunk),
+                       build)
+
+
+def flat_out_launch(file: str, kernel: str, inputs: Sequence[dict], scalars) -> dict:
+    """The elementwise multi-tensor kernels with one flat output (dst.cu's scores, merge.cu's CIA).
+    ``inputs``: aligned dicts of validated tensors (name -> tensor; the first gives the names, the
+    dtypes, the device and the sizes). One launch of ``{kernel}_{f32|f64}`` per dtype, with the
+    arguments (a pointer table per dict, the flat output, out_off, chunk_tensor, chunk_start,
+    sizes, n_chunks, chunk, ``*scalars(dtype)``). Returns the outputs laid out like the first dict:
+    a FlatDict over one flat buffer when the tensors share a dtype, else a dict in its order."""
+    names = list(inputs[0])
+    inputs = [{n: d[n] if d[n].is_contiguous() else d[n].contiguous() for n in names} for d in inputs]  # no detach
+    lead = inputs[0]
+    out = {}
+    dtypes = {t.dtype for t in lead.values()}
+    for dtype in sorted(dtypes, key=str):
+        sel = names if len(dtypes) == 1 else [n for n in names if lead[n].dtype == dtype]
+        dev = lead[sel[0]].device
+        plan = flat_out_plan([lead[n].numel() for n in sel], dev)
+        flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)
+        if plan["n_chunks"]:
+            launch(file, f"{kernel}_{SUFFIX[dtype]}", dev, plan["n_chunks"],
+                   (*[arg(pointer_table([d[n] for n in sel], dev)) for d in inputs], arg(flat), arg(plan["out_off"]),
+                    arg(plan["chunk_tensor"]), arg(plan["chunk_start"]), arg(plan["sizes"]),
+                    np.int64(plan["n_chunks"]), np.int64(plan["chunk"]), *scalars(dtype)))
+        part = as_flat_dict({n: lead[n] for n in sel}, flat)
+        if len(sel) == len(names):
+            return part
+        out.update(part)
+    return {n: out[n] for n in names}
+
+
+def as_flat_dict(like: dict, flat: torch.Tensor):
+    """The views of ``flat`` laid out like the tensors of ``like`` (name -> shape), as an
+    accel.flat.FlatDict, so that the next operator finds the buffer without a copy."""
+    from ..flat import layout_of             # accel.flat imports this package: import late
+    return layout_of(like).split(flat)
 
 
 def scalar(x: float, dtype: torch.dtype):

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from . import loader as L
-from .dst import as_flat_dict
 
 UMG_CHANNELS = 8              # channels per block (one per warp of 256 threads); must match merge.cu
 
@@ -21,51 +20,22 @@ def superpose_cia(avg: dict, ticket: dict, t: int):
     al, tl = list(avg.values()), [ticket[n] for n in names]
     if not (L.usable(*al, *tl) and all(a.dtype == x.dtype for a, x in zip(al, tl))):
         return None
-    avg = {n: a if a.is_contiguous() else a.contiguous() for n, a in zip(names, al)}     # pointers: no detach
-    ticket = {n: x if x.is_contiguous() else x.contiguous() for n, x in zip(names, tl)}
-    out = {}
-    dtypes = {a.dtype for a in al}
-    for dtype in sorted(dtypes, key=str):
-        sel = names if len(dtypes) == 1 else [n for n in names if avg[n].dtype == dtype]
-        dev = avg[sel[0]].device
-        plan = L.flat_out_plan([avg[n].numel() for n in sel], dev)
-        flat = torch.empty(sum(plan["split"]), dtype=dtype, device=dev)
-        if plan["n_chunks"]:
-            L.launch("merge.cu", f"superpose_cia_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
-                     (L.arg(L.pointer_table([avg[n] for n in sel], dev)),
-                      L.arg(L.pointer_table([ticket[n] for n in sel], dev)), L.arg(flat), L.arg(plan["out_off"]),
-                      L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_start"]), L.arg(plan["sizes"]),
-                      np.int64(plan["n_chunks"]), np.int64(plan["chunk"]), L.scalar(t - 1, dtype), L.scalar(t, dtype)))
-        part = as_flat_dict({n: avg[n] for n in sel}, flat)
-        if len(sel) == len(names):
-            return part
-        out.update(part)
-    return {n: out[n] for n in names}
+    return L.flat_out_launch("merge.cu", "superpose_cia", (avg, ticket),
+                             lambda dtype: (L.scalar(t - 1, dtype), L.scalar(t, dtype)))
 
 
 def _umg_plan(shapes: Sequence[tuple], dev: torch.device) -> dict:
     """Device tables (cached by the shapes): per weight its rows R, channels O and score offset;
     per chunk its weight and first channel (UMG_CHANNELS channels per chunk)."""
-    key = ("umg", tuple(shapes), dev.index, L.backend().stream_key(dev))
-    plan = L._plans.get(key)
-    if plan is None:
+    def build():
         outs = [int(s[0]) for s in shapes]
         rows = [int(np.prod(s[1:], dtype=np.int64)) for s in shapes]
-        offs = np.concatenate([[0], np.cumsum(outs)])[:-1].astype(np.int64)
-        ch_t, ch_o = [], []
-        for k, o in enumerate(outs):
-            first = np.arange(0, o, UMG_CHANNELS, dtype=np.int64)
-            ch_t.extend([k] * first.size)
-            ch_o.extend(first.tolist())
-        dev_ = lambda a: L.upload(torch.from_numpy(np.ascontiguousarray(a)), dev)  # noqa: E731
-        plan = {"outs": outs, "out_off": dev_(offs), "rows": dev_(np.array(rows, np.int64)),
-                "n_out": dev_(np.array(outs, np.int64)), "chunk_tensor": dev_(np.array(ch_t, np.int32)),
-                "chunk_o0": dev_(np.array(ch_o, np.int64)), "n_chunks": len(ch_t)}
-        if len(L._plans) > 64:
-            for k in list(L._plans)[:32]:
-                del L._plans[k]
-        L._plans[key] = plan
-    return plan
+        h = L.chunk_plan_host(outs, UMG_CHANNELS)        # chunks of channels; offsets: where each weight's scores start
+        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        return {"outs": outs, "out_off": dev_(h["offsets"]), "rows": dev_(np.array(rows, np.int64)),
+                "n_out": dev_(h["sizes"]), "chunk_tensor": dev_(h["seg"]), "chunk_o0": dev_(h["start"]),
+                "n_chunks": int(h["seg"].size)}
+    return L.cached_plan(("umg", tuple(shapes), dev.index, L.backend().stream_key(dev)), build)
 
 
 def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.Tensor],

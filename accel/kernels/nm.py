@@ -23,29 +23,19 @@ def _geometry(shape: tuple, m: int, axis: str) -> tuple[int, int]:
 def _plan(shapes: Sequence[tuple], m: int, axis: str, dev: torch.device) -> dict:
     """Device tables (cached by the shapes): per tensor the offset of its mask in the flat output,
     S and its number of groups; per chunk its tensor and first group."""
-    key = ("nm", tuple(shapes), m, axis, dev.index, L.backend().stream_key(dev))
-    plan = L._plans.get(key)
-    if plan is None:
+    def build():
         geo = [_geometry(s, m, axis) for s in shapes]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         offs = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
-        ch_t, ch_g = [], []
-        for t, (_, ng) in enumerate(geo):
-            g = np.arange(0, ng, NM_CHUNK_GROUPS, dtype=np.int64)
-            ch_t.extend([t] * g.size)
-            ch_g.extend(g.tolist())
-        dev_ = lambda a: L.upload(torch.from_numpy(np.ascontiguousarray(a)), dev)  # noqa: E731
-        plan = {"offsets": offs.tolist(), "sizes": sizes, "shapes": [tuple(int(d) for d in s) for s in shapes],
+        h = L.chunk_plan_host([g for _, g in geo], NM_CHUNK_GROUPS)     # chunks of groups
+        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        return {"offsets": offs.tolist(), "sizes": sizes, "shapes": [tuple(int(d) for d in s) for s in shapes],
                 "out_off": dev_(offs),
                 "strides": dev_(np.array([s for s, _ in geo], np.int64)),
-                "n_groups": dev_(np.array([g for _, g in geo], np.int64)),
-                "chunk_tensor": dev_(np.array(ch_t, np.int32)), "chunk_group": dev_(np.array(ch_g, np.int64)),
-                "n_chunks": len(ch_t)}
-        if len(L._plans) > 64:
-            for k in list(L._plans)[:32]:
-                del L._plans[k]
-        L._plans[key] = plan
-    return plan
+                "n_groups": dev_(h["sizes"]),
+                "chunk_tensor": dev_(h["seg"]), "chunk_group": dev_(h["start"]),
+                "n_chunks": int(h["seg"].size)}
+    return L.cached_plan(("nm", tuple(shapes), m, axis, dev.index, L.backend().stream_key(dev)), build)
 
 
 def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str,
@@ -57,8 +47,7 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str,
     meaningless), which spares the caller a separate finiteness pass."""
     if not weights:
         return []
-    if not L.usable(*weights):
-        raise RuntimeError(f"the CUDA N:M kernel cannot run: {L.unavailable_reason() or 'unsupported tensors'}")
+    L.check_usable("N:M", *weights)
     dev = weights[0].device
     weights = [w if w.is_contiguous() else w.contiguous() for w in weights]   # (pointers only: no detach needed)
     plan = _plan([tuple(w.shape) for w in weights], m, axis, dev)

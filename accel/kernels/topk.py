@@ -49,20 +49,15 @@ def _plan(sizes: Sequence[int], dev: torch.device) -> dict:
     chunk = chunk_len()
     if not 1 <= chunk <= 65536:
         raise ValueError(f"the top-k chunk must lie in [1, 65536] (16-bit offsets), got {chunk}")
-    key = ("topk", tuple(int(s) for s in sizes), dev.index, L.backend().stream_key(dev), chunk)
-    plan = L._plans.get(key)
-    if plan is None:
+
+    def build():
         h = L.chunk_plan_host(sizes, chunk)
         off = h["offsets"][h["seg"]] if h["seg"].size else np.zeros(0, np.int64)
         seg_nch = np.bincount(h["seg"], minlength=len(sizes)).astype(np.int64)
-        dev_ = lambda a: L.upload(torch.from_numpy(np.ascontiguousarray(a)), dev)  # noqa: E731
-        plan = {"seg": dev_(h["seg"]), "start": dev_(h["start"] + off), "end": dev_(h["end"] + off),
+        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        return {"seg": dev_(h["seg"]), "start": dev_(h["start"] + off), "end": dev_(h["end"] + off),
                 "first": dev_(h["first"]), "seg_nch": dev_(seg_nch), "n_chunks": int(h["seg"].size)}
-        if len(L._plans) > 64:
-            for k in list(L._plans)[:32]:
-                del L._plans[k]
-        L._plans[key] = plan
-    return plan
+    return L.cached_plan(("topk", tuple(int(s) for s in sizes), dev.index, L.backend().stream_key(dev), chunk), build)
 
 
 def _ks_vector(ks, n_seg: int, dev: torch.device) -> torch.Tensor:
@@ -72,14 +67,8 @@ def _ks_vector(ks, n_seg: int, dev: torch.device) -> torch.Tensor:
         v = ks.reshape(-1).to(device=dev, dtype=torch.int64).contiguous()
     else:
         vals = tuple(int(k) for k in ks)
-        key = ("topk_ks", vals, dev.index, L.backend().stream_key(dev))
-        hit = L._tables.get(key)
-        if hit is None:
-            if len(L._tables) > 512:
-                for k in list(L._tables)[:256]:       # the oldest half
-                    del L._tables[k]
-            hit = L._tables[key] = (L.upload(torch.tensor(vals, dtype=torch.int64), dev),)
-        v = hit[0]
+        v = L.cached_table(("topk_ks", vals, dev.index, L.backend().stream_key(dev)),
+                           lambda: L.upload(torch.tensor(vals, dtype=torch.int64), dev))
     if v.numel() != n_seg:
         raise ValueError(f"ks has {v.numel()} entries but there are {n_seg} segments")
     return v
@@ -97,8 +86,7 @@ def topk_select(flat_scores: torch.Tensor, sizes: Sequence[int], ks: Union[Seque
     ``invert``; every position when None), ties -> smaller index; OR-ed with ``or_with`` when
     given. ``ks`` may be an int64 device tensor (read only by the kernels). Inputs validated by the
     caller (0 <= k <= candidates of the segment, finite scores)."""
-    if not L.usable(flat_scores, candidates, or_with):
-        raise RuntimeError(f"the CUDA top-k kernel cannot run: {L.unavailable_reason() or 'unsupported tensors'}")
+    L.check_usable("top-k", flat_scores, candidates, or_with)
     flat_scores = flat_scores.detach().reshape(-1).contiguous()
     candidates = None if candidates is None else candidates.reshape(-1).contiguous()
     or_with = None if or_with is None else or_with.reshape(-1).contiguous()
