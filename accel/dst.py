@@ -24,7 +24,8 @@ from typing import Mapping
 import torch
 
 from twinsparse.reference.dst import COUNTER_INITS, EXPLORATION_FORMS, check_exploration  # noqa: F401 (re-export)
-from twinsparse.reference.dst import check_counts, check_fraction, check_iteration
+from twinsparse.reference.dst import (check_counter_init, check_counts, check_dst_ee_args, check_ema_beta, check_fraction,
+                                     check_keep_count, drop_count_message, grow_count_message, swap_count)
 from twinsparse.reference.masks import check_layer_dict, check_layer_names
 from . import deferred
 from . import kernels as _kernels
@@ -60,6 +61,14 @@ def _real(t, what: str) -> torch.Tensor:
     if t.is_complex():
         raise TypeError(f"{what} must be a real tensor, got dtype {t.dtype}")
     return t
+
+
+def _check_like(masks: Mapping, values: Mapping, what: str, label: str, real=_real) -> None:
+    """``values`` has the layers of ``masks``, each a real tensor of its mask's shape (checked by
+    ``real``, which names it ``what[name]``; the shape error names it ``label name``)."""
+    check_layer_names(masks, values, what)
+    for n, m in masks.items():
+        check_same_shape(m, real(values[n], f"{what}[{n!r}]"), f"mask {n!r}", f"{label} {n!r}")
 
 
 def active_counts(masks: Mapping):
@@ -116,23 +125,13 @@ def _require_le(names, a, a_vec, b, b_vec, message) -> None:
     deferred.require((a_vec <= b_vec).all(), msg)
 
 
-def _drop_msg(n, k, a):
-    return f"layer {n!r}: cannot drop {k} weights, only {a} are active"
-
-
-def _grow_msg(n, k, p):
-    return f"layer {n!r}: a growth of {k} weights is larger than the inactive pool of {p} positions"
-
-
 class _Sel:
     """The masks of one selection, flat, with their active counts (host list or device vector)."""
 
     def __init__(self, masks: Mapping, scores: Mapping, kind: str):
         masks = _bool_masks(masks)
-        check_layer_names(masks, scores, f"{kind} scores")
+        _check_like(masks, scores, f"{kind} scores", f"{kind} scores")
         self.layout = lay = layout_of(masks)
-        for n in lay.names:
-            check_same_shape(masks[n], _real(scores[n], f"{kind} scores[{n!r}]"), f"mask {n!r}", f"{kind} scores {n!r}")
         self.mask = lay.flatten(masks)
         self.dev = self.mask.device
         self.n_active = masks.counts if isinstance(masks, FlatDict) else None
@@ -168,7 +167,7 @@ def _add(a, b):
 def _keep(sel: _Sel, flat_scores, counts, counts_vec):
     """The drop step: keep n_active - k of the active positions (largest drop scores)."""
     names = sel.layout.names
-    _require_le(names, counts, counts_vec, sel.n_active, lambda: sel.active_vec, _drop_msg)
+    _require_le(names, counts, counts_vec, sel.n_active, lambda: sel.active_vec, drop_count_message)
     kept_counts = _sub(sel.n_active, counts)
     ks = kept_counts if kept_counts is not None else sel.active_vec - _call(counts_vec)
     n_cand = sum(sel.n_active) if sel.n_active is not None else None
@@ -179,7 +178,7 @@ def _grown(sel: _Sel, kept, kept_counts, kept_vec, flat_scores, counts, counts_v
     """The grow step: counts[l] positions among the inactive ones of ``kept`` (the kernel reads
     ``kept`` inverted: no complement is built), OR-ed with it."""
     pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
-    _require_le(sel.layout.names, counts, counts_vec, pool, lambda: sel.sizes_vec - _call(kept_vec), _grow_msg)
+    _require_le(sel.layout.names, counts, counts_vec, pool, lambda: sel.sizes_vec - _call(kept_vec), grow_count_message)
     n_cand = None if pool is None else sum(pool)
     ks = counts if counts is not None else _call(counts_vec)
     new = select_segments(flat_scores, kept, sel.layout, ks, n_cand=n_cand, or_with=kept, invert=True)
@@ -204,7 +203,7 @@ def swap_counts(masks: Mapping, fraction: float):
     active = active_counts(masks)
     if isinstance(active, DeviceCounts):         # float64 product and floor, as Python does on the host
         return DeviceCounts(active.layout, torch.floor(active.vec.to(torch.float64) * f).to(torch.int64))
-    return {n: int(math.floor(f * a)) for n, a in active.items()}
+    return {n: swap_count(f, a) for n, a in active.items()}
 
 
 def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
@@ -235,18 +234,16 @@ def drop_and_grow(masks: Mapping, drop_scores: Mapping, grow_scores: Mapping, dr
     dcounts = _counts_arg(drop_counts, masks, "drop counts")
     fd = sel.scores(drop_scores, "drop")
     gcounts = dcounts if grow_counts is None else _counts_arg(grow_counts, masks, "grow counts")
-    check_layer_names(masks, grow_scores, "grow scores")
-    for n in sel.layout.names:
-        check_same_shape(masks[n], _real(grow_scores[n], f"grow scores[{n!r}]"), f"mask {n!r}", f"grow scores {n!r}")
+    _check_like(masks, grow_scores, "grow scores", "grow scores")
     fg = sel.scores(grow_scores, "grow")
     dh, dv = _host(dcounts), (lambda: _vec(dcounts, sel.layout, sel.dev))
     gh, gv = _host(gcounts), (lambda: _vec(gcounts, sel.layout, sel.dev))
     # the pool after the drop (inactive before + dropped) is checked before any selection runs
-    _require_le(sel.layout.names, dh, dv, sel.n_active, lambda: sel.active_vec, _drop_msg)
+    _require_le(sel.layout.names, dh, dv, sel.n_active, lambda: sel.active_vec, drop_count_message)
     kept_counts = _sub(sel.n_active, dh)
     kept_vec = (lambda: sel.active_vec - dv())
     pool = None if kept_counts is None else [s - a for s, a in zip(sel.layout.sizes, kept_counts)]
-    _require_le(sel.layout.names, gh, gv, pool, lambda: sel.sizes_vec - kept_vec(), _grow_msg)
+    _require_le(sel.layout.names, gh, gv, pool, lambda: sel.sizes_vec - kept_vec(), grow_count_message)
     kept, _ = _keep(sel, fd, dh, dv)
     new, new_counts = _grown(sel, kept, kept_counts, kept_vec, fg, gh, gv)
     return _out(sel, new, new_counts)
@@ -272,8 +269,7 @@ def require_counts(masks: Mapping, expected: Mapping, what: str) -> None:
 def init_counters(masks: Mapping, init: str = "mask") -> dict:
     """Activation counter N (docs/methods.md §3.2 item 2): N_0 = M_0 ('mask') or zeros; int64."""
     masks = _bool_masks(masks)
-    if init not in COUNTER_INITS:
-        raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
+    check_counter_init(init)
     lay = layout_of(masks)
     flat = lay.flatten(masks)
     return lay.split(flat.to(torch.int64) if init == "mask" else torch.zeros_like(flat, dtype=torch.int64))
@@ -282,10 +278,7 @@ def init_counters(masks: Mapping, init: str = "mask") -> dict:
 def increment_counters(counters: Mapping, masks: Mapping) -> dict:
     """N <- N + M_new (docs/methods.md §3.2 item 3: the mask after drop and grow)."""
     masks = _bool_masks(masks)
-    check_layer_names(masks, counters, "counters")
-    for n, m in masks.items():
-        c = _real(counters[n], f"counters[{n!r}]")
-        check_same_shape(m, c, f"mask {n!r}", f"counter {n!r}")
+    _check_like(masks, counters, "counters", "counter")
     lay = layout_of(masks)
     return lay.split(lay.flatten(counters) + lay.flatten(masks).to(torch.int64))
 
@@ -294,10 +287,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
     """DST-EE acquisition function, [EE] Eq. (1): S = |dL/dW| + c * ln(t) / (N + eps)
     (``form='text'``: ln(t) / (N + c)). Computed in the gradient's dtype, in the reference's
     operation order (scalars rounded to that dtype first)."""
-    check_exploration(c, eps, form)
-    check_iteration(t)
-    check_layer_dict(grads, "gradients")
-    check_layer_names(grads, counters, "counters")
+    check_dst_ee_args(grads, counters, t, c, eps, form)
     for n, g in grads.items():
         g = _real(g, f"gradients[{n!r}]")
         N = _real(counters[n], f"counters[{n!r}]")
@@ -330,8 +320,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
 
 def ema_update(ema: Mapping | None, grads: Mapping, beta: float) -> dict:
     """m <- beta m + (1 - beta) g (SNFS momentum); ``ema=None`` starts from zeros."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"momentum beta={beta!r} is outside the allowed range [0, 1)")
+    check_ema_beta(beta)
     check_layer_dict(grads, "gradients")
     for n, g in grads.items():
         _real(g, f"gradients[{n!r}]")
@@ -353,10 +342,7 @@ def mean_abs_over_mask(values: Mapping, masks: Mapping) -> dict:
     float64; python floats (one device sync, also inside an update: SNFS redistribution reads
     these on the host)."""
     masks = _bool_masks(masks)
-    check_layer_names(masks, values, "values")
-    for n, m in masks.items():
-        v = as_real_tensor(values[n], f"values[{n!r}]")
-        check_same_shape(m, v, f"mask {n!r}", f"values {n!r}")
+    _check_like(masks, values, "values", "values", as_real_tensor)
     lay = layout_of(masks)
     m = lay.flatten(masks)
     v = torch.where(m, lay.flatten(values).abs().to(torch.float64), 0.0)
@@ -370,18 +356,14 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep) -> dict:
     """Global magnitude step of gradual pruning (GraNet): keep the n_keep largest scores among the
     active positions of all layers together (concatenation order, tie rule)."""
     masks = _bool_masks(masks)
-    check_layer_names(masks, scores, "scores")
+    _check_like(masks, scores, "scores", "scores")
     lay = layout_of(masks)
-    for n in lay.names:
-        check_same_shape(masks[n], _real(scores[n], f"scores[{n!r}]"), f"mask {n!r}", f"scores {n!r}")
     flat_m = lay.flatten(masks)
     flat_s = lay.flatten(scores)
     _require_finite(lay, flat_s, "scores")
     known = masks.counts if isinstance(masks, FlatDict) else None
     total_active = sum(known) if known is not None else int(flat_m.sum())
-    if isinstance(n_keep, bool) or not isinstance(n_keep, int) or not 0 <= n_keep <= total_active:
-        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {total_active}] (the active weights)")
-    keep = select_within(flat_s, flat_m, int(n_keep), total_active)
+    keep = select_within(flat_s, flat_m, check_keep_count(n_keep, total_active), total_active)
     return lay.split(keep)
 
 

@@ -60,44 +60,78 @@ def check_iteration(t) -> int:
     return int(t)
 
 
+def swap_count(fraction: float, n_active: int) -> int:
+    """k = floor(f * n_active) of one layer (docs/methods.md §2.1), in float64 as Python computes it;
+    ``fraction`` already checked by ``check_fraction``."""
+    return int(math.floor(float(fraction) * int(n_active)))
+
+
+def drop_count_message(name, k, n_active) -> str:
+    """The error of a drop of more weights than a layer has active."""
+    return f"layer {name!r}: cannot drop {k} weights, only {n_active} are active"
+
+
+def grow_count_message(name, k, pool) -> str:
+    """The error of a growth larger than a layer's inactive pool."""
+    return f"layer {name!r}: a growth of {k} weights is larger than the inactive pool of {pool} positions"
+
+
+def check_keep_count(n_keep, n_active: int) -> int:
+    """``n_keep`` of ``prune_to_count``: an integer in [0, n_active] (the active weights of all layers)."""
+    if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= n_active:
+        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {int(n_active)}] (the active weights)")
+    return int(n_keep)
+
+
+def check_counter_init(init: str) -> None:
+    if init not in COUNTER_INITS:
+        raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
+
+
+def check_ema_beta(beta) -> None:
+    """The smoothing factor of ``ema_update``: 0 <= beta < 1."""
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"momentum beta={beta!r} is outside the allowed range [0, 1)")
+
+
 def swap_counts(masks: Mapping, fraction: float) -> dict:
     """k_l = floor(f * n_active_l) for every layer (docs/methods.md §2.1)."""
     masks = _bool_masks(masks)
     check_fraction(fraction)
-    return {n: int(math.floor(float(fraction) * int(m.sum()))) for n, m in masks.items()}
+    return {n: swap_count(fraction, m.sum()) for n, m in masks.items()}
+
+
+def _layers(masks: Mapping, scores: Mapping, counts: Mapping, kind: str):
+    """The checked (name, mask, scores, count) of every layer of a drop or a grow."""
+    masks = _bool_masks(masks)
+    counts = check_counts(counts, masks, f"{kind} counts")
+    check_layer_names(masks, scores, f"{kind} scores")
+    for n, m in masks.items():
+        s = as_real_array(scores[n], f"{kind} scores[{n!r}]")
+        check_same_shape(m, s, f"mask {n!r}", f"{kind} scores {n!r}")
+        yield n, m, s, counts[n]
 
 
 def drop(masks: Mapping, drop_scores: Mapping, counts: Mapping) -> dict:
     """Drop counts[l] active weights per layer: the kept set is the top (n_active - k) drop scores
     among the active positions (docs/methods.md §1.2: "drop the k smallest" = complement of a keep set)."""
-    masks = _bool_masks(masks)
-    counts = check_counts(counts, masks, "drop counts")
-    check_layer_names(masks, drop_scores, "drop scores")
     out = {}
-    for n, m in masks.items():
-        s = as_real_array(drop_scores[n], f"drop scores[{n!r}]")
-        check_same_shape(m, s, f"mask {n!r}", f"drop scores {n!r}")
+    for n, m, s, k in _layers(masks, drop_scores, counts, "drop"):
         n_active = int(m.sum())
-        if counts[n] > n_active:
-            raise ValueError(f"layer {n!r}: cannot drop {counts[n]} weights, only {n_active} are active")
-        out[n] = topk_within(s, m, n_active - counts[n])
+        if k > n_active:
+            raise ValueError(drop_count_message(n, k, n_active))
+        out[n] = topk_within(s, m, n_active - k)
     return out
 
 
 def grow(masks: Mapping, grow_scores: Mapping, counts: Mapping) -> dict:
     """Grow counts[l] weights per layer at the largest grow scores among the inactive positions."""
-    masks = _bool_masks(masks)
-    counts = check_counts(counts, masks, "grow counts")
-    check_layer_names(masks, grow_scores, "grow scores")
     out = {}
-    for n, m in masks.items():
-        s = as_real_array(grow_scores[n], f"grow scores[{n!r}]")
-        check_same_shape(m, s, f"mask {n!r}", f"grow scores {n!r}")
+    for n, m, s, k in _layers(masks, grow_scores, counts, "grow"):
         pool = int((~m).sum())
-        if counts[n] > pool:
-            raise ValueError(f"layer {n!r}: a growth of {counts[n]} weights is larger than the inactive pool "
-                             f"of {pool} positions")
-        out[n] = m | topk_within(s, ~m, counts[n])
+        if k > pool:
+            raise ValueError(grow_count_message(n, k, pool))
+        out[n] = m | topk_within(s, ~m, k)
     return out
 
 
@@ -114,8 +148,7 @@ def init_counters(masks: Mapping, init: str = "mask") -> dict:
     """Activation counter N (docs/methods.md §3.2 item 2): Alg. 1 N_0 = M_0 ('mask', default) or the
     text's zero tensor ('zeros'). Integer counts."""
     masks = _bool_masks(masks)
-    if init not in COUNTER_INITS:
-        raise ValueError(f"counter init {init!r} is not allowed; choose one of {list(COUNTER_INITS)}")
+    check_counter_init(init)
     return {n: m.astype(np.int64) if init == "mask" else np.zeros(m.shape, np.int64) for n, m in masks.items()}
 
 
@@ -143,6 +176,14 @@ def check_exploration(c: float, eps: float, form: str) -> None:
         raise ValueError(f"c={c!r} with form='text' (ln t / (N + c)) needs c > 0")
 
 
+def check_dst_ee_args(grads: Mapping, counters: Mapping, t, c, eps, form) -> None:
+    """The scalar and name checks of ``dst_ee_scores`` (the arrays are checked layer by layer)."""
+    check_exploration(c, eps, form)
+    check_iteration(t)
+    check_layer_dict(grads, "gradients")
+    check_layer_names(grads, counters, "counters")
+
+
 def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: float, form: str = "eq1") -> dict:
     """DST-EE acquisition function, [EE] Eq. (1):  S = |dL/dW| + c * ln(t) / (N + eps).
 
@@ -150,10 +191,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
     default follows Eq. 1 / Alg. 1, where a larger c means more exploration as Fig. 3 states).
     The score is computed in the gradient's dtype.
     """
-    check_exploration(c, eps, form)
-    check_iteration(t)
-    check_layer_dict(grads, "gradients")
-    check_layer_names(grads, counters, "counters")
+    check_dst_ee_args(grads, counters, t, c, eps, form)
     out = {}
     for n, g in grads.items():
         g = as_real_array(g, f"gradients[{n!r}]")
@@ -170,8 +208,7 @@ def dst_ee_scores(grads: Mapping, counters: Mapping, t: int, c: float, eps: floa
 
 def ema_update(ema: Mapping | None, grads: Mapping, beta: float) -> dict:
     """Exponentially smoothed gradient m <- beta m + (1 - beta) g (SNFS momentum, [EE] §related)."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"momentum beta={beta!r} is outside the allowed range [0, 1)")
+    check_ema_beta(beta)
     check_layer_dict(grads, "gradients")
     out = {}
     for n, g in grads.items():
@@ -205,9 +242,7 @@ def prune_to_count(masks: Mapping, scores: Mapping, n_keep: int) -> dict:
         check_same_shape(masks[n], np.asarray(scores[n]), f"mask {n!r}", f"scores {n!r}")
     flat_m = np.concatenate([masks[n].reshape(-1) for n in names])
     flat_s = np.concatenate([as_real_array(scores[n], f"scores[{n!r}]").reshape(-1) for n in names])
-    if isinstance(n_keep, bool) or not isinstance(n_keep, (int, np.integer)) or not 0 <= n_keep <= flat_m.sum():
-        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {int(flat_m.sum())}] (the active weights)")
-    keep = topk_within(flat_s, flat_m, int(n_keep))
+    keep = topk_within(flat_s, flat_m, check_keep_count(n_keep, int(flat_m.sum())))
     out, start = {}, 0
     for n in names:
         size = masks[n].size
