@@ -9,8 +9,6 @@ float64; the mask-producing entries draw gradients that are multiples of 1/2, wh
 exact in any order, so the norm (and everything after it) is identical; ``perturb`` with arbitrary
 floats is compared as arithmetic (dtype tolerance).
 """
-import warnings
-
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -23,17 +21,8 @@ import twinsparse.reference.cram_ops as RC
 import twinsparse.reference.quantize as RQ
 from twinsparse.conformance.registry import compare_exact, register
 from twinsparse.conformance.strategies import scores, shapes
+from twinsparse.conformance.entries.common import quiet
 from twinsparse.conformance.entries.masks import NM_PATTERNS, exact_sum_weights
-
-
-def _quiet(fn):
-    """N:M leaves indivisible layers dense with a warning (tested in tests/, not here)."""
-    def run(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return fn(*args, **kwargs)
-    run.__name__ = fn.__name__
-    return run
 
 
 def _weights(shape, dtype):
@@ -95,7 +84,7 @@ def _acdc_compress_args(draw, dtype):
 
 register("acdc.topk_compress", RA.topk_compress, AA.topk_compress, _topk_compress_args,
          notes="global / uniform T_k with index-set masks; first & last or named layers dense")
-register("acdc.acdc_compress", _quiet(RA.acdc_compress), _quiet(AA.acdc_compress), _acdc_compress_args,
+register("acdc.acdc_compress", quiet(RA.acdc_compress), quiet(AA.acdc_compress), _acdc_compress_args,
          notes="Alg. 1 l.4-5: mask = non-zeros of T_k(theta) (exact zeros drawn often); N:M variant")
 
 
@@ -216,17 +205,17 @@ def _grad_norm_args(draw, dtype):
     return (grads,), {}
 
 
-register("cram.compress", _quiet(RC.compress), _quiet(AC.compress), _compress_args,
+register("cram.compress", quiet(RC.compress), quiet(AC.compress), _compress_args,
          notes="C on the prunable tensors (all when prunable=None); Top-K, N:M, quantization")
 register("cram.grad_norm", RC.grad_norm, AC.grad_norm, _grad_norm_args)
 register("cram.perturb", RC.perturb, AC.perturb, _perturb_args,
          notes="theta + rho g (CrAM, unnormalized) and theta + rho g / ||g|| (SAM); arithmetic")
 register("cram.sam_point", RC.sam_point, AC.sam_point,
          lambda dtype: _perturb_args(dtype).map(lambda a: (a[0], {})))
-register("cram.cram_point", _quiet(RC.cram_point), _quiet(AC.cram_point), _cram_point_args,
+register("cram.cram_point", quiet(RC.cram_point), quiet(AC.cram_point), _cram_point_args,
          notes="C(theta + rho g) for Top-K (global/uniform, dense layers), N:M and 4-bit quantization; "
                "rho = 0 is Top-K / Top-K+; masks exact, a non-prunable bias passes through")
-register("cram.csam_point", _quiet(RC.csam_point), _quiet(AC.csam_point), _csam_point_args,
+register("cram.csam_point", quiet(RC.csam_point), quiet(AC.csam_point), _csam_point_args,
          notes="C-SAM Eq. 5.7 with and without the sparse-gradient mask")
 register("cram.sparse_grads", RC.sparse_grads, AC.sparse_grads, _sparse_grads_args)
 register("cram.cram_update_grads", RC.cram_update_grads, AC.cram_update_grads, _cram_update_grads_args,

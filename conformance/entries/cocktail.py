@@ -12,28 +12,25 @@ from hypothesis.extra import numpy as hnp
 
 import twinsparse.accel.cocktail_ops as A
 import twinsparse.reference.cocktail_ops as R
+from twinsparse.conformance.entries.common import bool_masks, unit_floats
 from twinsparse.conformance.registry import register
 from twinsparse.conformance.strategies import scores, shapes
 from twinsparse.conformance.entries.masks import exact_sum_weights
 
 
 def _beta():
-    return st.one_of(st.sampled_from([0.8, 0.0, 1.0, 0.5]), st.floats(0, 1))
+    return unit_floats((0.8, 0.0, 1.0, 0.5))
 
 
 def _channel_shape():
     return st.one_of(shapes(2, 2, 1, 8), shapes(4, 4, 1, 4))
 
 
-def _mask(shape):
-    return st.one_of(st.just(np.ones(shape, bool)), st.just(np.zeros(shape, bool)), hnp.arrays(np.bool_, shape))
-
-
 @st.composite
 def _umg_layer(draw, dtype):
     w = draw(exact_sum_weights(draw(_channel_shape()), dtype))
-    mask_nm = None if draw(st.integers(0, 3)) == 0 else draw(_mask(w.shape))    # None: IMP iteration 1
-    return w, draw(_mask(w.shape)), mask_nm
+    mask_nm = None if draw(st.integers(0, 3)) == 0 else draw(bool_masks(w.shape))    # None: IMP iteration 1
+    return w, draw(bool_masks(w.shape)), mask_nm
 
 
 @st.composite
@@ -77,7 +74,7 @@ def _masks_args(draw, dtype):
 def _imp_args(draw, dtype):
     n = draw(st.integers(1, 3))
     weights = {f"conv{i}.weight": draw(scores(draw(_channel_shape()), dtype)) for i in range(n)}
-    prev = {k: draw(_mask(v.shape)) for k, v in weights.items()}
+    prev = {k: draw(bool_masks(v.shape)) for k, v in weights.items()}
     rate = draw(st.one_of(st.sampled_from([0.2, 0.1, 0.0]), st.floats(0, 1, exclude_max=True)))
     return (weights, prev), {"rate": rate}
 

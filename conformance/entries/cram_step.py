@@ -11,30 +11,21 @@ momentum buffers (float64 tolerance). float64 only: the Top-K / N:M selection on
 if g agrees to the last bit, which the two backprops do not promise; in float64 a near-tie at the k-th
 value within rounding is vanishingly rare for the continuous weights drawn here.
 """
-import warnings
 
 import numpy as np
 from hypothesis import assume, strategies as st
 
 import twinsparse.accel.cram_procedure as A
 import twinsparse.reference.cram_procedure as R
+from twinsparse.conformance.entries.common import has_margin, quiet, randomize_bn_statistics
 from twinsparse.conformance.registry import compare_default, register
 from twinsparse.reference.cram_ops import nm_compression, quant_compression, topk_compression
-from twinsparse.reference.nn import init_mlp, mlp_forward
+from twinsparse.reference.nn import init_mlp
 
 _RELU_MARGIN, _VAR_MARGIN = 1e-9, 1e-9
 
 POOL = [topk_compression(0.5), topk_compression(0.7), topk_compression(0.6, "uniform"), nm_compression(2, 4),
         quant_compression(4)]
-
-
-def _quiet(fn):
-    def run(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)    # N:M leaves an indivisible layer dense
-            return fn(*args, **kwargs)
-    run.__name__ = fn.__name__
-    return run
 
 
 @st.composite
@@ -46,13 +37,7 @@ def _step_args(draw, dtype):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     params, buffers = init_mlp(sizes, batchnorm=bn, seed=seed, dtype=dtype)
-    for k in buffers:
-        if k.endswith("running_mean"):
-            buffers[k] = rng.normal(0, 0.5, buffers[k].shape).astype(dtype)
-        elif k.endswith("running_var"):
-            buffers[k] = rng.uniform(0.5, 2.0, buffers[k].shape).astype(dtype)
-        else:
-            buffers[k] = np.array(rng.integers(0, 50), dtype=np.int64)
+    randomize_bn_statistics(buffers, rng, max_count=50, dtype=dtype)
     momentum = draw(st.sampled_from([0.0, 0.9]))
     bufs = {n: (rng.normal(0, 0.1, p.shape).astype(dtype) if momentum and draw(st.booleans()) else None)
             for n, p in params.items()}
@@ -75,7 +60,7 @@ def _step_args(draw, dtype):
                   rho=draw(st.sampled_from([0.0, 0.05, 0.5])), plus=plus, sparse_grad=draw(st.booleans()), t=t,
                   seed=draw(st.integers(0, 5)), mode=mode, tau=tau, mask_cache=cache)
     points = []
-    _quiet(R.cram_step)(params, buffers, bufs, x, y, on_point=lambda p, track: points.append(p), **kwargs)
+    quiet(R.cram_step)(params, buffers, bufs, x, y, on_point=lambda p, track: points.append(p), **kwargs)
     assume(all(_has_margin(p, buffers, x) for p in points))
     return (params, buffers, bufs, x, y), kwargs
 
@@ -85,16 +70,7 @@ def _has_margin(params, buffers, x) -> bool:
     incoming weights are all pruned at theta~ feeds BatchNorm a constant, whose normalised value is
     rounding noise / sqrt(eps), and the ReLU after it then decides on that noise (ill-posed on any
     backend; the two disagree there)."""
-    _, cache, _ = mlp_forward(params, buffers, x, True)
-    for i, rec in enumerate(cache["layers"][:-1]):
-        pre = rec["input"] @ params[f"fc.{i}.weight"].T + params[f"fc.{i}.bias"]
-        if "x_hat" in rec:
-            if pre.var(axis=0).min() < _VAR_MARGIN:
-                return False
-            pre = params[f"bn.{i}.weight"] * rec["x_hat"] + params[f"bn.{i}.bias"]
-        if np.abs(pre).min() < _RELU_MARGIN:
-            return False
-    return True
+    return has_margin(params, buffers, x, True, _RELU_MARGIN, _VAR_MARGIN)
 
 
 def _compare(ref_out, acc_out, dtype):
@@ -113,5 +89,5 @@ def _compare(ref_out, acc_out, dtype):
     np.testing.assert_allclose(ai["loss"], ri["loss"], rtol=1e-9)
 
 
-register("cram_step", _quiet(R.cram_step), _quiet(A.cram_step), _step_args, compare=_compare, dtypes=(np.float64,),
+register("cram_step", quiet(R.cram_step), quiet(A.cram_step), _step_args, compare=_compare, dtypes=(np.float64,),
          notes="one CrAM / CrAM⁺ / SAM / C-SAM / SGD step with BN, momentum, tau mask cache (Alg. 2)")

@@ -14,6 +14,7 @@ import twinsparse.accel.dst as A
 import twinsparse.accel.topk as AT
 import twinsparse.reference.dst as R
 import twinsparse.reference.topk as RT
+from twinsparse.conformance.entries.common import bool_masks, unit_floats
 from twinsparse.conformance.registry import register
 from twinsparse.conformance.strategies import layer_dict, scores, shapes, tied_scores
 
@@ -24,22 +25,12 @@ def _tied_or_any(shape, dtype):
     return st.one_of(tied_scores(shape, dtype), scores(shape, dtype))
 
 
-def _mask(shape):
-    """Empty, full, or random masks (hypothesis' bool arrays cover all densities)."""
-    return st.one_of(st.just(np.zeros(shape, bool)), st.just(np.ones(shape, bool)),
-                     hnp.arrays(np.bool_, shape))
-
-
 def _masks_like(draw, layers):
-    return {n: draw(_mask(v.shape)) for n, v in layers.items()}
+    return {n: draw(bool_masks(v.shape)) for n, v in layers.items()}
 
 
 def _scores_like(draw, layers, dtype):
     return {n: draw(_tied_or_any(v.shape, dtype)) for n, v in layers.items()}
-
-
-def _fraction():
-    return st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0, 1))
 
 
 def _t():
@@ -51,7 +42,7 @@ def _t():
 @st.composite
 def _topk_within_args(draw, dtype):
     s = draw(_tied_or_any(draw(shapes()), dtype))
-    cand = draw(_mask(s.shape))
+    cand = draw(bool_masks(s.shape))
     return (s, cand, draw(st.integers(0, int(cand.sum())))), {}
 
 
@@ -69,7 +60,7 @@ def _segmented_args(draw, dtype):
     sizes = draw(st.lists(st.integers(0, 12), min_size=1, max_size=5))
     n = sum(sizes)
     s = draw(tied_scores((n,), dtype)) if n else np.zeros(0, dtype)
-    cand = draw(_mask((n,)))
+    cand = draw(bool_masks((n,)))
     ks, start = [], 0
     for size in sizes:
         ks.append(draw(st.integers(0, int(cand[start:start + size].sum()))))
@@ -89,7 +80,7 @@ for _strategy in ("sort", "loop"):
 
 @st.composite
 def _swap_counts_args(draw, dtype):
-    return (_masks_like(draw, draw(layer_dict(dtype))), draw(_fraction())), {}
+    return (_masks_like(draw, draw(layer_dict(dtype))), draw(unit_floats())), {}
 
 
 @st.composite

@@ -24,6 +24,7 @@ import twinsparse.reference.optim as RO
 import twinsparse.reference.topk as RT
 from twinsparse.accel import kernels
 from twinsparse.conformance.entries import cocktail as E_cocktail
+from twinsparse.conformance.entries.common import quiet
 from twinsparse.conformance.entries import dst as E_dst
 from twinsparse.conformance.entries import masks as E_masks
 from twinsparse.conformance.entries import merge as E_merge
@@ -62,7 +63,7 @@ _reg("dst.prune_to_count", RD.prune_to_count, AD.prune_to_count, E_dst._prune_to
 _reg("dst.dst_ee_scores", RD.dst_ee_scores, AD.dst_ee_scores, E_dst._dst_ee_args)
 # nm_mask.cu: one tensor, and every layer of a model in one launch (indivisible layers left dense)
 _reg("nm_mask", RM.nm_mask, AM.nm_mask, E_masks._nm_mask_args)
-_reg("nm_masks", E_masks._quiet(RM.nm_masks), E_masks._quiet(AM.nm_masks), E_masks._nm_masks_args)
+_reg("nm_masks", quiet(RM.nm_masks), quiet(AM.nm_masks), E_masks._nm_masks_args)
 # masked_sgd.cu
 _reg("masked_sgd_step", RO.masked_sgd_step, AO.masked_sgd_step, E_optim._sgd_args,
      compare=E_optim._compare_with_off_mask_zero)

@@ -5,27 +5,22 @@ given scores, which are identical on both backends. Channel selection depends on
 sums, whose float32 rounding may differ; those strategies draw weights that are small multiples
 of 1/2, so every sum is exact in either dtype (and ties between filters are frequent).
 """
-import warnings
-
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import twinsparse.accel.masks as A
 import twinsparse.reference.masks as R
+from twinsparse.conformance.entries.common import quiet, unit_floats
 from twinsparse.conformance.registry import register
 from twinsparse.conformance.strategies import layer_dict, scores, shapes, tied_scores
 
 NM_PATTERNS = [(1, 2), (2, 4), (4, 8), (0, 4), (4, 4), (3, 5), (1, 1), (0, 1), (2, 3), (1, 4)]
 
 
-def densities_st():
-    """Any density, with the edges k = 0 and k = n drawn often."""
-    return st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0, 1))
-
-
 def _densities_for(draw, layers):
-    return {k: draw(densities_st()) for k in layers}
+    """A density per layer, the edges k = 0 and k = n drawn often."""
+    return {k: draw(unit_floats()) for k in layers}
 
 
 # ----------------------------------------------------------------------------- magnitude
@@ -33,7 +28,7 @@ def _densities_for(draw, layers):
 @st.composite
 def _magnitude_mask_args(draw, dtype):
     w = draw(scores(draw(shapes()), dtype))
-    return (w, draw(densities_st())), {}
+    return (w, draw(unit_floats())), {}
 
 
 @st.composite
@@ -44,7 +39,7 @@ def _magnitude_masks_args(draw, dtype):
 
 @st.composite
 def _global_args(draw, dtype):
-    return (draw(layer_dict(dtype, ranks=(2, 3, 4, 5))), draw(densities_st())), {}
+    return (draw(layer_dict(dtype, ranks=(2, 3, 4, 5))), draw(unit_floats())), {}
 
 
 register("magnitude_mask", R.magnitude_mask, A.magnitude_mask, _magnitude_mask_args)
@@ -101,18 +96,8 @@ def _nm_masks_args(draw, dtype):
     return (ws, n, m), {"axis": axes if per_layer else axis}
 
 
-def _quiet(fn):
-    """nm_masks warns about layers left dense; the warning is tested in tests/, not here."""
-    def run(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return fn(*args, **kwargs)
-    run.__name__ = fn.__name__
-    return run
-
-
 register("nm_mask", R.nm_mask, A.nm_mask, _nm_mask_args)
-register("nm_masks", _quiet(R.nm_masks), _quiet(A.nm_masks), _nm_masks_args)
+register("nm_masks", quiet(R.nm_masks), quiet(A.nm_masks), _nm_masks_args)
 
 
 # ----------------------------------------------------------------------------- channels
@@ -143,7 +128,7 @@ def _channel_scores_args(draw, dtype):
 def _channel_mask_args(draw, dtype):
     shp = draw(_channel_shape())
     w = draw(exact_sum_weights(shp, dtype))
-    return (w, draw(densities_st())), {"dim": draw(_channel_dim(shp))}
+    return (w, draw(unit_floats())), {"dim": draw(_channel_dim(shp))}
 
 
 @st.composite
@@ -168,7 +153,7 @@ def _drawn_random_scores(shape, dtype):
 
 @st.composite
 def _random_mask_args(draw, dtype):
-    return (draw(_drawn_random_scores(draw(shapes()), dtype)), draw(densities_st())), {}
+    return (draw(_drawn_random_scores(draw(shapes()), dtype)), draw(unit_floats())), {}
 
 
 @st.composite

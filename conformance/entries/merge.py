@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 import twinsparse.accel.merge as A
 import twinsparse.reference.merge as R
+from twinsparse.conformance.entries.common import floats_of, unit_floats
 from twinsparse.conformance.registry import register
 from twinsparse.conformance.strategies import scores, shapes, tied_scores
 
@@ -27,10 +28,6 @@ def _net(draw, shp, dtype, draw_array=scores):
 
 def _t():
     return st.one_of(st.just(1), st.integers(2, 4), st.integers(5, 1000))
-
-
-def _unit(edges=(0.0, 1.0, 0.5, 0.8)):
-    return st.one_of(st.sampled_from(list(edges)), st.floats(0, 1))
 
 
 # ----------------------------------------------------------------------------- Sup-tickets
@@ -74,7 +71,7 @@ def _superpose_cima_args(draw, dtype):
     shp = draw(_net_shapes())
     ticket = _net(draw, shp, dtype)
     avg = None if draw(st.integers(0, 4)) == 0 else _net(draw, shp, dtype)
-    return (avg, ticket, draw(_unit())), {}
+    return (avg, ticket, draw(unit_floats((0.0, 1.0, 0.5, 0.8)))), {}
 
 
 register("superpose_cia", R.superpose_cia, A.superpose_cia, _superpose_cia_args,
@@ -94,7 +91,7 @@ def _interpolate_args(draw, dtype):
     if draw(st.booleans()):                                  # a BN num_batches_tracked-like 0-d buffer
         a["bn.num_batches_tracked"] = np.array(draw(st.integers(0, 10**6)), dtype=np.int64)
         b["bn.num_batches_tracked"] = np.array(draw(st.integers(0, 10**6)), dtype=np.int64)
-    return (a, b, draw(_unit((0.0, 1.0, 0.1, 0.25, 0.5, 0.75, 0.95)))), {}
+    return (a, b, draw(unit_floats((0.0, 1.0, 0.1, 0.25, 0.5, 0.75, 0.95)))), {}
 
 
 @st.composite
@@ -103,17 +100,13 @@ def _merged_masks_args(draw, dtype):
     return (_net(draw, shp, dtype, tied_scores),), {}
 
 
-def _densities():
-    return st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0, 1))
-
-
 @st.composite
 def _reprune_args(draw, dtype):
     shp = draw(_net_shapes())
     w = _net(draw, shp, dtype, lambda s, d: st.one_of(tied_scores(s, d), scores(s, d)))
     if draw(st.booleans()):
-        return (w,), {"densities": {n: draw(_densities()) for n in w}}
-    return (w,), {"density": draw(_densities())}
+        return (w,), {"densities": {n: draw(unit_floats()) for n in w}}
+    return (w,), {"density": draw(unit_floats())}
 
 
 register("interpolate", R.interpolate, A.interpolate, _interpolate_args,
@@ -125,12 +118,20 @@ register("reprune", R.reprune, A.reprune, _reprune_args,
 
 # ----------------------------------------------------------------------------- BN statistics
 
+def _bn_means(dtype, c):
+    return hnp.arrays(dtype, c, elements=floats_of(dtype, -4, 4))
+
+
+def _bn_vars(dtype, c):
+    """Running variances of c channels, exact zeros included."""
+    return hnp.arrays(dtype, c, elements=st.one_of(st.just(0.0), floats_of(dtype, 0, 9)))
+
+
 @st.composite
 def _average_bn_stats_args(draw, dtype):
     c = draw(st.integers(1, 9))
-    mean = lambda: draw(hnp.arrays(dtype, c, elements=st.floats(-4, 4, width=np.dtype(dtype).itemsize * 8)))
-    var = lambda: draw(hnp.arrays(dtype, c, elements=st.one_of(
-        st.just(0.0), st.floats(0, 9, width=np.dtype(dtype).itemsize * 8))))
+    mean = lambda: draw(_bn_means(dtype, c))  # noqa: E731
+    var = lambda: draw(_bn_vars(dtype, c))  # noqa: E731
     t = draw(_t())
     mode = draw(st.sampled_from(R.BN_AVG_MODES))
     if t == 1:
@@ -146,7 +147,6 @@ register("average_bn_stats", R.average_bn_stats, A.average_bn_stats, _average_bn
 def _average_bn_stats_all_args(draw, dtype):
     """Several BN layers of different widths, averaged at once (Sup-tickets' collection)."""
     layers = draw(st.integers(1, 4))
-    width = np.dtype(dtype).itemsize * 8
     t = draw(_t())
     ticket, avg, pairs = {}, ({} if t > 1 else None), []
     for i in range(layers):
@@ -154,8 +154,8 @@ def _average_bn_stats_all_args(draw, dtype):
         m, v = f"bn{i}.running_mean", f"bn{i}.running_var"
         pairs.append((m, v))
         for net in ([ticket] + ([avg] if avg is not None else [])):
-            net[m] = draw(hnp.arrays(dtype, c, elements=st.floats(-4, 4, width=width)))
-            net[v] = draw(hnp.arrays(dtype, c, elements=st.one_of(st.just(0.0), st.floats(0, 9, width=width))))
+            net[m] = draw(_bn_means(dtype, c))
+            net[v] = draw(_bn_vars(dtype, c))
     return (avg, ticket, pairs, t), {"mode": draw(st.sampled_from(R.BN_AVG_MODES))}
 
 
