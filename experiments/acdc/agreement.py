@@ -13,19 +13,20 @@ and summary.md.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import sys
 
 import torch
 
 from twinsparse.accel import metrics as MET
-from twinsparse.accel.runner import load_split, mean_std
+from twinsparse.accel.runner import load_split
 from twinsparse.accel.train import predict, train_accel
 from twinsparse.reference.experiment_file import load_experiment
 from twinsparse.reference.safeio import write_atomic
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import fmt_ms, mean_std, read_jsonl, seed_logs  # noqa: E402
 
 CONFIG = os.path.join("experiments", "acdc", "acdc_vs_gmp_rigl_mlp30.toml")
 RESULTS = os.path.join("experiments", "results", "acdc", "acdc_vs_gmp_rigl_mlp30")
@@ -35,11 +36,8 @@ OUT = os.path.join("experiments", "results", "acdc", "agreement")
 def acdc_pairs():
     """{label: [(agreement, ce_dense_sparse, sparse acc, dense acc) per seed]} from the committed AC/DC logs."""
     out = {}
-    for path in sorted(glob.glob(os.path.join(RESULTS, "acdc-s*_seed*.jsonl"))):
-        label = re.match(r"(.+)_seed\d+\.jsonl$", os.path.basename(path)).group(1)
-        with open(path, encoding="utf-8") as f:
-            rec = [json.loads(line) for line in f]
-        o = [r for r in rec if r.get("phase") == "outputs"][-1]
+    for label, _, path in seed_logs(RESULTS, "acdc-s*_seed*.jsonl"):
+        o = [r for r in read_jsonl(path) if r.get("phase") == "outputs"][-1]
         out.setdefault(label, []).append((o["sample_agreement"], o["cross_entropy_dense_sparse"], o["test_acc"],
                                           o["dense_test_acc"]))
     if not out:
@@ -75,7 +73,7 @@ def main():
     for kind, groups in table.items():
         for lab, vals in sorted(groups.items()):
             cols = list(zip(*vals))
-            cells = [f"{m:.4f} ± {s:.4f}" for m, s in (mean_std(c) for c in cols)]
+            cells = [fmt_ms(mean_std(c), 1.0, 4) for c in cols]
             lines.append(f"| {kind} | {lab.split('-s')[-1]}% | " + " | ".join(cells) + " |")
     os.makedirs(OUT, exist_ok=True)
     write_atomic(os.path.join(OUT, "agreement.json"), json.dumps(

@@ -11,21 +11,19 @@ consecutive compression masks; mean ± sample std over seeds; "collapsed" counts
 from __future__ import annotations
 
 import glob
-import json
 import os
-import re
+import sys
 
-from twinsparse.accel.runner import mean_std
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import Lines, fmt_values, read_jsonl, seed_logs, write_text  # noqa: E402
 
 ROOT = os.path.join("experiments", "results", "acdc")
 
 
 def load(name):
     runs = {}
-    for path in sorted(glob.glob(os.path.join(ROOT, name, "*_seed*.jsonl"))):
-        label = re.match(r"(.+)_seed\d+\.jsonl$", os.path.basename(path)).group(1)
-        with open(path, encoding="utf-8") as f:
-            recs = [json.loads(line) for line in f]
+    for label, _, path in seed_logs(os.path.join(ROOT, name)):
+        recs = read_jsonl(path)
         outs = [r for r in recs if r.get("phase") == "outputs"]
         if outs:
             o = outs[-1]
@@ -40,10 +38,7 @@ def load(name):
 
 def cell(rows, key, scale=100.0, nd=2):
     vals = [r[key] for r in rows if r.get(key) is not None]
-    if not vals:
-        return ""
-    m, s = mean_std([scale * v for v in vals])
-    return f"{m:.{nd}f} ± {s:.{nd}f}"
+    return fmt_values(vals, scale, nd) if vals else ""
 
 
 def table(w, runs):
@@ -57,8 +52,7 @@ def table(w, runs):
 
 
 def main():
-    L = []
-    w = lambda s="": L.append(s)
+    w = Lines()
     w("# AC/DC: the thesis phase plan vs scaled lengths, and the uniform / 2:4 variants")
     w()
     w("## MLP 784-300-100-10 with BatchNorm, 1000 digits, 50 epochs (acdc_plans_mlp.toml)")
@@ -82,9 +76,8 @@ def main():
         runs.update({f"{k} (10 epochs, scaled)": v for k, v in old.items() if k.startswith("acdc-s95")})
         table(w, runs)
         w()
-    with open(os.path.join(ROOT, "plans_summary.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(L) + "\n")
-    print("\n".join(L))
+    write_text(os.path.join(ROOT, "plans_summary.md"), w.text())
+    print("\n".join(w))
 
 
 if __name__ == "__main__":

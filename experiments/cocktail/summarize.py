@@ -10,48 +10,39 @@ and after (on D_best; both with their own BnUpdate), mean ± sample std over see
 """
 from __future__ import annotations
 
-import glob
-import json
 import os
-import re
 import sys
 from collections import defaultdict
 
-from twinsparse.accel.runner import mean_std
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import fmt_values, md_row, md_sep, read_jsonl, seed_logs, write_text  # noqa: E402
 
 PATTERNS = ("dense", "unstructured", "channel", "nm")
 
 
 def load(folder: str) -> dict:
     runs = defaultdict(dict)
-    for path in sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl"))):
-        label, seed = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
-        with open(path, encoding="utf-8") as f:
-            recs = [json.loads(line) for line in f]
-        final = [r for r in recs if r.get("phase") == "cocktail"]
+    for label, seed, path in seed_logs(folder):
+        final = [r for r in read_jsonl(path) if r.get("phase") == "cocktail"]
         if final:
-            runs[label][int(seed)] = final[-1]
+            runs[label][seed] = final[-1]
     if not runs:
         sys.exit(f"no finished cocktail logs in {folder}: run experiments/cocktail/cocktail.toml first")
     return runs
 
 
-def cell(values) -> str:
-    m, s = mean_std([100 * v for v in values])
-    return f"{m:.2f} ± {s:.2f}"
-
-
 def main(folder: str) -> str:
     runs = load(folder)
     lines = ["| run | seeds | " + " | ".join(f"{p} before | {p} after" for p in PATTERNS) + " | all after |",
-             "|---|---|" + "---|---|" * len(PATTERNS) + "---|"]
+             md_sep(3 + 2 * len(PATTERNS))]
     for label, by_seed in runs.items():
         finals = [by_seed[s] for s in sorted(by_seed)]
         row = [label, str(len(finals))]
         for p in PATTERNS:
-            row += [cell([f["pattern_acc_before"][p] for f in finals]), cell([f["pattern_acc_after"][p] for f in finals])]
-        row.append(cell([f["test_acc"] for f in finals]))
-        lines.append("| " + " | ".join(row) + " |")
+            row += [fmt_values([f["pattern_acc_before"][p] for f in finals]),
+                    fmt_values([f["pattern_acc_after"][p] for f in finals])]
+        row.append(fmt_values([f["test_acc"] for f in finals]))
+        lines.append(md_row(row))
     full = runs.get("cocktail")
     if full:
         finals = [full[s] for s in sorted(full)]
@@ -60,13 +51,13 @@ def main(folder: str) -> str:
                   "pruned layers' weights, channel-k 0.9^k of their channels):", "",
                   "| subnetwork | before interpolation | after interpolation |", "|---|---|---|"]
         for name in subs[0]:
-            lines.append(f"| {name} | {cell([x[name]['before'] for x in subs])} | {cell([x[name]['after'] for x in subs])} |")
+            lines.append(md_row([name, fmt_values([x[name]["before"] for x in subs]),
+                                 fmt_values([x[name]["after"] for x in subs])]))
     lines += ["", "alphas (Alg. 1, alpha_2..alpha_N; the weight kept on D_best) per run and seed:"]
     lines += [f"- {label} seed {s}: {by_seed[s]['alphas']}" for label, by_seed in runs.items() for s in sorted(by_seed)]
     text = "# Sparse Cocktail miniature: test accuracy (%) of the subnetworks of one shared weight set\n\n" + \
         "\n".join(lines) + "\n"
-    with open(os.path.join(folder, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_text(os.path.join(folder, "summary.md"), text)
     return text
 
 

@@ -9,43 +9,34 @@ sample std over seeds (ddof 1); plus the "best of before/after BNT" table the th
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
 import sys
 from collections import OrderedDict
 
-from twinsparse.accel.runner import mean_std
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import fmt_values, md_row, md_sep, read_jsonl, seed_logs, write_text  # noqa: E402
 
 DEFAULT = os.path.join("experiments", "results", "cram", "cram_vs_sgd")
 
 
 def load(folder: str) -> "OrderedDict[str, list]":
     runs: "OrderedDict[str, list]" = OrderedDict()
-    paths = sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl")))
-    if not paths:
+    logs = list(seed_logs(folder))
+    if not logs:
         sys.exit(f"no logs in {folder}: run the config first")
     order = None
     if os.path.isfile(os.path.join(folder, "results.json")):
         with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
             order = [r["label"] for r in json.load(f)["rows"]]
-    for path in paths:
-        label, _ = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
-        with open(path, encoding="utf-8") as f:
-            recs = [json.loads(line) for line in f]
-        last = [r for r in recs if "oneshot" in r]
+    for label, _, path in logs:
+        last = [r for r in read_jsonl(path) if "oneshot" in r]
         if not last:
             sys.exit(f"{path} has no one-shot record (not a finished 'cram' procedure run)")
         runs.setdefault(label, []).append(last[-1])
     if order:
         runs = OrderedDict((k, runs[k]) for k in order if k in runs)
     return runs
-
-
-def _fmt(values) -> str:
-    m, s = mean_std([100 * v for v in values])
-    return f"{m:.2f} ± {s:.2f}"
 
 
 def tables(runs) -> str:
@@ -55,8 +46,8 @@ def tables(runs) -> str:
     out = []
     for pat in patterns:
         cols = [r["sparsity"] for r in first if r["pattern"] == pat]
-        head = "| run | seeds | dense | " + " | ".join(f"{100 * s:.0f}%" for s in cols) + " |"
-        sep = "|---" * (3 + len(cols)) + "|"
+        head = md_row(["run", "seeds", "dense"] + [f"{100 * s:.0f}%" for s in cols])
+        sep = md_sep(3 + len(cols))
         kinds = [("before BNT", "test_acc")] + ([("after BNT", "test_acc_bnt"), ("best of both", None)] if has_bnt else [])
         for title, key in kinds:
             out += [f"\n### {pat}: one-shot test accuracy (%), {title}\n", head, sep]
@@ -65,8 +56,8 @@ def tables(runs) -> str:
                 for i in range(len(cols)):
                     rows = [[r for r in f["oneshot"] if r["pattern"] == pat][i] for f in finals]
                     vals = [r[key] if key else max(r["test_acc"], r["test_acc_bnt"]) for r in rows]
-                    cells.append(_fmt(vals))
-                out.append(f"| {label} | {len(finals)} | {_fmt([f['test_acc'] for f in finals])} | " + " | ".join(cells) + " |")
+                    cells.append(fmt_values(vals))
+                out.append(md_row([label, str(len(finals)), fmt_values([f["test_acc"] for f in finals])] + cells))
     return "\n".join(out)
 
 
@@ -76,8 +67,7 @@ def main(argv=None) -> None:
     text = (f"# CrAM one-shot pruning summary ({folder})\n\nDense = the trained model, unpruned. One-shot: "
             f"magnitude pruning of the prunable set (fc weights), then BNT on 1000 training samples.\n"
             + tables(runs) + "\n")
-    with open(os.path.join(folder, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_text(os.path.join(folder, "summary.md"), text)
     print(text)
 
 

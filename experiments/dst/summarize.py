@@ -8,14 +8,13 @@ the logs: final-epoch test accuracy and exploration degree R per seed, mean ± s
 """
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
-import re
 import sys
 
-from twinsparse.accel.runner import mean_std  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import (check_final_means, fmt_ms, load_results_json, md_row, mean_std, pyplot,  # noqa: E402
+                           read_jsonl, seed_logs, spearman, wall_time, write_text)
 
 ROOT = os.path.join("experiments", "results", "dst")
 TABLES = {"MLP 784-300-100-10": "table1_mlp", "SmallCNN (BatchNorm)": "table1_cnn"}
@@ -29,37 +28,24 @@ SPARSITIES = [90, 95, 98]
 def load_folder(name):
     """{label: {"config": cfg, "epochs": [[rec...] per seed], "updates": [[u...] per seed], "seeds": [...]}}"""
     folder = os.path.join(ROOT, name)
-    if not os.path.isfile(os.path.join(folder, "results.json")):
-        sys.exit(f"missing {folder}/results.json: run the config first")
-    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
-        summary = json.load(f)
+    summary = load_results_json(folder, "run the config first")
     runs = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl"))):
-        label, seed = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
+    for label, seed, path in seed_logs(folder):
         epochs, updates, cfg = [], [], None
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if "config" in rec:
-                    cfg = rec["config"]
-                elif "mask_update" in rec:
-                    updates.append(rec["mask_update"])
-                else:
-                    epochs.append(rec)
+        for rec in read_jsonl(path):
+            if "config" in rec:
+                cfg = rec["config"]
+            elif "mask_update" in rec:
+                updates.append(rec["mask_update"])
+            else:
+                epochs.append(rec)
         r = runs.setdefault(label, {"config": cfg, "epochs": [], "updates": [], "seeds": []})
         r["epochs"].append(epochs)
         r["updates"].append(updates)
-        r["seeds"].append(int(seed))
+        r["seeds"].append(seed)
     # cross-check the per-seed logs against results.json (same final-epoch mean)
-    for row in summary["rows"]:
-        m, _ = mean_std([e[-1]["test_acc"] for e in runs[row["label"]]["epochs"]])
-        assert abs(m - row["test_acc"][0]) < 1e-9, (name, row["label"])
-    wall = None
-    md = os.path.join(folder, "results.md")
-    if os.path.isfile(md):
-        found = re.search(r"wall time: ([0-9.]+) s", open(md, encoding="utf-8").read())
-        wall = float(found.group(1)) if found else None
-    return runs, summary, wall
+    check_final_means(summary, lambda label: [e[-1]["test_acc"] for e in runs[label]["epochs"]], name)
+    return runs, summary, wall_time(folder)
 
 
 def final(run, key):
@@ -67,7 +53,7 @@ def final(run, key):
 
 
 def fmt(ms, scale=100.0, nd=2):
-    return f"{scale * ms[0]:.{nd}f} ± {scale * ms[1]:.{nd}f}"
+    return fmt_ms(ms, scale, nd)
 
 
 def compare(a, b, name_a, name_b):
@@ -80,26 +66,6 @@ def compare(a, b, name_a, name_b):
     noise = f"|Δ| {100 * abs(diff):.2f} pp > 1 std ({100 * sd:.2f} pp)" if sig else \
         f"within noise (|Δ| {100 * abs(diff):.2f} pp ≤ 1 std {100 * sd:.2f} pp)"
     return holds, sig, f"{name_a} {rel} {name_b} ({100 * a[0]:.2f} vs {100 * b[0]:.2f}; {noise})"
-
-
-def spearman(xs, ys):
-    def ranks(v):
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    den = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / den if den else float("nan")
 
 
 def table_section(title, runs, wall, lines, verdicts):
@@ -115,7 +81,7 @@ def table_section(title, runs, wall, lines, verdicts):
         for sp in SPARSITIES:
             label = "dense" if key == "dense" else f"{key}-s{sp}"
             cells.append(fmt(final(runs[label], "test_acc")) if label in runs else "n/a")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(md_row([name] + cells))
     lines.append("\nFinal exploration degree R (fraction of prunable weights ever active, docs/methods.md §3.4), mean ± std. "
                  "Static: R = density. GraNet starts from init_density 0.5, so its R ≥ 0.5 by construction.\n")
     lines.append("| method | 90% | 95% | 98% |")
@@ -124,7 +90,7 @@ def table_section(title, runs, wall, lines, verdicts):
         if key == "dense":
             continue
         cells = [fmt(final(runs[f"{key}-s{sp}"], "exploration_degree"), 1.0, 4) for sp in SPARSITIES]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(md_row([name] + cells))
     n_up = len(runs[f"rigl-s{SPARSITIES[0]}"]["updates"][0])
     lines.append(f"\n({n_up} mask-update rounds per dynamic run.)\n")
     for sp in SPARSITIES:
@@ -181,10 +147,7 @@ def sweep_section(runs, wall, lines, verdicts):
 
 
 def plot_sweep(cs, Rs, accs, rR, racc, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     pos = [c for c in cs if c > 0]
     zero_x = min(pos) / 10 if pos else 1e-5   # c = 0 drawn one decade left of the smallest c > 0
     xs = [c if c > 0 else zero_x for c in cs]
@@ -224,10 +187,7 @@ def mean_curve(run, key="exploration_degree"):
 
 
 def plot_exploration(sweep_runs, ee, rigl_label, table_runs, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     ax = axes[0]
     cmap = plt.get_cmap("viridis")
@@ -275,8 +235,7 @@ def main():
                  "seed stds)\n")
     lines += verdicts
     out = os.path.join(ROOT, "summary.md")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text(out, "\n".join(lines) + "\n")
     plot_sweep(cs, Rs, accs, rR, racc, os.path.join(ROOT, "c_sweep.png"))
     plot_exploration(sweep_runs, ee, rigl_label, table_runs["table1_mlp"], os.path.join(ROOT, "exploration.png"))
     print("\n".join(lines))

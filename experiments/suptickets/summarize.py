@@ -17,14 +17,13 @@ Noise rules (mechanical):
 """
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
-import re
 import sys
 
-from twinsparse.accel.runner import mean_std  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import (Lines, check_final_means, fmt_ms, load_results_json, mean_std, pyplot,  # noqa: E402
+                           read_jsonl, seed_logs, wall_time, write_text)
 
 ROOT = os.path.join("experiments", "results", "suptickets")
 METHODS = [("set", "SET"), ("rigl", "RigL"), ("granet", "GraNet")]
@@ -35,28 +34,13 @@ RULES = ["cia", "caa", "cima"]
 def load(name):
     """{label: {seed: final-epoch record}}, plus the wall time from results.md."""
     folder = os.path.join(ROOT, name)
-    if not os.path.isfile(os.path.join(folder, "results.json")):
-        sys.exit(f"missing {folder}/results.json: run experiments/suptickets/{name}.toml first")
+    summary = load_results_json(folder, f"run experiments/suptickets/{name}.toml first")
     runs = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*_seed*.jsonl"))):
-        label, seed = re.match(r"(.+)_seed(\d+)\.jsonl$", os.path.basename(path)).groups()
-        last = None
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                rec = json.loads(line)
-                if "epoch" in rec:
-                    last = rec
-        runs.setdefault(label, {})[int(seed)] = last
-    with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
-        for row in json.load(f)["rows"]:
-            m, _ = mean_std(r["test_acc"] for r in runs[row["label"]].values())
-            assert abs(m - row["test_acc"][0]) < 1e-9, (name, row["label"])
-    wall = None
-    md = os.path.join(folder, "results.md")
-    if os.path.isfile(md):
-        found = re.search(r"wall time: ([0-9.]+) s", open(md, encoding="utf-8").read())
-        wall = float(found.group(1)) if found else None
-    return runs, wall
+    for label, seed, path in seed_logs(folder):
+        epochs = [rec for rec in read_jsonl(path) if "epoch" in rec]
+        runs.setdefault(label, {})[seed] = epochs[-1] if epochs else None
+    check_final_means(summary, lambda label: [r["test_acc"] for r in runs[label].values()], name)
+    return runs, wall_time(folder)
 
 
 def vals(run, key):
@@ -77,11 +61,11 @@ def pooled(diffs):
 
 
 def pct(ms, nd=2):
-    return f"{100 * ms[0]:.{nd}f} ± {100 * ms[1]:.{nd}f}"
+    return fmt_ms(ms, 100, nd)
 
 
 def num(ms, nd=3):
-    return f"{ms[0]:.{nd}f} ± {ms[1]:.{nd}f}"
+    return fmt_ms(ms, 1, nd)
 
 
 def ticket_means(run):
@@ -98,8 +82,7 @@ def ticket_means(run):
 def main():
     base, wall_a = load("base_vs_sup")
     avg, wall_b = load("averaging")
-    L = []
-    w = lambda s="": L.append(s)
+    w = Lines()
     seeds = sorted(next(iter(base.values())))
     w("# Sup-tickets miniature (docs/methods.md §11.2): MNIST-5k, MLP 784-300-100-10 with BatchNorm")
     w()
@@ -266,18 +249,15 @@ def main():
     w()
     w("Scale caveat: a 55-iteration-per-epoch MLP on 3500 digits with 3 tickets, not CIFAR ResNets/VGG; the "
       "verdicts are about this miniature only.")
-    text = "\n".join(L) + "\n"
-    with open(os.path.join(ROOT, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    text = w.text()
+    write_text(os.path.join(ROOT, "summary.md"), text)
     print(text)
     plot(bars, ult_bars, dense, os.path.join(ROOT, "suptickets.png"))
 
 
 def plot(bars, ult_bars, dense, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4.8))
     x = np.arange(len(bars))

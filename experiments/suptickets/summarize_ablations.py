@@ -14,7 +14,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from summarize import ROOT, load, mean_std, paired, pct, pooled, ticket_means, vals  # noqa: E402
+from summarize import ROOT, load, paired, pct, pooled, ticket_means, vals  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # experiments/: summary_tools
+from summary_tools import Lines, mean_std, write_text  # noqa: E402
 
 
 def best(labels, runs):
@@ -24,8 +27,7 @@ def best(labels, runs):
 
 
 def main():
-    L = []
-    w = lambda s="": L.append(s)
+    w = Lines()
     w("# Sup-tickets ablations (miniature of [ST] §5 Table 5, Fig. 4, Table 7 and Table 4)")
     w()
     w("RigL + Sup-tickets (CIA) on the BatchNorm MLP of base_vs_sup.toml: 15 epochs x 55 iterations (T = 825), "
@@ -111,9 +113,8 @@ def main():
         w(f"| {lab} | {pct(mean_std(vals(base[lab], 'test_acc')))} | {100 * d[0]:+.2f} ± {100 * d[1]:.2f} |")
     w()
     out = os.path.join(ROOT, "ablations.md")
-    with open(out, "w", encoding="utf-8") as f:
-        f.write("\n".join(L) + "\n")
-    print("\n".join(L))
+    write_text(out, w.text())
+    print("\n".join(w))
 
 
 if __name__ == "__main__":
