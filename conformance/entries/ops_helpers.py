@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 import twinsparse.accel.ops as A
 import twinsparse.reference.ops as R
 from twinsparse.conformance.registry import register
-from twinsparse.conformance.strategies import layer_dict, scores
+from twinsparse.conformance.strategies import layer_dict
 
 DTYPE_FREE = (np.float64,)
 
