@@ -22,7 +22,7 @@ import torch
 from twinsparse.reference import datasets as RD
 from twinsparse.reference.config import RunConfig
 from twinsparse.reference.data import N_PIXELS, Split, as_images, batch_order, class_balanced_subset, split_mnist5k
-from .kernels.loader import upload
+from .kernels.tables import upload
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

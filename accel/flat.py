@@ -20,7 +20,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
-from .kernels.loader import upload
+from .kernels.tables import upload
 
 __all__ = ["Layout", "FlatDict", "DeviceCounts", "flatten", "layout_of", "segment_sums", "int_vector"]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import loader
+from .kernels import tables
 from .sparsifier import Sparsifier
 
 __all__ = ["GraphedStep"]
@@ -77,14 +77,14 @@ class GraphedStep:
         """Capture iteration t (a real step: it runs once while being recorded)."""
         self.sp.zero_grad(set_to_none=True)      # the backward allocates the gradients from the graph's pool
         g = self._graph_factory()
-        before = len(loader.graph_tables)
+        before = len(tables.graph_tables)
         if self._graph_factory is torch.cuda.CUDAGraph:
             with torch.cuda.graph(g):
                 self._body()
         else:
             g.capture(self._body)
-        self._keep = loader.graph_tables[before:]   # the graph reads these tables (and replays their uploads)
-        del loader.graph_tables[before:]
+        self._keep = tables.graph_tables[before:]   # the graph reads these tables (and replays their uploads)
+        del tables.graph_tables[before:]
         self.graph = g
         self.eager_steps += 1
 

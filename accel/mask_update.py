@@ -23,7 +23,7 @@ import torch
 from . import deferred
 from . import ops
 from ._exact import true_div
-from .kernels.loader import upload
+from .kernels.tables import upload
 from .loop_support import NonFiniteGradientError
 from .nested import replace_tensors, select_where, tensors_in
 from .step import nonfinite_guard

@@ -19,7 +19,7 @@ from twinsparse.reference.masks import (check_channel_dim, check_layer_dict, che
 from . import deferred
 from . import kernels as _kernels
 from .flat import Layout, layout_of
-from .kernels.loader import upload
+from .kernels.tables import upload
 from ._checks import as_real_tensor
 from .topk import _require_finite, topk_mask, topk_masks_global, topk_masks_per_layer
 

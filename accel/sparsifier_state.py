@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 
 from . import ops
-from .kernels.loader import upload
+from .kernels.tables import upload
 from .nested import to_device
 
 __all__ = ["SparsifierState"]

@@ -573,7 +573,7 @@ def test_dst_ee_and_cia_whole_model_bit_for_bit_with_unaligned_views(emulated, d
 def test_the_loader_passes_scalars_of_the_kernels_widths(emulated, monkeypatch):
     """A loader that rounds a float32 kernel's lr to a float64 scalar is refused (CuPy would pass
     8 bytes where the kernel reads 4)."""
-    monkeypatch.setattr(kernels.loader, "scalar", lambda x, dtype: np.float64(x))
+    monkeypatch.setattr(kernels.tables, "scalar", lambda x, dtype: np.float64(x))
     w = torch.randn(10)
     with emulated(), pytest.raises(simt.LaunchError, match=r"parameter 11 is f4 \(float32\)"):
         kernels.masked_sgd_step(w, torch.randn(10), torch.ones(10, dtype=torch.bool), lr=0.1)

@@ -19,8 +19,8 @@ first, so on CPU nothing here runs and CuPy is never imported. A test can swap t
 (``use_backend``): ``accel.kernels.simt`` runs these same sources on the CPU under a SIMT emulator,
 through this same host code.
 
-Layout: ``loader.py`` (backends, compilation, launches, pointer and chunk tables) and one small
-wrapper module per source (``topk.py``, ``nm.py``, ``optim.py``, ``dst.py``, ``merge.py``). The
+Layout: ``loader.py`` (backends, compilation, launches), ``tables.py`` (pointer and chunk
+tables, multi-tensor launches) and one small wrapper module per source (``topk.py``, ``nm.py``, ``optim.py``, ``dst.py``, ``merge.py``). The
 functions they export take inputs that the accel operators have already validated (shapes, counts,
 finiteness); they are not a public API of their own. ``require()`` turns a silent fallback into an
 error (the conformance registry's kernel entries use it to prove the kernel path ran).
@@ -53,8 +53,9 @@ from __future__ import annotations
 from . import loader
 from .dst import dst_ee_scores
 from .loader import (CHUNK, DISABLE_ENV, DTYPES, KERNEL_DIR, KERNELS, MAX_BLOCKS, SUFFIX, THREADS, CupyBackend,  # noqa: F401
-                     available, backend, chunk_plan, chunk_plan_host, launches, on_device, require, source,
+                     available, backend, launches, on_device, require, source,
                      unavailable_reason, usable, use_backend)
+from .tables import chunk_plan, chunk_plan_host  # noqa: F401
 from .merge import superpose_cia, umg_channel_scores, umg_channel_scores_all
 from .nm import nm_mask, nm_masks
 from .optim import adam_step, masked_adam_step, masked_sgd_step, masked_sgd_step_all, nonfinite_check, sgd_step

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import loader as L
+from . import tables as T
 
 
 def dst_ee_scores(grads: dict, counters: dict, t: int, c: float, eps: float, form: str):
@@ -17,6 +18,6 @@ def dst_ee_scores(grads: dict, counters: dict, t: int, c: float, eps: float, for
     gl, cl = list(grads.values()), [counters[n] for n in names]
     if not (L.usable(*gl) and all(c.dtype == torch.int64 and c.device == g.device for g, c in zip(gl, cl))):
         return None
-    return L.flat_out_launch("dst.cu", "dst_ee_scores", (grads, counters),
-                             lambda dtype: (L.scalar(c, dtype), L.scalar(math.log(t), dtype), L.scalar(eps, dtype),
+    return T.flat_out_launch("dst.cu", "dst_ee_scores", (grads, counters),
+                             lambda dtype: (T.scalar(c, dtype), T.scalar(math.log(t), dtype), T.scalar(eps, dtype),
                                             np.int32(0 if form == "eq1" else 1)))

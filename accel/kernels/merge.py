@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import loader as L
+from . import tables as T
 
 UMG_CHANNELS = 8              # channels per block (one per warp of 256 threads); must match merge.cu
 
@@ -20,8 +21,8 @@ def superpose_cia(avg: dict, ticket: dict, t: int):
     al, tl = list(avg.values()), [ticket[n] for n in names]
     if not (L.usable(*al, *tl) and all(a.dtype == x.dtype for a, x in zip(al, tl))):
         return None
-    return L.flat_out_launch("merge.cu", "superpose_cia", (avg, ticket),
-                             lambda dtype: (L.scalar(t - 1, dtype), L.scalar(t, dtype)))
+    return T.flat_out_launch("merge.cu", "superpose_cia", (avg, ticket),
+                             lambda dtype: (T.scalar(t - 1, dtype), T.scalar(t, dtype)))
 
 
 def _umg_plan(shapes: Sequence[tuple], dev: torch.device) -> dict:
@@ -30,12 +31,12 @@ def _umg_plan(shapes: Sequence[tuple], dev: torch.device) -> dict:
     def build():
         outs = [int(s[0]) for s in shapes]
         rows = [int(np.prod(s[1:], dtype=np.int64)) for s in shapes]
-        h = L.chunk_plan_host(outs, UMG_CHANNELS)        # chunks of channels; offsets: where each weight's scores start
-        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        h = T.chunk_plan_host(outs, UMG_CHANNELS)        # chunks of channels; offsets: where each weight's scores start
+        dev_ = lambda a: T.upload_array(a, dev)  # noqa: E731
         return {"outs": outs, "out_off": dev_(h["offsets"]), "rows": dev_(np.array(rows, np.int64)),
                 "n_out": dev_(h["sizes"]), "chunk_tensor": dev_(h["seg"]), "chunk_o0": dev_(h["start"]),
                 "n_chunks": int(h["seg"].size)}
-    return L.cached_plan(("umg", tuple(shapes), dev.index, L.backend().stream_key(dev)), build)
+    return T.cached_plan(("umg", tuple(shapes), dev.index, L.backend().stream_key(dev)), build)
 
 
 def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.Tensor],
@@ -60,11 +61,11 @@ def umg_channel_scores_all(ws: Sequence[torch.Tensor], masks_u: Sequence[torch.T
         flat = torch.empty(sum(plan["outs"]), dtype=dtype, device=dev)
         if plan["n_chunks"]:
             L.launch("merge.cu", f"umg_channel_scores_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
-                     (L.arg(L.pointer_table([ws[i] for i in idx], dev)),
-                      L.arg(L.pointer_table([masks_u[i] for i in idx], dev)),
-                      L.arg(L.pointer_table([masks_nm[i] for i in idx], dev)), L.arg(flat), L.arg(plan["out_off"]),
+                     (L.arg(T.pointer_table([ws[i] for i in idx], dev)),
+                      L.arg(T.pointer_table([masks_u[i] for i in idx], dev)),
+                      L.arg(T.pointer_table([masks_nm[i] for i in idx], dev)), L.arg(flat), L.arg(plan["out_off"]),
                       L.arg(plan["rows"]), L.arg(plan["n_out"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_o0"]),
-                      np.int64(plan["n_chunks"]), L.scalar(beta, dtype), L.scalar(1.0 - beta, dtype), L.arg(bad)))
+                      np.int64(plan["n_chunks"]), T.scalar(beta, dtype), T.scalar(1.0 - beta, dtype), L.arg(bad)))
         for i, part in zip(idx, flat.split(plan["outs"])):
             scores[i] = part
     return scores

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import loader as L
+from . import tables as T
 
 NM_CHUNK_GROUPS = 2048        # must match nm_mask.cu
 
@@ -27,15 +28,15 @@ def _plan(shapes: Sequence[tuple], m: int, axis: str, dev: torch.device) -> dict
         geo = [_geometry(s, m, axis) for s in shapes]
         sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         offs = np.concatenate([[0], np.cumsum(sizes)])[:-1].astype(np.int64)
-        h = L.chunk_plan_host([g for _, g in geo], NM_CHUNK_GROUPS)     # chunks of groups
-        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        h = T.chunk_plan_host([g for _, g in geo], NM_CHUNK_GROUPS)     # chunks of groups
+        dev_ = lambda a: T.upload_array(a, dev)  # noqa: E731
         return {"offsets": offs.tolist(), "sizes": sizes, "shapes": [tuple(int(d) for d in s) for s in shapes],
                 "out_off": dev_(offs),
                 "strides": dev_(np.array([s for s, _ in geo], np.int64)),
                 "n_groups": dev_(h["sizes"]),
                 "chunk_tensor": dev_(h["seg"]), "chunk_group": dev_(h["start"]),
                 "n_chunks": int(h["seg"].size)}
-    return L.cached_plan(("nm", tuple(shapes), m, axis, dev.index, L.backend().stream_key(dev)), build)
+    return T.cached_plan(("nm", tuple(shapes), m, axis, dev.index, L.backend().stream_key(dev)), build)
 
 
 def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str,
@@ -60,7 +61,7 @@ def nm_masks(weights: Sequence[torch.Tensor], n: int, m: int, axis: str,
         # another dtype's tensors get a null pointer: their chunks are skipped by this launch
         ptrs = [w if w.dtype == dtype else None for w in weights]
         L.launch("nm_mask.cu", f"nm_masks_{L.SUFFIX[dtype]}", dev, plan["n_chunks"],
-                 (L.arg(L.pointer_table(ptrs, dev)), L.arg(flat), L.arg(plan["out_off"]), L.arg(plan["strides"]),
+                 (L.arg(T.pointer_table(ptrs, dev)), L.arg(flat), L.arg(plan["out_off"]), L.arg(plan["strides"]),
                   L.arg(plan["n_groups"]), L.arg(plan["chunk_tensor"]), L.arg(plan["chunk_group"]),
                   np.int64(plan["n_chunks"]), np.int32(n), np.int32(m), L.arg(bad)))
     return outs

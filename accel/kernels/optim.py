@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import loader as L
+from . import tables as T
 
 
 def _ptr_or_null(t: Optional[torch.Tensor]):
@@ -31,8 +32,8 @@ def sgd_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], mask
     if not params:
         return
     dtype = params[0].dtype
-    hp = (L.scalar(lr, dtype), L.scalar(momentum, dtype), L.scalar(weight_decay, dtype), L.scalar(1 - dampening, dtype))
-    L.multi_tensor_launch("masked_sgd.cu", f"masked_sgd_{L.SUFFIX[dtype]}",
+    hp = (T.scalar(lr, dtype), T.scalar(momentum, dtype), T.scalar(weight_decay, dtype), T.scalar(1 - dampening, dtype))
+    T.multi_tensor_launch("masked_sgd.cu", f"masked_sgd_{L.SUFFIX[dtype]}",
                           (params, params if w_out is None else w_out, grads, masks, bufs_in, bufs_out),
                           (*hp, np.int32(bool(nesterov)), np.int32(bool(mask_grad)), _ptr_or_null(found_inf),
                            _ptr_or_null(grad_scale), np.int32(bool(maximize))))
@@ -47,10 +48,10 @@ def adam_step(params, grads, masks, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, step
         return
     dtype = params[0].dtype
     maxes = max_exp_avg_sqs if amsgrad else [None] * len(params)
-    L.multi_tensor_launch("masked_adam.cu", f"masked_adam_{L.SUFFIX[dtype]}",
+    T.multi_tensor_launch("masked_adam.cu", f"masked_adam_{L.SUFFIX[dtype]}",
                           (params, grads, masks, exp_avgs, exp_avg_sqs, maxes, steps),
-                          (np.float64(lr), np.float64(beta1), np.float64(beta2), L.scalar(weight_decay, dtype),
-                           L.scalar(eps, dtype), L.scalar(1.0 - lr * weight_decay, dtype), np.int32(bool(amsgrad)),
+                          (np.float64(lr), np.float64(beta1), np.float64(beta2), T.scalar(weight_decay, dtype),
+                           T.scalar(eps, dtype), T.scalar(1.0 - lr * weight_decay, dtype), np.int32(bool(amsgrad)),
                            np.int32(bool(decoupled)), np.int32(bool(maximize)), _ptr_or_null(found_inf),
                            _ptr_or_null(grad_scale)))
 
@@ -68,7 +69,7 @@ def nonfinite_check(grads: Sequence[torch.Tensor], found_inf: torch.Tensor, reco
     for i, (dtype, gs) in enumerate(by_dtype.items()):
         keep = record is not None and i == len(by_dtype) - 1
         rec = (L.arg(scratch), L.arg(record)) if keep else (null, null)
-        L.multi_tensor_launch("guard.cu", f"nonfinite_check_{L.SUFFIX[dtype]}", (gs,),
+        T.multi_tensor_launch("guard.cu", f"nonfinite_check_{L.SUFFIX[dtype]}", (gs,),
                               (L.arg(found_inf), np.int32(keep), *rec))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import loader as L
+from . import tables as T
 
 RADIX_BITS = 11               # must match topk.cu
 RADIX = 1 << RADIX_BITS
@@ -51,13 +52,13 @@ def _plan(sizes: Sequence[int], dev: torch.device) -> dict:
         raise ValueError(f"the top-k chunk must lie in [1, 65536] (16-bit offsets), got {chunk}")
 
     def build():
-        h = L.chunk_plan_host(sizes, chunk)
+        h = T.chunk_plan_host(sizes, chunk)
         off = h["offsets"][h["seg"]] if h["seg"].size else np.zeros(0, np.int64)
         seg_nch = np.bincount(h["seg"], minlength=len(sizes)).astype(np.int64)
-        dev_ = lambda a: L.upload_array(a, dev)  # noqa: E731
+        dev_ = lambda a: T.upload_array(a, dev)  # noqa: E731
         return {"seg": dev_(h["seg"]), "start": dev_(h["start"] + off), "end": dev_(h["end"] + off),
                 "first": dev_(h["first"]), "seg_nch": dev_(seg_nch), "n_chunks": int(h["seg"].size)}
-    return L.cached_plan(("topk", tuple(int(s) for s in sizes), dev.index, L.backend().stream_key(dev), chunk), build)
+    return T.cached_plan(("topk", tuple(int(s) for s in sizes), dev.index, L.backend().stream_key(dev), chunk), build)
 
 
 def _ks_vector(ks, n_seg: int, dev: torch.device) -> torch.Tensor:
@@ -67,8 +68,8 @@ def _ks_vector(ks, n_seg: int, dev: torch.device) -> torch.Tensor:
         v = ks.reshape(-1).to(device=dev, dtype=torch.int64).contiguous()
     else:
         vals = tuple(int(k) for k in ks)
-        v = L.cached_table(("topk_ks", vals, dev.index, L.backend().stream_key(dev)),
-                           lambda: L.upload(torch.tensor(vals, dtype=torch.int64), dev))
+        v = T.cached_table(("topk_ks", vals, dev.index, L.backend().stream_key(dev)),
+                           lambda: T.upload(torch.tensor(vals, dtype=torch.int64), dev))
     if v.numel() != n_seg:
         raise ValueError(f"ks has {v.numel()} entries but there are {n_seg} segments")
     return v
