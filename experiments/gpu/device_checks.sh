@@ -36,7 +36,7 @@ step() {   # step NAME SECONDS COMMAND...: the command's output and its exit sta
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     python3 -c "import torch, numpy, hypothesis; print('torch', torch.__version__, 'numpy', numpy.__version__, 'hypothesis', hypothesis.__version__)"
     python3 -c "import cupy; print('cupy', cupy.__version__)"
-    python3 -c "from accel import kernels; print('kernels available:', kernels.available(), kernels.unavailable_reason())"
+    python3 -c "from twinsparse.accel import kernels; print('kernels available:', kernels.available(), kernels.unavailable_reason())"
     command -v compute-sanitizer nvcc
 } > "$OUT/env.txt" 2>&1
 
