@@ -22,7 +22,6 @@ BACKENDS = ("accel", "reference")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float64")
 PROCEDURES = ("train", "d2sparse", "d2_baseline", "d2_baseline_lb", "imp", "acdc", "cocktail", "cram")
-MNIST5K_PER_CLASS, MNIST5K_CLASSES = 500, 10
 COCKTAIL_RANGES = ("paper", "hidden")
 COCKTAIL_MIN_HOLDOUT_PER_CLASS = 1
 D2_MASK_INITS = ("random", "prune_from_previous")
@@ -33,7 +32,8 @@ D2_BN_MERGES = ("interpolate", "recompute")
 # isort: off
 from .augment import VIEWS as D2_VIEWS  # noqa: E402
 from .cram_options import MODES as CRAM_MODES  # noqa: E402
-from .datasets import AUGMENTS, CIFAR, DATASETS  # noqa: E402
+from .config_derived import MNIST5K_CLASSES, MNIST5K_PER_CLASS, RunDerived  # noqa: E402
+from .datasets import AUGMENTS, DATASETS  # noqa: E402
 from .dst import COUNTER_INITS, EXPLORATION_FORMS  # noqa: E402
 from .masks import SCOPES  # noqa: E402
 from .methods import DSTEE, GMP, SNFS, SupTickets  # noqa: E402
@@ -44,7 +44,6 @@ from .methods.suptickets import AVERAGING as ST_AVERAGING, BN_AVERAGES as ST_BN_
 from .sparsifier import NONFINITE_POLICIES as NONFINITE  # noqa: E402
 from .schedules import DROP_FRACTION_SCHEDULES as FRACTION_SCHEDULES, LR_SCHEDULES, STAGE_LR_SCHEDULES  # noqa: E402
 # isort: on
-CIFAR_TRAIN = 50000
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}")
 
 
@@ -83,7 +82,7 @@ def _option(cls, attr: str, help: str, choices=None):
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RunDerived):
     label: str = _f("run", "name of the run in logs, tables and file names (letters, digits, '._+=-')")
     backend: str = _f("accel", "'accel' (PyTorch, any model) or 'reference' (the NumPy twin: MLP, SGD)", choices=BACKENDS)
     device: str = _f("cpu", "'cpu' or 'cuda' (accel only)", choices=DEVICES)
@@ -360,80 +359,6 @@ class RunConfig:
                               f"partial batch; use batch_size <= {self.n_train()}")
         CHECKS.check_procedure(self)
         return self
-
-    def acdc_phase_plan(self) -> list:
-        """The AC/DC phases of this run (reference.acdc_ops.Phase list; method 'acdc' only)."""
-        from .acdc_ops import acdc_phases
-        from .methods.acdc import LENGTH_KEYS, acdc_lengths
-        return acdc_phases(self.epochs, **acdc_lengths(self.epochs, plan=self.acdc_plan,
-                                                       **{k: getattr(self, f"acdc_{k}") for k in LENGTH_KEYS}))
-
-    # ------------------------------------------------------------ defaults that depend on the method
-    def lr_schedule_name(self) -> str:
-        """``lr_schedule``, or when unset the schedule the method's paper trains with (docs/methods.md
-        §1.8): AC/DC ([TH] App. A.2) and CrAM ([TH] §5.4) warm up linearly then decay with a cosine;
-        Sparse Cocktail uses CyclicCosineDecay ([SC] Tables 5-6); Sup-tickets decays 10x at 1/2 and
-        3/4 of training ([ST] §4.1); everything else a cosine (DST-EE, and the project's default)."""
-        if self.lr_schedule is not None:
-            return self.lr_schedule
-        if self.method == "acdc" or self.procedure == "cram":
-            return "warmup_cosine"
-        if self.procedure == "cocktail":
-            return "cyclic_cosine"
-        if self.suptickets:
-            return "step"
-        return "cosine"
-
-    def lr_plan(self, steps_per_epoch: int):
-        """The ``reference.schedules.LRSchedule`` of this run for ``steps_per_epoch`` iterations per epoch."""
-        from .schedules import LRSchedule
-        return LRSchedule(name=self.lr_schedule_name(), steps_per_epoch=int(steps_per_epoch),
-                          warmup_epochs=self.lr_warmup_epochs, cycle_init_epochs=self.lr_cycle_init_epochs,
-                          cycle_interval=self.lr_cycle_interval, min_lr=self.lr_min, restart_lr=self.lr_restart)
-
-    def dst_window(self) -> tuple:
-        """(t_end_fraction, fraction_schedule) of a drop-and-grow method: the fields when set, else
-        the method's paper default. DST-EE Alg. 1 updates "if t (mod ΔT) = 0 and t < T_end" with T_end
-        the total number of iterations and a fixed k_i per update: (1.0, 'constant'). RigL (and SET,
-        SNFS, GraNet here) stop at 0.75 T with the cosine-decayed drop fraction: (0.75, 'cosine')."""
-        t_end, sched = (1.0, "constant") if self.method == "dst_ee" else (0.75, "cosine")
-        return (t_end if self.t_end_fraction is None else self.t_end_fraction,
-                sched if self.fraction_schedule is None else self.fraction_schedule)
-
-    def known_n_train(self) -> Optional[int]:
-        """``n_train()`` when it is known without reading files, else None (imagefolder, tensors)."""
-        if self.train_budget is not None:
-            return self.train_budget
-        return self.full_train_size()
-
-    def full_train_size(self) -> Optional[int]:
-        """The whole training split of the dataset when known without reading files."""
-        if self.dataset == "mnist5k":
-            return MNIST5K_CLASSES * (MNIST5K_PER_CLASS - self.test_per_class - self.holdout_per_class)
-        if self.dataset in CIFAR:
-            return CIFAR_TRAIN - CIFAR[self.dataset][4] * self.holdout_per_class
-        if self.dataset == "synthetic":
-            return self.synthetic_train
-        return None
-
-    def n_classes(self) -> Optional[int]:
-        """The number of classes when known without reading files, else None."""
-        return {"mnist5k": MNIST5K_CLASSES, "synthetic": self.synthetic_classes,
-                **{k: v[4] for k, v in CIFAR.items()}}.get(self.dataset)
-
-    def n_train(self) -> int:
-        """The number of training samples: ``train_budget``, or the whole training split of the dataset
-        (imagefolder and tensors: read from data_root)."""
-        known = self.known_n_train()
-        if known is not None:
-            return known
-        from .datasets import train_size
-        return train_size(self)
-
-    def initial_density(self) -> float:
-        """The density of the initial masks: GraNet starts at ``init_density``, GMP and AC/DC dense, others
-        at ``density``."""
-        return {"granet": self.init_density, "gmp": 1.0, "acdc": 1.0}.get(self.method, self.density)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes).validate()
