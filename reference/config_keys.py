@@ -167,16 +167,13 @@ def procedure_keys(procedure: str) -> dict:
     return {"name": "procedure", **own}
 
 
+_SECTION_OF = {field_name: (section, key) for section, table in
+               [("method", METHOD_KEYS), ("suptickets", SUPTICKETS_KEYS),
+                *(("procedure", procedure_keys(p)) for p in PROCEDURE_PREFIXES)]
+               for key, field_name in table.items()}
+
+
 def section_of(name: str):
     """(section, key) a RunConfig field is written under in an experiment file, or None for a key of
     the run table itself."""
-    for section, table in (("method", METHOD_KEYS), ("suptickets", SUPTICKETS_KEYS)):
-        for key, field_name in table.items():
-            if field_name == name:
-                return section, key
-    if name == "procedure":
-        return "procedure", "name"
-    for prefix in dict.fromkeys(PROCEDURE_PREFIXES.values()):
-        if name.startswith(prefix):
-            return "procedure", name[len(prefix):]
-    return None
+    return _SECTION_OF.get(name)

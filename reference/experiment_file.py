@@ -52,16 +52,17 @@ class _Table:
         self.written: dict = {}
         self.fields = dict(self.flat)
         for name, table in (("method", METHOD_KEYS), ("suptickets", SUPTICKETS_KEYS)):
-            self._add(name, table, self.sections.get(name, {}), strict=True)
-        if "name" in self.sections.get("procedure", {}):        # read first: it decides the other keys
-            self._add("procedure", {"name": "procedure"}, {"name": self.sections["procedure"]["name"]}, strict=True)
+            self.add(*self._place(name, table, self.sections.get(name, {}), strict=True))
+        procedure = self.sections.get("procedure", {})
+        if "name" in procedure:        # read first: it decides which other keys the sub-table may hold
+            self.add(*self._place("procedure", {"name": "procedure"}, {"name": procedure["name"]}, strict=True))
 
-    def _add(self, name: str, table: dict, given: dict, strict: bool, what: str = "") -> set:
-        """Fields of sub-table ``name`` (key -> field ``table``); returns the keys it could place."""
-        placed = set()
+    def _place(self, name: str, table: dict, given: dict, strict: bool, what: str = "") -> tuple[dict, dict]:
+        """The fields of sub-table ``name`` (key -> field: ``table``) as (fields, how each was
+        written), checked against this table's own fields but not yet added to them. Not ``strict``:
+        keys ``table`` does not know are skipped instead of rejected."""
+        placed, written = {}, {}
         for key, value in given.items():
-            if name == "procedure" and key == "name" and "procedure" in self.written:
-                continue                                          # placed first, in __init__
             if key not in table:
                 if not strict:
                     continue
@@ -71,18 +72,23 @@ class _Table:
             if field_name in self.fields:
                 raise ConfigError(f"{field_name} is given twice in {self.where}: as {self.written.get(field_name, field_name)}"
                                   f" and as {shown}; keep one")
-            self.fields.update(coerce_run_fields({field_name: value}, f"{self.where}", {field_name: shown}))
-            self.written[field_name] = shown
-            placed.add(key)
-        return placed
+            placed.update(coerce_run_fields({field_name: value}, f"{self.where}", {field_name: shown}))
+            written[field_name] = shown
+        return placed, written
 
-    def add_procedure(self, procedure: str, strict: bool) -> set:
-        """The [procedure] sub-table read for ``procedure`` (a run's, or each run's for [defaults])."""
-        given = self.sections.get("procedure", {})
-        if set(given) - {"name"} and strict and set(procedure_keys(procedure)) == {"name"}:
-            raise ConfigError(f"[{self.kind}.procedure] in {self.where} sets {sorted(set(given) - {'name'})}, but procedure="
+    def add(self, placed: dict, written: dict) -> None:
+        self.fields.update(placed)
+        self.written.update(written)
+
+    def procedure_fields(self, procedure: str, strict: bool) -> tuple[dict, dict]:
+        """The [procedure] sub-table's keys (its name already read) as the fields of ``procedure``:
+        a run's own sub-table strictly, [defaults.procedure] for each run with the keys its
+        procedure has."""
+        given = {k: v for k, v in self.sections.get("procedure", {}).items() if k != "name"}
+        if given and strict and set(procedure_keys(procedure)) == {"name"}:
+            raise ConfigError(f"[{self.kind}.procedure] in {self.where} sets {sorted(given)}, but procedure="
                               f"{procedure!r} has no settings of its own; select a multi-phase procedure or remove it")
-        return self._add("procedure", procedure_keys(procedure), given, strict, f" (procedure {procedure!r})")
+        return self._place("procedure", procedure_keys(procedure), given, strict, f" (procedure {procedure!r})")
 
     def shown(self, key, value) -> str:
         return f"{self.written[key]} = {value!r}" if key in self.written else f"{key}={value!r}"
@@ -129,13 +135,14 @@ def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(runs_raw, list) or not runs_raw:
         raise ConfigError(f"{source} needs at least one [[run]] table")
     runs, labels, tables, default_procedure_keys_used = [], set(), [defaults], set()
+    default_procedure = defaults.sections.get("procedure", {})
     for i, r in enumerate(runs_raw):
         own = _Table(r, f"[[run]] #{i + 1} of {source}", "run")
         procedure = own.fields.get("procedure", defaults.fields.get("procedure", "train"))
-        own.add_procedure(procedure, strict=True)
-        shared = _Table(data.get("defaults", {}), defaults.where, "defaults")   # [defaults.procedure] read for this run
-        default_procedure_keys_used |= shared.add_procedure(procedure, strict=False)
-        fields_ = {**shared.fields, **own.fields}
+        own.add(*own.procedure_fields(procedure, strict=True))
+        shared, _ = defaults.procedure_fields(procedure, strict=False)       # [defaults.procedure] for this run
+        default_procedure_keys_used |= set(default_procedure) & set(procedure_keys(procedure))
+        fields_ = {**defaults.fields, **shared, **own.fields}
         if "seed" in fields_:
             raise ConfigError(f"'seed' in {source}: set seeds in [experiment] seeds = [...]")
         try:
@@ -148,7 +155,7 @@ def parse_experiment(text: str, source: str = "<config>") -> ExperimentConfig:
         labels.add(rc.label)
         runs.append(rc)
         tables.append(own)
-    unused = sorted(set(defaults.sections.get("procedure", {})) - default_procedure_keys_used - {"name"})
+    unused = sorted(set(default_procedure) - default_procedure_keys_used - {"name"})
     if unused:
         procs = sorted({r.procedure for r in runs})
         raise ConfigError(f"[defaults.procedure] of {source} sets {unused}, which no run's procedure ({procs}) has")
