@@ -140,7 +140,8 @@ class CrAM:
         self.prunable = [n for n in self.names if n in set(want)]
         # N:M groups run along each layer's reduction dimension (dim 0 of a ConvTranspose weight)
         pool = candidates(params_or_model) if isinstance(params_or_model, nn.Module) else {}
-        self._nm_axis = {n: reduction_dims(params_or_model, [n])[n] if n in pool else "reduction" for n in self.prunable}
+        dims = reduction_dims(params_or_model, [n for n in self.prunable if n in pool]) if pool else {}
+        self._nm_axis = {n: dims.get(n, "reduction") for n in self.prunable}
         self._pidx = [self.names.index(n) for n in self.prunable]
         self.t = 0
         self._cache: dict = {}          # Compression -> (t computed, {name: bool mask}, [float masks])

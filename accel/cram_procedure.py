@@ -106,6 +106,7 @@ class AccelCramBackend:
     def _adopt(self, model) -> None:
         self.model = model
         self.names = list(discover_prunable(model, self.cfg.include or None, self.cfg.exclude or None))
+        self.nm_axis = reduction_dims(model, self.names)     # N:M groups along each layer's reduction dim
 
     def build(self) -> None:
         """The model (init only), for a run whose training was restored from a checkpoint."""
@@ -124,7 +125,7 @@ class AccelCramBackend:
         return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
 
     def compress(self, net, compression):
-        out, _ = CR.compress({n: net[n] for n in self.names}, compression, nm_axis=reduction_dims(self.model, self.names))
+        out, _ = CR.compress({n: net[n] for n in self.names}, compression, nm_axis=self.nm_axis)
         return {**net, **out}
 
     def density(self, net) -> float:
